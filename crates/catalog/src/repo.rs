@@ -1,0 +1,106 @@
+//! Catalog persistence (sqlx, PostgreSQL).
+
+use std::collections::HashMap;
+
+use signalbox_messages::orders::LineItem;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::Product;
+
+const PRODUCT_COLUMNS: &str = "id, sku, name, price_cents, currency, stock";
+
+pub async fn list_products(pool: &PgPool) -> Result<Vec<Product>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {PRODUCT_COLUMNS} FROM products ORDER BY sku"))
+        .fetch_all(pool)
+        .await
+}
+
+pub async fn products_by_id(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Product>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = ANY($1) ORDER BY sku"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Locks the stock rows of `ids` for the rest of the transaction, in id order
+/// so that two concurrent reservations cannot deadlock each other.
+pub async fn lock_stock(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT id, stock FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The state of the reservation for `order_id`, if one was ever made.
+pub async fn reservation_state(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1 FOR UPDATE")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Takes the items out of stock and records the reservation. The caller has
+/// checked availability under [`lock_stock`].
+pub async fn reserve(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    items: &[LineItem],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO reservations (order_id, state) VALUES ($1, 'RESERVED')")
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
+    for item in items {
+        sqlx::query("UPDATE products SET stock = stock - $2, updated_at = now() WHERE id = $1")
+            .bind(item.product_id)
+            .bind(item.quantity)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO reservation_items (order_id, product_id, quantity) VALUES ($1, $2, $3)
+             ON CONFLICT (order_id, product_id)
+             DO UPDATE SET quantity = reservation_items.quantity + EXCLUDED.quantity",
+        )
+        .bind(order_id)
+        .bind(item.product_id)
+        .bind(item.quantity)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Puts a reservation's items back into stock. Returns `false` when there was
+/// nothing to release (never reserved, or released before).
+pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE reservations SET state = 'RELEASED', updated_at = now()
+         WHERE order_id = $1 AND state = 'RESERVED'",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?;
+    if released.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE products p SET stock = p.stock + r.quantity, updated_at = now()
+         FROM reservation_items r
+         WHERE r.order_id = $1 AND r.product_id = p.id",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}

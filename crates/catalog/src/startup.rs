@@ -1,0 +1,129 @@
+//! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, declare the
+//! command queue, then serve gRPC, health, the command consumer and the
+//! outbox relay until shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use signalbox_messages::channels::{commands, Namespace};
+use signalbox_messaging::{consumer, topology, Broker, ConfirmedPublisher, OutboxRelay};
+use signalbox_platform::{health::Health, serve};
+use signalbox_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{events::CommandHandler, grpc::CatalogGrpc, Settings};
+
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    pool: PgPool,
+    broker: Arc<Broker>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let grpc_listener = serve::bind(&settings.grpc).await?;
+        let http_listener = serve::bind(&settings.http).await?;
+
+        let pool = serve::database(&settings.database).await?;
+        sqlx::migrate!("../../migrations/catalog").run(&pool).await?;
+
+        let broker = Broker::connect(
+            &settings.amqp.url,
+            Namespace::new(&settings.amqp.namespace),
+            Duration::from_secs(settings.amqp.connect_timeout_secs),
+        )
+        .await?;
+        // The catalog's command queue: point-to-point, one queue for every
+        // catalog instance (competing consumers), dead letters beside it.
+        let ns = broker.namespace();
+        let channel = broker.channel().await?;
+        topology::declare_work_queue(
+            &channel,
+            ns,
+            &ns.catalog_commands_queue(),
+            &[
+                (ns.commands_exchange(), commands::RESERVE_STOCK),
+                (ns.commands_exchange(), commands::RELEASE_STOCK),
+            ],
+        )
+        .await?;
+        channel.close(200, "declared").await?;
+
+        Ok(Self {
+            grpc_listener,
+            http_listener,
+            pool,
+            broker: Arc::new(broker),
+        })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            grpc_listener,
+            http_listener,
+            pool,
+            broker,
+        } = self;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<CatalogServiceServer<CatalogGrpc>>()
+            .await;
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(serve::reflection(signalbox_proto::FILE_DESCRIPTOR_SET)?)
+            .add_service(CatalogServiceServer::new(CatalogGrpc::new(pool.clone())))
+            .serve_with_incoming_shutdown(
+                serve::grpc_incoming(grpc_listener),
+                shutdown.clone().cancelled_owned(),
+            );
+
+        let health = Health::new().database(pool.clone()).check("broker", {
+            let broker = broker.clone();
+            move || {
+                let connected = broker.is_connected();
+                async move { connected.then_some(()).ok_or_else(|| "disconnected".to_owned()) }
+            }
+        });
+        let http = serve::http(http_listener, health.router(), shutdown.clone());
+
+        let commands = consumer::run(
+            broker.channel().await?,
+            broker.namespace().catalog_commands_queue(),
+            "catalog",
+            CommandHandler::new(pool.clone()),
+            shutdown.clone(),
+        );
+        let relay = OutboxRelay::new(pool.clone(), ConfirmedPublisher::new(&broker).await?);
+
+        let result = serve::run_all(
+            shutdown.clone(),
+            vec![
+                serve::task("grpc", async move { Ok(grpc.await?) }),
+                serve::task("http", async move { Ok(http.await?) }),
+                serve::task("commands", async move { Ok(commands.await?) }),
+                serve::task("outbox-relay", {
+                    let shutdown = shutdown.clone();
+                    async move {
+                        relay.run(shutdown).await;
+                        Ok(())
+                    }
+                }),
+            ],
+        )
+        .await;
+        broker.close().await;
+        pool.close().await;
+        result
+    }
+}

@@ -1,0 +1,90 @@
+//! Commands the catalog service handles, its replies, and its events.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    channels::{commands, events},
+    orders::LineItem,
+    Message, MessageKind,
+};
+
+/// Reserve stock for every item of an order, all or nothing. Sent by the
+/// order saga with `reply_to` set to the orders reply channel and the order id
+/// as `correlation_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveStock {
+    pub order_id: Uuid,
+    pub items: Vec<LineItem>,
+}
+
+impl Message for ReserveStock {
+    const TYPE: &'static str = commands::RESERVE_STOCK;
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+/// Give back what was reserved for an order (it was cancelled). Idempotent:
+/// releasing an order with no reservation does nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStock {
+    pub order_id: Uuid,
+}
+
+impl Message for ReleaseStock {
+    const TYPE: &'static str = commands::RELEASE_STOCK;
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+/// The answer to [`ReserveStock`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveStockReply {
+    pub order_id: Uuid,
+    #[serde(flatten)]
+    pub outcome: ReservationOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReservationOutcome {
+    Reserved,
+    Rejected { reason: String },
+}
+
+impl Message for ReserveStockReply {
+    const TYPE: &'static str = "catalog.reserve_stock.reply";
+    const KIND: MessageKind = MessageKind::Reply;
+}
+
+/// Published when a product's price changes; pushed to the public `catalog`
+/// channel of the realtime service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceChanged {
+    pub product_id: Uuid,
+    pub price_cents: i64,
+    pub currency: String,
+}
+
+impl Message for PriceChanged {
+    const TYPE: &'static str = events::CATALOG_PRICE_CHANGED;
+    const KIND: MessageKind = MessageKind::Event;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_reply_carries_its_reason_on_the_wire() {
+        let reply = ReserveStockReply {
+            order_id: Uuid::nil(),
+            outcome: ReservationOutcome::Rejected {
+                reason: "insufficient stock".into(),
+            },
+        };
+        let json = serde_json::to_value(&reply).unwrap();
+        assert_eq!(json["outcome"], "rejected");
+        assert_eq!(json["reason"], "insufficient stock");
+        let back: ReserveStockReply = serde_json::from_value(json).unwrap();
+        assert_eq!(back, reply);
+    }
+}

@@ -1,0 +1,98 @@
+//! Names of exchanges, queues and routing keys.
+//!
+//! Every name is prefixed with a namespace (`signalbox` by default). Tests use
+//! a random namespace each, so many systems share one broker without seeing
+//! each other's messages; a team could do the same for tenants or branches.
+
+/// Routing keys of domain events on the events exchange: `<aggregate>.<event>`.
+pub mod events {
+    pub const ORDER_CREATED: &str = "order.created";
+    pub const ORDER_APPROVED: &str = "order.approved";
+    pub const ORDER_REJECTED: &str = "order.rejected";
+    pub const ORDER_CANCELLED: &str = "order.cancelled";
+    pub const CATALOG_PRICE_CHANGED: &str = "catalog.price_changed";
+}
+
+/// Routing keys of point-to-point commands on the commands exchange.
+pub mod commands {
+    pub const RESERVE_STOCK: &str = "catalog.reserve_stock";
+    pub const RELEASE_STOCK: &str = "catalog.release_stock";
+}
+
+/// The namespace every exchange and queue name is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub const DEFAULT: &'static str = "signalbox";
+
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self(prefix.into())
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.0
+    }
+
+    /// Topic exchange for domain events (publish-subscribe).
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.0)
+    }
+
+    /// Direct exchange for commands (point-to-point).
+    pub fn commands_exchange(&self) -> String {
+        format!("{}.commands", self.0)
+    }
+
+    /// Direct exchange for messages from WebSocket clients.
+    pub fn inbound_exchange(&self) -> String {
+        format!("{}.inbound", self.0)
+    }
+
+    /// Dead-letter exchange; each queue's dead letters land in `<queue>.dlq`.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.0)
+    }
+
+    /// A queue owned by one service, for example `queue("orders.replies")`.
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}.{name}", self.0)
+    }
+
+    /// The command queue catalog consumes.
+    pub fn catalog_commands_queue(&self) -> String {
+        self.queue("catalog.commands")
+    }
+
+    /// The reply channel of the orders service.
+    pub fn orders_replies_queue(&self) -> String {
+        self.queue("orders.replies")
+    }
+
+    /// The queue where a queue's dead letters end up.
+    pub fn dead_letter_queue(queue: &str) -> String {
+        format!("{queue}.dlq")
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace() {
+        let ns = Namespace::new("t42");
+        assert_eq!(ns.events_exchange(), "t42.events");
+        assert_eq!(ns.orders_replies_queue(), "t42.orders.replies");
+        assert_eq!(
+            Namespace::dead_letter_queue(&ns.catalog_commands_queue()),
+            "t42.catalog.commands.dlq"
+        );
+    }
+}

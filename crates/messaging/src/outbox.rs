@@ -1,0 +1,224 @@
+//! The transactional outbox and its relay.
+//!
+//! The problem: a service must change its database *and* publish a message.
+//! Doing the two separately loses messages (crash after the commit) or
+//! publishes lies (crash after the publish, before the commit). There is no
+//! distributed transaction between PostgreSQL and RabbitMQ.
+//!
+//! The pattern: write the message into an `outbox` table in the *same*
+//! transaction as the business change ([`enqueue`]). A separate task, the
+//! [`OutboxRelay`], reads committed rows in order, publishes them with
+//! publisher confirms, and marks them published. A crash between publish and
+//! mark publishes the row again later: consumers deduplicate by `message_id`.
+//!
+//! ```text
+//!   handler ──tx──▶ orders + outbox rows ──commit──▶ NOTIFY outbox
+//!                                                     │
+//!   relay ◀──────────────── wakes ────────────────────┘
+//!     │ SELECT … FOR UPDATE SKIP LOCKED
+//!     │ publish batch, await confirms
+//!     └ UPDATE outbox SET published_at = now()
+//! ```
+
+use std::time::Duration;
+
+use signalbox_messages::{channels::Namespace, Envelope, Message};
+use sqlx::{postgres::PgListener, types::Json, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::publisher::{ConfirmedPublisher, PublishError};
+
+/// The PostgreSQL notification channel a commit with outbox rows signals on.
+pub const NOTIFY_CHANNEL: &str = "outbox";
+
+/// A message ready to be published: where to, with which envelope.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub envelope: Envelope,
+    pub payload: Vec<u8>,
+}
+
+impl Outgoing {
+    fn new<M: Message>(exchange: String, routing_key: String, envelope: Envelope, payload: &M) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            envelope,
+            payload: serde_json::to_vec(payload).expect("message payloads serialize to JSON"),
+        }
+    }
+
+    /// A domain event on the events exchange, routed by its type.
+    pub fn event<M: Message>(ns: &Namespace, envelope: Envelope, payload: &M) -> Self {
+        Self::new(ns.events_exchange(), M::TYPE.to_owned(), envelope, payload)
+    }
+
+    /// A command on the commands exchange, routed to its handler's queue.
+    pub fn command<M: Message>(ns: &Namespace, envelope: Envelope, payload: &M) -> Self {
+        Self::new(ns.commands_exchange(), M::TYPE.to_owned(), envelope, payload)
+    }
+
+    /// A reply to the queue named in the request's `reply_to`, through the
+    /// default exchange (which routes by queue name).
+    pub fn reply<M: Message>(reply_to: &str, envelope: Envelope, payload: &M) -> Self {
+        Self::new(String::new(), reply_to.to_owned(), envelope, payload)
+    }
+}
+
+/// Writes `message` into the outbox as part of the caller's transaction, and
+/// asks PostgreSQL to wake the relay when that transaction commits
+/// (notifications are delivered on commit, and dropped on rollback).
+pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> Result<(), sqlx::Error> {
+    let payload: serde_json::Value =
+        serde_json::from_slice(&message.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, envelope, payload)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(message.envelope.message_id)
+    .bind(&message.exchange)
+    .bind(&message.routing_key)
+    .bind(Json(&message.envelope))
+    .bind(Json(payload))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Publishes committed outbox rows, oldest first.
+pub struct OutboxRelay {
+    pool: PgPool,
+    publisher: ConfirmedPublisher,
+    batch_size: i64,
+    poll_interval: Duration,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    seq: i64,
+    exchange: String,
+    routing_key: String,
+    envelope: Json<Envelope>,
+    payload: Json<serde_json::Value>,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, publisher: ConfirmedPublisher) -> Self {
+        Self {
+            pool,
+            publisher,
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. Failures (broker or database gone)
+    /// are logged and retried on the next wake-up: unpublished rows simply
+    /// stay in the table, so nothing is lost while a dependency is down.
+    pub async fn run(self, shutdown: CancellationToken) {
+        // The listener is a dedicated connection subscribed to NOTIFY_CHANNEL.
+        let mut listener = match self.listen().await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox listen failed; polling only");
+                None
+            }
+        };
+        loop {
+            if let Err(error) = self.drain().await {
+                tracing::warn!(%error, "outbox relay failed; will retry");
+            }
+            tokio::select! {
+                // Stop between batches, never in the middle of one.
+                _ = shutdown.cancelled() => return,
+                // A transaction that wrote outbox rows committed: publish now.
+                notified = recv(&mut listener) => {
+                    if let Err(error) = notified {
+                        tracing::debug!(%error, "outbox listener interrupted");
+                    }
+                }
+                // Poll as well: a notification sent while the listener was
+                // reconnecting is lost, and the broker may have come back.
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// Publishes batches until the outbox has no unpublished rows.
+    async fn drain(&self) -> Result<(), RelayError> {
+        while self.publish_batch().await? == self.batch_size as usize {}
+        Ok(())
+    }
+
+    /// One batch, in one transaction: lock the oldest unpublished rows (rows
+    /// another relay instance holds are skipped, not waited for), publish
+    /// them, await every confirm, mark them. If anything fails the
+    /// transaction rolls back and the rows are published again next time.
+    #[tracing::instrument(skip_all)]
+    async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT seq, exchange, routing_key, envelope, payload
+             FROM outbox
+             WHERE published_at IS NULL
+             ORDER BY seq
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+
+        let messages: Vec<Outgoing> = rows
+            .iter()
+            .map(|row| Outgoing {
+                exchange: row.exchange.clone(),
+                routing_key: row.routing_key.clone(),
+                envelope: row.envelope.0.clone(),
+                payload: serde_json::to_vec(&row.payload.0).expect("JSON values serialize"),
+            })
+            .collect();
+        self.publisher.publish_all(&messages).await?;
+
+        let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::debug!(count = rows.len(), "outbox batch published");
+        Ok(rows.len())
+    }
+}
+
+/// Waits for the next notification, or forever when there is no listener.
+async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+

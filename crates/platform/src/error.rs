@@ -1,0 +1,219 @@
+//! One error vocabulary for every boundary.
+//!
+//! An [`ErrorCode`] is what a client may rely on: it has a stable string, an
+//! HTTP status and a gRPC code, all defined here and nowhere else. Services
+//! turn their domain errors into a `tonic::Status` with [`ErrorCode::status`];
+//! the gateway turns a `Status` back into an RFC 9457 [`Problem`]. So a
+//! "not found" raised in orders reaches the browser as a 404 with
+//! `code: "not_found"`, without any service knowing about HTTP.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidInput,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Conflict,
+    FailedPrecondition,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    Unimplemented,
+    Unavailable,
+    Timeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid_input",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::FailedPrecondition => "failed_precondition",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RateLimited => "rate_limited",
+            Self::Unimplemented => "unimplemented",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Self::InvalidInput => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            Self::InvalidInput | Self::PayloadTooLarge | Self::UnsupportedMediaType => {
+                tonic::Code::InvalidArgument
+            }
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::Forbidden => tonic::Code::PermissionDenied,
+            Self::NotFound => tonic::Code::NotFound,
+            Self::Conflict => tonic::Code::AlreadyExists,
+            Self::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Self::RateLimited => tonic::Code::ResourceExhausted,
+            Self::Unimplemented => tonic::Code::Unimplemented,
+            Self::Unavailable => tonic::Code::Unavailable,
+            Self::Timeout => tonic::Code::DeadlineExceeded,
+            Self::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// The inverse of [`Self::grpc_code`], for errors coming back from a
+    /// downstream service.
+    pub fn from_grpc(code: tonic::Code) -> Self {
+        use tonic::Code;
+        match code {
+            Code::InvalidArgument | Code::OutOfRange => Self::InvalidInput,
+            Code::Unauthenticated => Self::Unauthenticated,
+            Code::PermissionDenied => Self::Forbidden,
+            Code::NotFound => Self::NotFound,
+            Code::AlreadyExists | Code::Aborted => Self::Conflict,
+            Code::FailedPrecondition => Self::FailedPrecondition,
+            Code::ResourceExhausted => Self::RateLimited,
+            Code::Unimplemented => Self::Unimplemented,
+            Code::Unavailable => Self::Unavailable,
+            Code::DeadlineExceeded | Code::Cancelled => Self::Timeout,
+            Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => Self::Internal,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "The request is invalid",
+            Self::Unauthenticated => "Authentication is required",
+            Self::Forbidden => "Not allowed",
+            Self::NotFound => "Not found",
+            Self::Conflict => "Conflict",
+            Self::FailedPrecondition => "The request cannot be carried out",
+            Self::PayloadTooLarge => "The request body is too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::RateLimited => "Too many requests",
+            Self::Unimplemented => "Not implemented",
+            Self::Unavailable => "A dependency is unavailable",
+            Self::Timeout => "A dependency did not answer in time",
+            Self::Internal => "Internal error",
+        }
+    }
+
+    /// A gRPC status with this code.
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        tonic::Status::new(self.grpc_code(), message)
+    }
+}
+
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// Stable, machine-readable; clients switch on this, not on `detail`.
+    pub code: ErrorCode,
+}
+
+impl Problem {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:signalbox:problem:{}", code.as_str()),
+            title: code.title(),
+            status: code.http_status().as_u16(),
+            detail: detail.into(),
+            code,
+        }
+    }
+}
+
+impl From<tonic::Status> for Problem {
+    fn from(status: tonic::Status) -> Self {
+        let code = ErrorCode::from_grpc(status.code());
+        // Never forward internal details of a downstream failure.
+        let detail = match code {
+            ErrorCode::Internal => "an internal error occurred".to_owned(),
+            _ => status.message().to_owned(),
+        };
+        Self::new(code, detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.code.http_status();
+        let mut response = (status, axum::Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ErrorCode; 13] = [
+        ErrorCode::InvalidInput,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::FailedPrecondition,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RateLimited,
+        ErrorCode::Unimplemented,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+
+    #[test]
+    fn a_code_survives_a_grpc_hop_except_the_http_only_ones() {
+        for code in ALL {
+            let back = ErrorCode::from_grpc(code.grpc_code());
+            match code {
+                ErrorCode::PayloadTooLarge | ErrorCode::UnsupportedMediaType => {
+                    assert_eq!(back, ErrorCode::InvalidInput)
+                }
+                _ => assert_eq!(back, code, "{code:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_internal_status_does_not_leak_its_message() {
+        let problem = Problem::from(tonic::Status::internal("pool timed out on db-7"));
+        assert_eq!(problem.status, 500);
+        assert!(!problem.detail.contains("db-7"));
+    }
+}

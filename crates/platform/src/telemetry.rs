@@ -1,0 +1,28 @@
+//! Structured logs. `RUST_LOG` filters (default `info`); the format is
+//! `pretty` for people and `json` for log collectors.
+
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::{fmt, EnvFilter};
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// Installs the global subscriber. Safe to call more than once (tests start
+/// several services in one process): later calls do nothing.
+pub fn init(service: &'static str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,h2=warn,tower=warn"));
+    let builder = fmt().with_env_filter(filter).with_target(false);
+    let installed = match format {
+        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if installed.is_ok() {
+        tracing::info!(service, "telemetry initialised");
+    }
+}
