@@ -88,12 +88,9 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
 
-        let health = Health::new().database(pool.clone()).check("broker", {
+        let health = Health::new().database(pool.clone()).flag("broker", {
             let broker = broker.clone();
-            move || {
-                let connected = broker.is_connected();
-                async move { connected.then_some(()).ok_or_else(|| "disconnected".to_owned()) }
-            }
+            move || broker.is_connected()
         });
         let http = serve::http(http_listener, health.router(), shutdown.clone());
 

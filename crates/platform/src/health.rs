@@ -35,6 +35,18 @@ impl Health {
         self
     }
 
+    /// A check backed by a cheap synchronous probe, such as "is the broker
+    /// connection open".
+    pub fn flag<F>(self, name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> bool + Send + Sync + 'static,
+    {
+        self.check(name, move || {
+            let up = probe();
+            async move { up.then_some(()).ok_or_else(|| "down".to_owned()) }
+        })
+    }
+
     /// A check that the database answers `SELECT 1`.
     pub fn database(self, pool: sqlx::PgPool) -> Self {
         self.check("database", move || {

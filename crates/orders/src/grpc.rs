@@ -1,0 +1,211 @@
+//! The gRPC face of orders. Every request carries the `user_id` the gateway
+//! verified; ownership is enforced here, at the owner of the data.
+
+use signalbox_messages::channels::Namespace;
+use signalbox_proto::orders::v1::{
+    order_service_server::OrderService, CancelOrderRequest, CreateOrderRequest, GetOrderRequest,
+    ListOrdersRequest, ListOrdersResponse, Order as OrderMessage, OrderItem, OrderState as Proto,
+    ReviseOrderRequest,
+};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    catalog::CatalogClient,
+    domain::{self, OrderState, PricedItem, RequestedItems},
+    error::OrdersError,
+    repo::{self, Order},
+    saga,
+};
+
+/// Most orders `ListOrders` returns.
+const LIST_LIMIT: i64 = 100;
+
+pub struct OrdersGrpc {
+    pool: PgPool,
+    catalog: CatalogClient,
+    ns: Namespace,
+}
+
+impl OrdersGrpc {
+    pub fn new(pool: PgPool, catalog: CatalogClient, ns: Namespace) -> Self {
+        Self { pool, catalog, ns }
+    }
+
+    async fn create(&self, request: CreateOrderRequest) -> Result<Order, OrdersError> {
+        let user_id = user_id(&request.user_id)?;
+        let items = RequestedItems::parse(
+            request
+                .items
+                .iter()
+                .map(|item| (item.product_id.as_str(), item.quantity)),
+        )
+        .map_err(OrdersError::InvalidInput)?;
+
+        // Synchronous step: catalog quotes the current prices.
+        let quote = self.catalog.quote(&items.product_ids()).await?;
+        if !quote.missing.is_empty() {
+            return Err(OrdersError::FailedPrecondition(format!(
+                "unknown products: {}",
+                quote.missing.join(", ")
+            )));
+        }
+        let mut priced = Vec::new();
+        let mut currency: Option<String> = None;
+        for (product_id, quantity) in items.iter() {
+            let product = quote.products.get(&product_id).ok_or_else(|| {
+                OrdersError::FailedPrecondition(format!("unknown products: {product_id}"))
+            })?;
+            match &currency {
+                Some(c) if *c != product.currency => {
+                    return Err(OrdersError::FailedPrecondition(
+                        "products in one order must share a currency".to_owned(),
+                    ))
+                }
+                _ => currency = Some(product.currency.clone()),
+            }
+            priced.push(PricedItem {
+                product_id,
+                quantity,
+                unit_price_cents: product.price_cents,
+            });
+        }
+        let total = domain::total_cents(&priced)
+            .ok_or_else(|| OrdersError::InvalidInput("the order total is too large".to_owned()))?;
+        let currency = currency.unwrap_or_else(|| "EUR".to_owned());
+
+        // One transaction: the order and the messages that start the saga.
+        let mut tx = self.pool.begin().await?;
+        let order =
+            repo::insert_order(&mut tx, Uuid::now_v7(), user_id, &priced, total, &currency).await?;
+        saga::start(&mut tx, &self.ns, &order).await?;
+        tx.commit().await?;
+        tracing::info!(order_id = %order.row.id, total_cents = total, "order created");
+        Ok(order)
+    }
+
+    async fn cancel(&self, request: CancelOrderRequest) -> Result<Order, OrdersError> {
+        let user_id = user_id(&request.user_id)?;
+        let id = order_id(&request.order_id)?;
+        let mut tx = self.pool.begin().await?;
+        let row = match repo::lock_order(&mut tx, id).await? {
+            Some(row) if row.user_id == user_id => row,
+            _ => return Err(OrdersError::NotFound(request.order_id)),
+        };
+        if !row.state().can_cancel() {
+            return Err(OrdersError::FailedPrecondition(format!(
+                "a {} order cannot be cancelled",
+                row.state
+            )));
+        }
+        saga::cancel(&mut tx, &self.ns, &row).await?;
+        tx.commit().await?;
+        repo::find_order(&self.pool, id, user_id)
+            .await?
+            .ok_or(OrdersError::NotFound(request.order_id))
+    }
+}
+
+fn user_id(raw: &str) -> Result<&str, OrdersError> {
+    if raw.trim().is_empty() {
+        return Err(OrdersError::InvalidInput("user_id is required".to_owned()));
+    }
+    Ok(raw)
+}
+
+fn order_id(raw: &str) -> Result<Uuid, OrdersError> {
+    Uuid::parse_str(raw).map_err(|_| OrdersError::InvalidInput(format!("`{raw}` is not a valid order id")))
+}
+
+fn proto_state(state: OrderState) -> Proto {
+    match state {
+        OrderState::Pending => Proto::Pending,
+        OrderState::Approved => Proto::Approved,
+        OrderState::Rejected => Proto::Rejected,
+        OrderState::Cancelled => Proto::Cancelled,
+    }
+}
+
+impl From<Order> for OrderMessage {
+    fn from(order: Order) -> Self {
+        let row = order.row;
+        Self {
+            id: row.id.to_string(),
+            user_id: row.user_id.clone(),
+            state: proto_state(row.state()) as i32,
+            items: order
+                .items
+                .into_iter()
+                .map(|item| OrderItem {
+                    product_id: item.product_id.to_string(),
+                    quantity: item.quantity,
+                    unit_price_cents: item.unit_price_cents,
+                })
+                .collect(),
+            total_cents: row.total_cents,
+            currency: row.currency,
+            rejection_reason: row.rejection_reason.unwrap_or_default(),
+            created_at: row.created_at.to_rfc3339(),
+            updated_at: row.updated_at.to_rfc3339(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrdersGrpc {
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<OrderMessage>, Status> {
+        let order = self.create(request.into_inner()).await?;
+        Ok(Response::new(order.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<OrderMessage>, Status> {
+        let order = self.cancel(request.into_inner()).await?;
+        Ok(Response::new(order.into()))
+    }
+
+    async fn revise_order(
+        &self,
+        _request: Request<ReviseOrderRequest>,
+    ) -> Result<Response<OrderMessage>, Status> {
+        Err(OrdersError::Unimplemented("revising an order is not supported yet").into())
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<OrderMessage>, Status> {
+        let request = request.into_inner();
+        let user_id = user_id(&request.user_id)?;
+        let id = order_id(&request.order_id)?;
+        let order = repo::find_order(&self.pool, id, user_id)
+            .await
+            .map_err(OrdersError::from)?
+            .ok_or(OrdersError::NotFound(request.order_id))?;
+        Ok(Response::new(order.into()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let request = request.into_inner();
+        let user_id = user_id(&request.user_id)?;
+        let orders = repo::list_orders(&self.pool, user_id, LIST_LIMIT)
+            .await
+            .map_err(OrdersError::from)?;
+        Ok(Response::new(ListOrdersResponse {
+            orders: orders.into_iter().map(Into::into).collect(),
+        }))
+    }
+}

@@ -1,0 +1,166 @@
+//! Orders persistence (sqlx, PostgreSQL).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{OrderState, PricedItem};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub user_id: String,
+    pub state: String,
+    pub total_cents: i64,
+    pub currency: String,
+    pub rejection_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    pub fn state(&self) -> OrderState {
+        // The CHECK constraint admits only the four names.
+        OrderState::parse(&self.state).unwrap_or(OrderState::Pending)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemRow {
+    pub order_id: Uuid,
+    pub product_id: Uuid,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Order {
+    pub row: OrderRow,
+    pub items: Vec<ItemRow>,
+}
+
+const ORDER_COLUMNS: &str =
+    "id, user_id, state, total_cents, currency, rejection_reason, created_at, updated_at";
+
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user_id: &str,
+    items: &[PricedItem],
+    total_cents: i64,
+    currency: &str,
+) -> Result<Order, sqlx::Error> {
+    let row: OrderRow = sqlx::query_as(&format!(
+        "INSERT INTO orders (id, user_id, state, total_cents, currency)
+         VALUES ($1, $2, 'PENDING', $3, $4)
+         RETURNING {ORDER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(user_id)
+    .bind(total_cents)
+    .bind(currency)
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut stored = Vec::with_capacity(items.len());
+    for item in items {
+        let item: ItemRow = sqlx::query_as(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)
+             VALUES ($1, $2, $3, $4)
+             RETURNING order_id, product_id, quantity, unit_price_cents",
+        )
+        .bind(id)
+        .bind(item.product_id)
+        .bind(item.quantity)
+        .bind(item.unit_price_cents)
+        .fetch_one(&mut *conn)
+        .await?;
+        stored.push(item);
+    }
+    Ok(Order { row, items: stored })
+}
+
+/// The order `id` if it belongs to `user_id`. Another user's order is
+/// indistinguishable from a missing one.
+pub async fn find_order(
+    pool: &PgPool,
+    id: Uuid,
+    user_id: &str,
+) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"
+    ))
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => {
+            let items = items_of(pool, &[row.id]).await?;
+            Ok(Some(Order { row, items }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The user's most recent orders, newest first.
+pub async fn list_orders(pool: &PgPool, user_id: &str, limit: i64) -> Result<Vec<Order>, sqlx::Error> {
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(user_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut by_order: HashMap<Uuid, Vec<ItemRow>> = HashMap::new();
+    for item in items_of(pool, &ids).await? {
+        by_order.entry(item.order_id).or_default().push(item);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let items = by_order.remove(&row.id).unwrap_or_default();
+            Order { row, items }
+        })
+        .collect())
+}
+
+async fn items_of(pool: &PgPool, order_ids: &[Uuid]) -> Result<Vec<ItemRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT order_id, product_id, quantity, unit_price_cents FROM order_items
+         WHERE order_id = ANY($1) ORDER BY product_id",
+    )
+    .bind(order_ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Locks the order row for a state transition.
+pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn set_state(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: OrderState,
+    rejection_reason: Option<&str>,
+) -> Result<OrderRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE orders SET state = $2, rejection_reason = $3, updated_at = now()
+         WHERE id = $1 RETURNING {ORDER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(state.as_str())
+    .bind(rejection_reason)
+    .fetch_one(conn)
+    .await
+}

@@ -1,0 +1,126 @@
+//! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, declare the
+//! reply channel, then serve gRPC, health, the reply consumer and the outbox
+//! relay until shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use signalbox_messages::channels::Namespace;
+use signalbox_messaging::{consumer, topology, Broker, ConfirmedPublisher, OutboxRelay};
+use signalbox_platform::{health::Health, serve};
+use signalbox_proto::orders::v1::order_service_server::OrderServiceServer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{catalog::CatalogClient, grpc::OrdersGrpc, saga::ReplyHandler, Settings};
+
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    pool: PgPool,
+    broker: Arc<Broker>,
+    catalog: CatalogClient,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let grpc_listener = serve::bind(&settings.grpc).await?;
+        let http_listener = serve::bind(&settings.http).await?;
+
+        let pool = serve::database(&settings.database).await?;
+        sqlx::migrate!("../../migrations/orders").run(&pool).await?;
+
+        let broker = Broker::connect(
+            &settings.amqp.url,
+            Namespace::new(&settings.amqp.namespace),
+            Duration::from_secs(settings.amqp.connect_timeout_secs),
+        )
+        .await?;
+        // The reply channel of the saga: catalog answers `reserve_stock` here
+        // (through the default exchange, addressed by queue name). Durable,
+        // so replies wait for us while orders is down.
+        let ns = broker.namespace();
+        let channel = broker.channel().await?;
+        topology::declare_work_queue(&channel, ns, &ns.orders_replies_queue(), &[]).await?;
+        channel.close(200, "declared").await?;
+
+        let catalog = CatalogClient::new(
+            &settings.upstreams.catalog,
+            Duration::from_millis(settings.upstreams.catalog_timeout_ms),
+        )?;
+
+        Ok(Self {
+            grpc_listener,
+            http_listener,
+            pool,
+            broker: Arc::new(broker),
+            catalog,
+        })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            grpc_listener,
+            http_listener,
+            pool,
+            broker,
+            catalog,
+        } = self;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<OrderServiceServer<OrdersGrpc>>()
+            .await;
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(serve::reflection(signalbox_proto::FILE_DESCRIPTOR_SET)?)
+            .add_service(OrderServiceServer::new(OrdersGrpc::new(pool.clone(), catalog, broker.namespace().clone())))
+            .serve_with_incoming_shutdown(
+                serve::grpc_incoming(grpc_listener),
+                shutdown.clone().cancelled_owned(),
+            );
+
+        let health = Health::new().database(pool.clone()).flag("broker", {
+            let broker = broker.clone();
+            move || broker.is_connected()
+        });
+        let http = serve::http(http_listener, health.router(), shutdown.clone());
+
+        let replies = consumer::run(
+            broker.channel().await?,
+            broker.namespace().orders_replies_queue(),
+            "orders",
+            ReplyHandler::new(pool.clone(), broker.namespace().clone()),
+            shutdown.clone(),
+        );
+        let relay = OutboxRelay::new(pool.clone(), ConfirmedPublisher::new(&broker).await?);
+
+        let result = serve::run_all(
+            shutdown.clone(),
+            vec![
+                serve::task("grpc", async move { Ok(grpc.await?) }),
+                serve::task("http", async move { Ok(http.await?) }),
+                serve::task("replies", async move { Ok(replies.await?) }),
+                serve::task("outbox-relay", {
+                    let shutdown = shutdown.clone();
+                    async move {
+                        relay.run(shutdown).await;
+                        Ok(())
+                    }
+                }),
+            ],
+        )
+        .await;
+        broker.close().await;
+        pool.close().await;
+        result
+    }
+}
