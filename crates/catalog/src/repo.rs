@@ -11,9 +11,11 @@ use crate::domain::Product;
 const PRODUCT_COLUMNS: &str = "id, sku, name, price_cents, currency, stock";
 
 pub async fn list_products(pool: &PgPool) -> Result<Vec<Product>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {PRODUCT_COLUMNS} FROM products ORDER BY sku"))
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products ORDER BY sku"
+    ))
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn products_by_id(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Product>, sqlx::Error> {

@@ -27,7 +27,9 @@ impl Application {
         let http_listener = serve::bind(&settings.http).await?;
 
         let pool = serve::database(&settings.database).await?;
-        sqlx::migrate!("../../migrations/catalog").run(&pool).await?;
+        sqlx::migrate!("../../migrations/catalog")
+            .run(&pool)
+            .await?;
 
         let broker = Broker::connect(
             &settings.amqp.url,
@@ -60,11 +62,17 @@ impl Application {
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.grpc_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.http_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -156,7 +156,8 @@ mod tests {
             .with_reply_to("t.orders.replies")
             .with_user_id("user-1");
         let mut envelope = envelope;
-        envelope.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        envelope.traceparent =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
 
         let back = from_properties(&to_properties(&envelope)).unwrap();
 

@@ -41,7 +41,12 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    fn new<M: Message>(exchange: String, routing_key: String, envelope: Envelope, payload: &M) -> Self {
+    fn new<M: Message>(
+        exchange: String,
+        routing_key: String,
+        envelope: Envelope,
+        payload: &M,
+    ) -> Self {
         Self {
             exchange,
             routing_key,
@@ -57,7 +62,12 @@ impl Outgoing {
 
     /// A command on the commands exchange, routed to its handler's queue.
     pub fn command<M: Message>(ns: &Namespace, envelope: Envelope, payload: &M) -> Self {
-        Self::new(ns.commands_exchange(), M::TYPE.to_owned(), envelope, payload)
+        Self::new(
+            ns.commands_exchange(),
+            M::TYPE.to_owned(),
+            envelope,
+            payload,
+        )
     }
 
     /// A reply to the queue named in the request's `reply_to`, through the
@@ -221,4 +231,3 @@ async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
         None => std::future::pending().await,
     }
 }
-

@@ -49,9 +49,7 @@ impl OrderState {
 pub struct RequestedItems(Vec<(Uuid, i64)>);
 
 impl RequestedItems {
-    pub fn parse<'a>(
-        items: impl IntoIterator<Item = (&'a str, i64)>,
-    ) -> Result<Self, String> {
+    pub fn parse<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> Result<Self, String> {
         let mut merged: BTreeMap<Uuid, i64> = BTreeMap::new();
         for (raw_id, quantity) in items {
             let id = Uuid::parse_str(raw_id)
@@ -71,7 +69,9 @@ impl RequestedItems {
             return Err("an order needs at least one item".to_owned());
         }
         if merged.len() > MAX_ITEMS {
-            return Err(format!("an order has at most {MAX_ITEMS} distinct products"));
+            return Err(format!(
+                "an order has at most {MAX_ITEMS} distinct products"
+            ));
         }
         Ok(Self(merged.into_iter().collect()))
     }
@@ -117,8 +117,12 @@ mod tests {
     fn bad_items_are_refused_with_a_reason() {
         let id = Uuid::now_v7().to_string();
         assert!(RequestedItems::parse(std::iter::empty()).is_err());
-        assert!(RequestedItems::parse([("nope", 1)]).unwrap_err().contains("not a valid"));
-        assert!(RequestedItems::parse([(id.as_str(), 0)]).unwrap_err().contains("between"));
+        assert!(RequestedItems::parse([("nope", 1)])
+            .unwrap_err()
+            .contains("not a valid"));
+        assert!(RequestedItems::parse([(id.as_str(), 0)])
+            .unwrap_err()
+            .contains("between"));
     }
 
     #[test]

@@ -115,7 +115,8 @@ fn user_id(raw: &str) -> Result<&str, OrdersError> {
 }
 
 fn order_id(raw: &str) -> Result<Uuid, OrdersError> {
-    Uuid::parse_str(raw).map_err(|_| OrdersError::InvalidInput(format!("`{raw}` is not a valid order id")))
+    Uuid::parse_str(raw)
+        .map_err(|_| OrdersError::InvalidInput(format!("`{raw}` is not a valid order id")))
 }
 
 fn proto_state(state: OrderState) -> Proto {

@@ -105,7 +105,11 @@ pub async fn find_order(
 }
 
 /// The user's most recent orders, newest first.
-pub async fn list_orders(pool: &PgPool, user_id: &str, limit: i64) -> Result<Vec<Order>, sqlx::Error> {
+pub async fn list_orders(
+    pool: &PgPool,
+    user_id: &str,
+    limit: i64,
+) -> Result<Vec<Order>, sqlx::Error> {
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1
          ORDER BY created_at DESC, id DESC LIMIT $2"
@@ -139,7 +143,10 @@ async fn items_of(pool: &PgPool, order_ids: &[Uuid]) -> Result<Vec<ItemRow>, sql
 }
 
 /// Locks the order row for a state transition.
-pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE"
     ))

@@ -38,7 +38,11 @@ pub const CONSUMER: &str = "orders.replies";
 /// Writes the first step's messages: the event that announces the order and
 /// the command that asks catalog to reserve its stock, replying to our reply
 /// channel with the order id as correlation id.
-pub async fn start(conn: &mut PgConnection, ns: &Namespace, order: &Order) -> Result<(), sqlx::Error> {
+pub async fn start(
+    conn: &mut PgConnection,
+    ns: &Namespace,
+    order: &Order,
+) -> Result<(), sqlx::Error> {
     let row = &order.row;
     let items: Vec<LineItem> = order
         .items
@@ -75,7 +79,11 @@ pub async fn start(conn: &mut PgConnection, ns: &Namespace, order: &Order) -> Re
 
 /// Cancels an order and, when stock may be held for it, asks catalog to
 /// release it (the saga's compensating command).
-pub async fn cancel(conn: &mut PgConnection, ns: &Namespace, row: &OrderRow) -> Result<OrderRow, sqlx::Error> {
+pub async fn cancel(
+    conn: &mut PgConnection,
+    ns: &Namespace,
+    row: &OrderRow,
+) -> Result<OrderRow, sqlx::Error> {
     let was = row.state();
     let row = repo::set_state(conn, row.id, OrderState::Cancelled, None).await?;
     let envelope = Envelope::new::<OrderCancelled>()
@@ -103,7 +111,11 @@ async fn release(
     order_id: uuid::Uuid,
 ) -> Result<(), sqlx::Error> {
     let envelope = Envelope::caused_by::<ReleaseStock>(cause);
-    outbox::enqueue(conn, &Outgoing::command(ns, envelope, &ReleaseStock { order_id })).await
+    outbox::enqueue(
+        conn,
+        &Outgoing::command(ns, envelope, &ReleaseStock { order_id }),
+    )
+    .await
 }
 
 /// Consumes `orders.replies`: catalog's answers to `reserve_stock`.
@@ -129,7 +141,10 @@ impl Handler for ReplyHandler {
         }
         let Some(order) = repo::lock_order(&mut tx, reply.order_id).await? else {
             // Not ours (or a foreign namespace's): nothing to correlate with.
-            return Err(HandleError::Reject(format!("unknown order {}", reply.order_id)));
+            return Err(HandleError::Reject(format!(
+                "unknown order {}",
+                reply.order_id
+            )));
         };
 
         match (order.state(), reply.outcome) {

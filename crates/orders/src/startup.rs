@@ -59,11 +59,17 @@ impl Application {
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.grpc_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.http_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -82,7 +88,11 @@ impl Application {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(serve::reflection(signalbox_proto::FILE_DESCRIPTOR_SET)?)
-            .add_service(OrderServiceServer::new(OrdersGrpc::new(pool.clone(), catalog, broker.namespace().clone())))
+            .add_service(OrderServiceServer::new(OrdersGrpc::new(
+                pool.clone(),
+                catalog,
+                broker.namespace().clone(),
+            )))
             .serve_with_incoming_shutdown(
                 serve::grpc_incoming(grpc_listener),
                 shutdown.clone().cancelled_owned(),

@@ -151,8 +151,10 @@ mod tests {
 
     #[test]
     fn a_list_reads_from_a_comma_separated_string_or_a_sequence() {
-        let from_env: Settings = serde_json::from_str(r#"{"origins":"http://a, http://b"}"#).unwrap();
-        let from_file: Settings = serde_json::from_str(r#"{"origins":["http://a","http://b"]}"#).unwrap();
+        let from_env: Settings =
+            serde_json::from_str(r#"{"origins":"http://a, http://b"}"#).unwrap();
+        let from_file: Settings =
+            serde_json::from_str(r#"{"origins":["http://a","http://b"]}"#).unwrap();
         assert_eq!(from_env.origins, vec!["http://a", "http://b"]);
         assert_eq!(from_file.origins, from_env.origins);
     }

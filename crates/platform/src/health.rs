@@ -80,7 +80,10 @@ impl Health {
 
     pub fn router(self) -> Router {
         Router::new()
-            .route("/health/live", get(|| async { Json(json!({"status": "live"})) }))
+            .route(
+                "/health/live",
+                get(|| async { Json(json!({"status": "live"})) }),
+            )
             .route("/health/ready", get(ready))
             .with_state(self)
     }
@@ -96,4 +99,3 @@ async fn ready(State(health): State<Health>) -> impl IntoResponse {
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
     (status, Json(body))
 }
-

@@ -100,7 +100,11 @@ pub async fn run_all(
         match result {
             Ok(()) => tracing::debug!(task = name, "stopped"),
             Err(error) => {
-                tracing::error!(task = name, error = format!("{error:#}"), "task failed; stopping");
+                tracing::error!(
+                    task = name,
+                    error = format!("{error:#}"),
+                    "task failed; stopping"
+                );
                 shutdown.cancel();
                 first_error.get_or_insert(error.context(name));
             }

@@ -108,7 +108,9 @@ impl TokenVerifier {
             return Err(TokenError::Invalid("algorithm not allowed"));
         }
         if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() {
-            return Err(TokenError::Invalid("embedded key references are not accepted"));
+            return Err(TokenError::Invalid(
+                "embedded key references are not accepted",
+            ));
         }
         let kid = header.kid.ok_or(TokenError::Invalid("missing kid"))?;
         let jwk = self.key(&kid).await?;

@@ -1,0 +1,1 @@
+//! Clients for demos, load tests and benchmarks.

@@ -1,0 +1,128 @@
+//! A fresh database (with the messaging tables) and a fresh namespace per
+//! test, removed again by [`Fixture::cleanup`].
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions},
+    types::FieldTable,
+    Channel,
+};
+use signalbox_messages::channels::Namespace;
+use signalbox_messaging::{topology, Broker};
+use sqlx::{Connection, PgConnection, PgPool};
+
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub struct Fixture {
+    pub pool: PgPool,
+    pub broker: Broker,
+    pub ns: Namespace,
+    database: String,
+    queues: Vec<String>,
+}
+
+impl Fixture {
+    pub async fn new() -> anyhow::Result<Self> {
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let database = format!("{prefix}_messaging");
+        let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+        sqlx::query(&format!(r#"CREATE DATABASE "{database}""#))
+            .execute(&mut admin)
+            .await?;
+        let pool = PgPool::connect(&format!("{SERVER}/{database}")).await?;
+        // Every service schema carries the messaging tables; orders' will do.
+        sqlx::migrate!("../../migrations/orders").run(&pool).await?;
+        let ns = Namespace::new(prefix);
+        let broker = Broker::connect(AMQP, ns.clone(), DEADLINE).await?;
+        Ok(Self {
+            pool,
+            broker,
+            ns,
+            database,
+            queues: Vec::new(),
+        })
+    }
+
+    /// Declares a durable work queue (with its DLQ) bound to the events
+    /// exchange for `pattern`.
+    pub async fn queue(&mut self, name: &str, pattern: &'static str) -> anyhow::Result<String> {
+        let queue = self.ns.queue(name);
+        let channel = self.broker.channel().await?;
+        topology::declare_work_queue(
+            &channel,
+            &self.ns,
+            &queue,
+            &[(self.ns.events_exchange(), pattern)],
+        )
+        .await?;
+        self.queues.push(queue.clone());
+        self.queues.push(Namespace::dead_letter_queue(&queue));
+        Ok(queue)
+    }
+
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        let channel = self.broker.channel().await?;
+        for queue in &self.queues {
+            channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [
+            self.ns.events_exchange(),
+            self.ns.commands_exchange(),
+            self.ns.inbound_exchange(),
+            self.ns.dead_letter_exchange(),
+        ] {
+            channel
+                .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                .await?;
+        }
+        self.broker.close().await;
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+        sqlx::query(&format!(
+            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+            self.database
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Reads a queue as a test observer: an auto-ack consumer whose deliveries
+/// are awaited with a deadline.
+pub struct Tap {
+    consumer: lapin::Consumer,
+}
+
+impl Tap {
+    pub async fn open(channel: &Channel, queue: &str) -> anyhow::Result<Self> {
+        let consumer = channel
+            .basic_consume(
+                queue,
+                "test-tap",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { consumer })
+    }
+
+    pub async fn next(&mut self) -> anyhow::Result<Delivery> {
+        match tokio::time::timeout(DEADLINE, self.consumer.next()).await {
+            Ok(Some(delivery)) => Ok(delivery?),
+            Ok(None) => anyhow::bail!("the consumer was cancelled"),
+            Err(_) => anyhow::bail!("nothing arrived within {DEADLINE:?}"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The messaging building blocks against the real RabbitMQ and PostgreSQL.
+
+mod consumer;
+mod helpers;
+mod outbox;
