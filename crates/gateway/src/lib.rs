@@ -1,1 +1,28 @@
-//! placeholder
+//! The API gateway: the one public REST edge of Signalbox.
+//!
+//! Browsers and scripts speak JSON over HTTP to the gateway only; the services
+//! behind it speak gRPC. The gateway holds no state of its own. For each
+//! request it
+//! - finds the upstream in its routing table ([`routes`]),
+//! - authenticates the caller at the edge when the route is protected
+//!   ([`auth`]), so services receive a verified user id and never a token,
+//! - translates REST to a gRPC call and the answer back to JSON, every error
+//!   becoming an RFC 9457 problem ([`error`]),
+//! - and, for an order, aggregates the answers of two services into one
+//!   response ([`aggregate`]).
+//!
+//! In the order scenario it is the first hop: register, log in, place the
+//! order (gateway → orders over gRPC) and read it back enriched with catalog
+//! product details.
+
+pub mod aggregate;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod startup;
+pub mod upstream;
+
+pub use config::Settings;
+pub use startup::Application;

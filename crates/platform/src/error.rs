@@ -20,6 +20,7 @@ pub enum ErrorCode {
     Unauthenticated,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     Conflict,
     FailedPrecondition,
     PayloadTooLarge,
@@ -38,6 +39,7 @@ impl ErrorCode {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::FailedPrecondition => "failed_precondition",
             Self::PayloadTooLarge => "payload_too_large",
@@ -56,6 +58,7 @@ impl ErrorCode {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,7 +82,9 @@ impl ErrorCode {
             Self::Conflict => tonic::Code::AlreadyExists,
             Self::FailedPrecondition => tonic::Code::FailedPrecondition,
             Self::RateLimited => tonic::Code::ResourceExhausted,
-            Self::Unimplemented => tonic::Code::Unimplemented,
+            // A method is a property of the edge's routing table; inside, the
+            // nearest meaning is "this operation is not implemented".
+            Self::MethodNotAllowed | Self::Unimplemented => tonic::Code::Unimplemented,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Timeout => tonic::Code::DeadlineExceeded,
             Self::Internal => tonic::Code::Internal,
@@ -111,6 +116,7 @@ impl ErrorCode {
             Self::Unauthenticated => "Authentication is required",
             Self::Forbidden => "Not allowed",
             Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
             Self::Conflict => "Conflict",
             Self::FailedPrecondition => "The request cannot be carried out",
             Self::PayloadTooLarge => "The request body is too large",
@@ -181,8 +187,9 @@ impl IntoResponse for Problem {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 13] = [
+    const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidInput,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -198,13 +205,14 @@ mod tests {
     ];
 
     #[test]
-    fn a_code_survives_a_grpc_hop_except_the_http_only_ones() {
+    fn a_code_survives_a_grpc_hop_except_the_edge_only_ones() {
         for code in ALL {
             let back = ErrorCode::from_grpc(code.grpc_code());
             match code {
                 ErrorCode::PayloadTooLarge | ErrorCode::UnsupportedMediaType => {
                     assert_eq!(back, ErrorCode::InvalidInput)
                 }
+                ErrorCode::MethodNotAllowed => assert_eq!(back, ErrorCode::Unimplemented),
                 _ => assert_eq!(back, code, "{code:?}"),
             }
         }

@@ -15,8 +15,9 @@ pub enum LogFormat {
 /// Installs the global subscriber. Safe to call more than once (tests start
 /// several services in one process): later calls do nothing.
 pub fn init(service: &'static str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,h2=warn,tower=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,lapin=warn,h2=warn,tower=warn,tower_http=info")
+    });
     let builder = fmt().with_env_filter(filter).with_target(false);
     let installed = match format {
         LogFormat::Pretty => builder.compact().try_init(),

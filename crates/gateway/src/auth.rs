@@ -1,0 +1,242 @@
+//! Edge authentication: the gateway verifies the bearer token once, at the
+//! edge, and passes the verified subject to the services as `user_id`.
+//!
+//! Services behind the gateway never see a token. They trust the `user_id`
+//! in the gRPC request because only the gateway can reach them (the network
+//! boundary) and it puts there only what it verified. Verification is local
+//! (EdDSA signature against the auth service's JWKS, cached), so a protected
+//! request costs no call to the auth service.
+//!
+//! Failures follow RFC 6750 §3: a request without credentials gets a bare
+//! `WWW-Authenticate: Bearer realm="signalbox"` challenge (the client did not
+//! know it had to authenticate); a bad or expired token gets
+//! `error="invalid_token"` with a description (the client should get a new
+//! token). Both answer 401 with a problem body, code `unauthenticated`. When
+//! the keys themselves cannot be fetched the fault is ours, not the token's:
+//! 503 `unavailable`, and no challenge.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::{header, request::Parts, HeaderMap, HeaderValue},
+    response::{IntoResponse, Response},
+};
+use signalbox_platform::{
+    tokens::{AccessClaims, TokenError, TokenVerifier},
+    ErrorCode, Problem,
+};
+
+/// The protection space named in every challenge.
+pub const REALM: &str = "signalbox";
+
+/// The caller of a protected route, proven by a valid access token.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedUser {
+    /// The token's subject; what orders checks ownership against.
+    pub user_id: String,
+    pub claims: AccessClaims,
+}
+
+impl<S> FromRequestParts<S> for AuthenticatedUser
+where
+    Arc<TokenVerifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers)?;
+        let verifier = Arc::<TokenVerifier>::from_ref(state);
+        let claims = verifier.verify(token).await?;
+        Ok(Self {
+            user_id: claims.sub.clone(),
+            claims,
+        })
+    }
+}
+
+/// Why a protected request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the request has no bearer token")]
+    Missing,
+    /// Another scheme (`Basic`, …): RFC 6750 §3.1 treats it like no
+    /// credentials at all, so the challenge carries no error code.
+    #[error("only the Bearer authentication scheme is accepted")]
+    UnsupportedScheme,
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("the token cannot be verified right now")]
+    KeysUnavailable,
+}
+
+impl From<TokenError> for AuthError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::KeysUnavailable(reason) => {
+                tracing::warn!(%reason, "signing keys unavailable");
+                Self::KeysUnavailable
+            }
+            other => Self::InvalidToken(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let challenge = match &self {
+            Self::Missing | Self::UnsupportedScheme => www_authenticate(None),
+            Self::InvalidToken(description) => {
+                www_authenticate(Some(("invalid_token", description)))
+            }
+            Self::KeysUnavailable => {
+                return Problem::new(ErrorCode::Unavailable, self.to_string()).into_response()
+            }
+        };
+        let mut response =
+            Problem::new(ErrorCode::Unauthenticated, self.to_string()).into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+        response
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::Missing)?;
+    if values.next().is_some() {
+        return Err(malformed("more than one Authorization header"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| malformed("the Authorization header is not visible ASCII"))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    // Auth schemes are case-insensitive (RFC 9110 §11.1).
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::UnsupportedScheme);
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty() {
+        return Err(malformed("the bearer token is empty"));
+    }
+    if token.contains(' ') {
+        return Err(malformed("the bearer token contains a space"));
+    }
+    Ok(token)
+}
+
+fn malformed(reason: &str) -> AuthError {
+    AuthError::InvalidToken(reason.to_owned())
+}
+
+/// A `WWW-Authenticate` challenge for the Bearer scheme (RFC 6750 §3), with
+/// an `error` and `error_description` when there is one.
+pub fn www_authenticate(error: Option<(&str, &str)>) -> HeaderValue {
+    let mut challenge = format!("Bearer realm=\"{REALM}\"");
+    if let Some((code, description)) = error {
+        challenge.push_str(&format!(
+            ", error=\"{}\", error_description=\"{}\"",
+            quotable(code),
+            quotable(description)
+        ));
+    }
+    HeaderValue::from_str(&challenge)
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"signalbox\""))
+}
+
+/// Keeps only the characters RFC 6750 allows inside the quoted attribute
+/// values (printable ASCII without `"` and `\`), so that no description can
+/// break out of its quotes or make the header invalid.
+fn quotable(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for value in values {
+            map.append(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_challenge_without_error_names_only_the_realm() {
+        assert_eq!(www_authenticate(None), "Bearer realm=\"signalbox\"");
+    }
+
+    #[test]
+    fn a_challenge_with_an_error_carries_code_and_description() {
+        let value = www_authenticate(Some(("invalid_token", "the token has expired")));
+        assert_eq!(
+            value,
+            "Bearer realm=\"signalbox\", error=\"invalid_token\", error_description=\"the token has expired\""
+        );
+    }
+
+    #[test]
+    fn a_description_cannot_break_out_of_its_quotes() {
+        let value = www_authenticate(Some(("invalid_token", "bad \"quote\" \\ and é")));
+        let text = value.to_str().unwrap();
+        assert!(
+            text.ends_with("error_description=\"bad 'quote' ' and ?\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_bearer_token_is_taken_from_the_header_whatever_the_scheme_case() {
+        assert_eq!(bearer_token(&headers(&["Bearer abc.def"])), Ok("abc.def"));
+        assert_eq!(bearer_token(&headers(&["bearer abc.def"])), Ok("abc.def"));
+    }
+
+    #[test]
+    fn no_header_and_another_scheme_are_challenges_without_error() {
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::Missing));
+        assert_eq!(
+            bearer_token(&headers(&["Basic dXNlcjpwYXNz"])),
+            Err(AuthError::UnsupportedScheme)
+        );
+    }
+
+    #[test]
+    fn a_malformed_bearer_header_is_an_invalid_token() {
+        for value in [
+            &["Bearer"][..],
+            &["Bearer "],
+            &["Bearer a b"],
+            &["Bearer a", "Bearer b"],
+        ] {
+            assert!(
+                matches!(
+                    bearer_token(&headers(value)),
+                    Err(AuthError::InvalidToken(_))
+                ),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unavailable_keys_are_a_503_without_challenge() {
+        let response =
+            AuthError::from(TokenError::KeysUnavailable("refused".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!response.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

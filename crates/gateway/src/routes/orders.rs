@@ -1,0 +1,279 @@
+//! `/api/orders*`: protected routes, translated to `OrderService` calls with
+//! the verified subject as `user_id`; reading one order is aggregated with
+//! catalog details (see [`crate::aggregate`]).
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::{Deserialize, Serialize};
+use signalbox_platform::{ErrorCode, Problem};
+use signalbox_proto::{
+    catalog::v1::{BatchGetProductsRequest, Product},
+    orders::v1::{
+        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest,
+        Order, OrderState,
+    },
+};
+use uuid::Uuid;
+
+use crate::{
+    aggregate::{self, OrderDetails},
+    auth::AuthenticatedUser,
+    extract::{parse_id, ApiJson, ApiPath},
+    upstream::{Clients, Upstream, UpstreamResult},
+};
+
+/// Most ids catalog accepts in one `BatchGetProducts` call.
+const CATALOG_BATCH: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct NewOrder {
+    pub items: Vec<NewItem>,
+}
+
+/// Types are checked here (a product id must be a UUID); business rules
+/// (positive quantities, known products) are the orders service's.
+#[derive(Debug, Deserialize)]
+pub struct NewItem {
+    pub product_id: Uuid,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub order_id: String,
+    pub state: &'static str,
+}
+
+/// An order as listed or as returned by a cancel (not aggregated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderBody {
+    pub id: String,
+    pub state: &'static str,
+    pub items: Vec<ItemBody>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub rejection_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemBody {
+    pub product_id: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderList {
+    pub orders: Vec<OrderBody>,
+}
+
+impl From<Order> for OrderBody {
+    fn from(order: Order) -> Self {
+        Self {
+            id: order.id,
+            state: state_name(order.state),
+            items: order
+                .items
+                .into_iter()
+                .map(|item| ItemBody {
+                    product_id: item.product_id,
+                    quantity: item.quantity,
+                    unit_price_cents: item.unit_price_cents,
+                })
+                .collect(),
+            total_cents: order.total_cents,
+            currency: order.currency,
+            rejection_reason: Some(order.rejection_reason).filter(|r| !r.is_empty()),
+            created_at: order.created_at,
+            updated_at: order.updated_at,
+        }
+    }
+}
+
+/// The public name of an order state: the proto enum name without its
+/// `ORDER_STATE_` prefix. A value this gateway does not know yet (a newer
+/// orders service) reads as `UNKNOWN` rather than failing the request.
+pub fn state_name(raw: i32) -> &'static str {
+    match OrderState::try_from(raw) {
+        Ok(OrderState::Pending) => "PENDING",
+        Ok(OrderState::Approved) => "APPROVED",
+        Ok(OrderState::Rejected) => "REJECTED",
+        Ok(OrderState::Cancelled) => "CANCELLED",
+        Ok(OrderState::Unspecified) => "UNSPECIFIED",
+        Err(_) => "UNKNOWN",
+    }
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn create(
+    State(clients): State<Clients>,
+    user: AuthenticatedUser,
+    ApiJson(body): ApiJson<NewOrder>,
+) -> Result<Response, Problem> {
+    let order = clients
+        .orders
+        .clone()
+        .create_order(CreateOrderRequest {
+            user_id: user.user_id,
+            items: body
+                .items
+                .into_iter()
+                .map(|item| LineItem {
+                    product_id: item.product_id.to_string(),
+                    quantity: item.quantity,
+                })
+                .collect(),
+        })
+        .await
+        .or_problem(Upstream::Orders)?;
+    tracing::info!(order_id = %order.id, "order accepted");
+    // 202: the order exists but is not decided; the saga approves or rejects
+    // it later, and `Location` is where to watch (or the socket pushes it).
+    let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id)).map_err(|_| {
+        tracing::error!(order_id = %order.id, "order id is not a header value");
+        Problem::new(ErrorCode::Internal, "an internal error occurred")
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(Accepted {
+            state: state_name(order.state),
+            order_id: order.id,
+        }),
+    )
+        .into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn list(
+    State(clients): State<Clients>,
+    user: AuthenticatedUser,
+) -> Result<Json<OrderList>, Problem> {
+    let listed = clients
+        .orders
+        .clone()
+        .list_orders(ListOrdersRequest {
+            user_id: user.user_id,
+        })
+        .await
+        .or_problem(Upstream::Orders)?;
+    Ok(Json(OrderList {
+        orders: listed.orders.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
+pub async fn get(
+    State(clients): State<Clients>,
+    user: AuthenticatedUser,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<OrderDetails>, Problem> {
+    let id = parse_id(&raw, "order")?;
+    let order = clients
+        .orders
+        .clone()
+        .get_order(GetOrderRequest {
+            user_id: user.user_id,
+            order_id: id.to_string(),
+        })
+        .await
+        .or_problem(Upstream::Orders)?;
+    let products = match product_details(&clients, aggregate::product_ids(&order)).await {
+        Ok(products) => Some(products),
+        Err(problem) => {
+            // Fallback: the order without details beats no order at all.
+            tracing::warn!(detail = %problem.detail, "catalog details unavailable; answering degraded");
+            None
+        }
+    };
+    Ok(Json(aggregate::compose(order, products)))
+}
+
+/// The catalog products of `ids`, in batches catalog accepts.
+async fn product_details(clients: &Clients, ids: Vec<String>) -> Result<Vec<Product>, Problem> {
+    let mut products = Vec::with_capacity(ids.len());
+    let mut catalog = clients.catalog.clone();
+    for batch in ids.chunks(CATALOG_BATCH) {
+        let found = catalog
+            .batch_get_products(BatchGetProductsRequest {
+                ids: batch.to_vec(),
+            })
+            .await
+            .or_problem(Upstream::Catalog)?;
+        products.extend(found.products);
+    }
+    Ok(products)
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
+pub async fn cancel(
+    State(clients): State<Clients>,
+    user: AuthenticatedUser,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<OrderBody>, Problem> {
+    let id = parse_id(&raw, "order")?;
+    let order = clients
+        .orders
+        .clone()
+        .cancel_order(CancelOrderRequest {
+            user_id: user.user_id,
+            order_id: id.to_string(),
+        })
+        .await
+        .or_problem(Upstream::Orders)?;
+    tracing::info!(order_id = %order.id, "order cancelled");
+    Ok(Json(order.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_read_as_enum_names_without_prefix() {
+        assert_eq!(state_name(OrderState::Pending as i32), "PENDING");
+        assert_eq!(state_name(OrderState::Approved as i32), "APPROVED");
+        assert_eq!(state_name(OrderState::Rejected as i32), "REJECTED");
+        assert_eq!(state_name(OrderState::Cancelled as i32), "CANCELLED");
+        assert_eq!(state_name(OrderState::Unspecified as i32), "UNSPECIFIED");
+    }
+
+    #[test]
+    fn every_named_state_matches_the_proto_name_minus_prefix() {
+        for state in [
+            OrderState::Pending,
+            OrderState::Approved,
+            OrderState::Rejected,
+            OrderState::Cancelled,
+            OrderState::Unspecified,
+        ] {
+            let proto = state.as_str_name();
+            assert_eq!(
+                Some(state_name(state as i32)),
+                proto.strip_prefix("ORDER_STATE_")
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_from_a_newer_service_reads_as_unknown() {
+        assert_eq!(state_name(99), "UNKNOWN");
+    }
+
+    #[test]
+    fn an_empty_rejection_reason_is_null() {
+        let body = OrderBody::from(Order {
+            id: "o".into(),
+            state: OrderState::Pending as i32,
+            ..Order::default()
+        });
+        assert_eq!(body.rejection_reason, None);
+        assert_eq!(body.state, "PENDING");
+    }
+}

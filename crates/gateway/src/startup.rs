@@ -1,0 +1,125 @@
+//! Wiring: bind the listener, build the upstream clients and the token
+//! verifier, and serve the routing table behind the edge's tower stack.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    error_handling::HandleErrorLayer,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, Request},
+    Router,
+};
+use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
+
+use crate::{
+    error,
+    routes::{self, AppState},
+    upstream::Clients,
+    Settings,
+};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Binds the listener and prepares everything else without touching the
+    /// network: upstream channels connect on first use and the signing keys
+    /// are fetched on the first protected request, so the gateway starts
+    /// whatever the state of the services behind it.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = serve::bind(&settings.http).await?;
+        let state = AppState {
+            clients: Clients::new(&settings.upstreams, &settings.timeouts)?,
+            verifier: Arc::new(TokenVerifier::new(settings.tokens.clone())),
+        };
+        Ok(Self {
+            listener,
+            router: router(state, &settings),
+        })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { listener, router } = self;
+        tracing::info!(port = listener.local_addr()?.port(), "gateway listening");
+        serve::run_all(
+            shutdown.clone(),
+            vec![serve::task("http", async move {
+                Ok(serve::http(listener, router, shutdown).await?)
+            })],
+        )
+        .await
+    }
+}
+
+/// The routing table and health endpoints behind the edge's tower stack.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    // Readiness has no checks on purpose: the gateway can serve as soon as it
+    // listens. Checking the upstreams here would take every gateway out of
+    // the load balancer when one service is down, turning a partial outage
+    // (orders down, catalog still browsable, a 503 problem on order routes)
+    // into a total one; upstream health is the upstreams' own readiness.
+    let health = Health::new().router();
+
+    // Layers run top to bottom on the way in, bottom to top on the way out.
+    let stack = ServiceBuilder::new()
+        // Outermost: give every request an id (or keep the caller's) before
+        // anything logs, so the trace span below can carry it.
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // One span per request with method, path and id, so every log line
+        // below carries them; 5xx answers are logged here with latency
+        // (every answer with `RUST_LOG=tower_http=info`), including timed-out
+        // and rejected requests, because everything below runs inside it.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<Body>| {
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        // Echo the id on the response so a client can quote it in a report;
+        // inside the trace so the echoed id is the one that was logged.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // Turns the timeout's error into a 504 problem. It must sit directly
+        // above the timeout: axum needs an infallible service from here up.
+        .layer(HandleErrorLayer::new(error::layer_failed))
+        // The whole-request budget: bounds an aggregated request (two
+        // upstream calls) even when each call stays within its own timeout.
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(
+            settings.timeouts.request_secs,
+        )))
+        // Innermost: the body limit is enforced by the extractors, so an
+        // oversized body becomes the same 413 problem as any other bad body.
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
+
+    // Rate-limiting seam: a per-client limiter (429 problem) belongs between
+    // the trace and the timeout, so refused requests are logged but spend no
+    // part of anyone's budget.
+    routes::table(state).merge(health).layer(stack)
+}

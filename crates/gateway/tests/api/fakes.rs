@@ -1,0 +1,282 @@
+//! In-process stand-ins for the gRPC services behind the gateway, so the
+//! gateway's translation and aggregation are tested alone. They keep the
+//! rules the gateway relies on (orders answers NOT_FOUND for another user's
+//! order) and nothing more; the real services are exercised by the system
+//! tests.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use signalbox_proto::{
+    auth::v1::{
+        auth_service_server::{AuthService, AuthServiceServer},
+        GetJwksRequest, GetJwksResponse, LoginRequest, RefreshRequest, RegisterRequest,
+        RegisterResponse, TokenResponse,
+    },
+    catalog::v1::{
+        catalog_service_server::{CatalogService, CatalogServiceServer},
+        BatchGetProductsRequest, BatchGetProductsResponse, GetProductRequest, ListProductsRequest,
+        ListProductsResponse, Product,
+    },
+    orders::v1::{
+        order_service_server::{OrderService, OrderServiceServer},
+        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest,
+        ListOrdersResponse, Order, OrderItem, OrderState, ReviseOrderRequest,
+    },
+};
+use tokio::{net::TcpListener, sync::Mutex};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub const WIDGET_ID: &str = "0190a1b2-0000-7000-8000-000000000001";
+pub const GADGET_ID: &str = "0190a1b2-0000-7000-8000-000000000002";
+pub const UNIT_PRICE_CENTS: i64 = 250;
+
+pub fn products() -> Vec<Product> {
+    vec![
+        Product {
+            id: WIDGET_ID.into(),
+            sku: "WID-1".into(),
+            name: "Widget".into(),
+            price_cents: UNIT_PRICE_CENTS,
+            currency: "EUR".into(),
+            stock: 10,
+        },
+        Product {
+            id: GADGET_ID.into(),
+            sku: "GAD-1".into(),
+            name: "Gadget".into(),
+            price_cents: UNIT_PRICE_CENTS,
+            currency: "EUR".into(),
+            stock: 3,
+        },
+    ]
+}
+
+/// Serves `router` on a fresh loopback port until `shutdown`; returns the URL.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    shutdown: CancellationToken,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+    let url = format!("http://{}", listener.local_addr().expect("fake address"));
+    let incoming = signalbox_platform::serve::grpc_incoming(listener);
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()));
+    url
+}
+
+pub fn auth(jwks_json: String) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder().add_service(AuthServiceServer::new(FakeAuth { jwks_json }))
+}
+
+pub fn catalog() -> tonic::transport::server::Router {
+    tonic::transport::Server::builder().add_service(CatalogServiceServer::new(FakeCatalog))
+}
+
+pub fn orders(delay: Duration) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder().add_service(OrderServiceServer::new(FakeOrders {
+        delay,
+        orders: Arc::default(),
+    }))
+}
+
+struct FakeAuth {
+    jwks_json: String,
+}
+
+#[tonic::async_trait]
+impl AuthService for FakeAuth {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let request = request.into_inner();
+        if request.email == "taken@example.com" {
+            return Err(Status::already_exists("the email is already registered"));
+        }
+        Ok(Response::new(RegisterResponse {
+            user_id: Uuid::now_v7().to_string(),
+            email: request.email,
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<TokenResponse>, Status> {
+        let request = request.into_inner();
+        if request.password != "correct horse" {
+            return Err(Status::unauthenticated("invalid email or password"));
+        }
+        Ok(Response::new(TokenResponse {
+            access_token: "access.token.value".into(),
+            token_type: "Bearer".into(),
+            expires_in: 900,
+            refresh_token: "refresh-token-value".into(),
+            user_id: Uuid::now_v7().to_string(),
+        }))
+    }
+
+    async fn refresh(&self, _: Request<RefreshRequest>) -> Result<Response<TokenResponse>, Status> {
+        Err(Status::unimplemented("not used by the gateway tests"))
+    }
+
+    async fn get_jwks(
+        &self,
+        _: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(GetJwksResponse {
+            jwks_json: self.jwks_json.clone(),
+        }))
+    }
+}
+
+struct FakeCatalog;
+
+#[tonic::async_trait]
+impl CatalogService for FakeCatalog {
+    async fn get_product(
+        &self,
+        request: Request<GetProductRequest>,
+    ) -> Result<Response<Product>, Status> {
+        let id = request.into_inner().id;
+        products()
+            .into_iter()
+            .find(|p| p.id == id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("product {id} does not exist")))
+    }
+
+    async fn list_products(
+        &self,
+        _: Request<ListProductsRequest>,
+    ) -> Result<Response<ListProductsResponse>, Status> {
+        Ok(Response::new(ListProductsResponse {
+            products: products(),
+        }))
+    }
+
+    async fn batch_get_products(
+        &self,
+        request: Request<BatchGetProductsRequest>,
+    ) -> Result<Response<BatchGetProductsResponse>, Status> {
+        let ids = request.into_inner().ids;
+        let (found, missing): (Vec<_>, Vec<_>) = ids
+            .into_iter()
+            .partition(|id| products().iter().any(|p| &p.id == id));
+        Ok(Response::new(BatchGetProductsResponse {
+            products: products()
+                .into_iter()
+                .filter(|p| found.contains(&p.id))
+                .collect(),
+            missing,
+        }))
+    }
+}
+
+struct FakeOrders {
+    /// How long each call takes, to exercise the gateway's timeouts.
+    delay: Duration,
+    orders: Arc<Mutex<HashMap<String, Order>>>,
+}
+
+impl FakeOrders {
+    /// The order `id` if `user_id` owns it; NOT_FOUND otherwise, like orders.
+    async fn owned(&self, user_id: &str, id: &str) -> Result<Order, Status> {
+        tokio::time::sleep(self.delay).await;
+        self.orders
+            .lock()
+            .await
+            .get(id)
+            .filter(|o| o.user_id == user_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("order {id} does not exist")))
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for FakeOrders {
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let request = request.into_inner();
+        if request.items.is_empty() {
+            return Err(Status::invalid_argument("an order needs at least one item"));
+        }
+        let items: Vec<OrderItem> = request
+            .items
+            .into_iter()
+            .map(|i| OrderItem {
+                product_id: i.product_id,
+                quantity: i.quantity,
+                unit_price_cents: UNIT_PRICE_CENTS,
+            })
+            .collect();
+        let now = "2025-06-01T12:00:00Z".to_owned();
+        let order = Order {
+            id: Uuid::now_v7().to_string(),
+            user_id: request.user_id,
+            state: OrderState::Pending as i32,
+            total_cents: items.iter().map(|i| i.quantity * i.unit_price_cents).sum(),
+            items,
+            currency: "EUR".into(),
+            rejection_reason: String::new(),
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.orders
+            .lock()
+            .await
+            .insert(order.id.clone(), order.clone());
+        Ok(Response::new(order))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let request = request.into_inner();
+        let mut order = self.owned(&request.user_id, &request.order_id).await?;
+        order.state = OrderState::Cancelled as i32;
+        self.orders
+            .lock()
+            .await
+            .insert(order.id.clone(), order.clone());
+        Ok(Response::new(order))
+    }
+
+    async fn revise_order(
+        &self,
+        _: Request<ReviseOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        Err(Status::unimplemented("not used by the gateway"))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.owned(&request.user_id, &request.order_id).await?,
+        ))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let user_id = request.into_inner().user_id;
+        let mut orders: Vec<Order> = self
+            .orders
+            .lock()
+            .await
+            .values()
+            .filter(|o| o.user_id == user_id)
+            .cloned()
+            .collect();
+        orders.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(ListOrdersResponse { orders }))
+    }
+}

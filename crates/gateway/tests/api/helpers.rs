@@ -1,0 +1,293 @@
+//! Test harness: a gateway on port 0 whose upstreams are either closed ports
+//! (the service is down) or in-process fakes, a local JWKS endpoint, and
+//! EdDSA tokens minted with a key generated per test.
+
+use std::time::Duration;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use ed25519_dalek::{pkcs8::EncodePrivateKey, SigningKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{header, Response};
+use serde_json::{json, Value};
+use signalbox_gateway::{
+    config::{Timeouts, Upstreams},
+    Application, Settings,
+};
+use signalbox_platform::{
+    config::{ListenSettings, VerifierSettings},
+    tokens::{now_secs, AccessClaims},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::fakes;
+
+pub const ISSUER: &str = "signalbox-auth";
+pub const AUDIENCE: &str = "signalbox";
+
+/// Which parts of the world around the gateway are up.
+pub struct World {
+    pub auth: bool,
+    pub orders: bool,
+    pub catalog: bool,
+    /// Whether the JWKS endpoint the verifier fetches answers.
+    pub jwks: bool,
+    /// How long each read of an order takes in the fake orders service.
+    pub orders_delay: Duration,
+    pub timeouts: Timeouts,
+}
+
+impl World {
+    /// Every service down, signing keys reachable.
+    pub fn all_down() -> Self {
+        Self {
+            auth: false,
+            orders: false,
+            catalog: false,
+            jwks: true,
+            orders_delay: Duration::ZERO,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Every service up (as fakes), signing keys reachable.
+    pub fn all_up() -> Self {
+        Self {
+            auth: true,
+            orders: true,
+            catalog: true,
+            ..Self::all_down()
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub keys: TestKeys,
+    /// Stops the gateway, the fakes and the JWKS server when the test ends.
+    _stop: DropGuard,
+}
+
+/// A gateway whose upstreams are all down.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(World::all_down()).await
+}
+
+pub async fn spawn_app_with(world: World) -> TestApp {
+    let stop = CancellationToken::new();
+    let keys = TestKeys::generate();
+
+    let jwks_url = if world.jwks {
+        serve_jwks(keys.jwks(), stop.clone()).await
+    } else {
+        format!("http://{}/.well-known/jwks.json", closed_address().await)
+    };
+    let auth = if world.auth {
+        fakes::serve(fakes::auth(keys.jwks().to_string()), stop.clone()).await
+    } else {
+        format!("http://{}", closed_address().await)
+    };
+    let orders = if world.orders {
+        fakes::serve(fakes::orders(world.orders_delay), stop.clone()).await
+    } else {
+        format!("http://{}", closed_address().await)
+    };
+    let catalog = if world.catalog {
+        fakes::serve(fakes::catalog(), stop.clone()).await
+    } else {
+        format!("http://{}", closed_address().await)
+    };
+
+    let settings = Settings {
+        http: ListenSettings::ephemeral(),
+        upstreams: Upstreams {
+            auth,
+            orders,
+            catalog,
+        },
+        tokens: VerifierSettings {
+            jwks_url,
+            issuer: ISSUER.to_owned(),
+            audience: AUDIENCE.to_owned(),
+            leeway_secs: 5,
+        },
+        timeouts: world.timeouts,
+        ..Settings::default()
+    };
+    let app = Application::build(settings).await.expect("gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.http_port());
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client"),
+        keys,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// An address nothing listens on: bound, noted, released.
+async fn closed_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    drop(listener);
+    address
+}
+
+/// Serves `jwks` the way the auth service's HTTP side does; returns its URL.
+async fn serve_jwks(jwks: Value, stop: CancellationToken) -> String {
+    let router = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind jwks");
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().expect("jwks address")
+    );
+    // The JWKS server: answers the verifier until the test ends.
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    url
+}
+
+/// An Ed25519 signing key, published as a JWKS, that mints access tokens.
+pub struct TestKeys {
+    pub kid: String,
+    signing: SigningKey,
+}
+
+impl TestKeys {
+    pub fn generate() -> Self {
+        Self {
+            kid: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            signing: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [{
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(self.signing.verifying_key().to_bytes()),
+            "kid": self.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        }]})
+    }
+
+    /// Signs `claims` with this key, under this key's `kid`.
+    pub fn sign(&self, claims: &AccessClaims) -> String {
+        let der = self.signing.to_pkcs8_der().expect("pkcs8 der");
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
+            .expect("sign token")
+    }
+}
+
+/// Valid claims for `user_id`, expiring in five minutes.
+pub fn claims(user_id: &str) -> AccessClaims {
+    let now = now_secs();
+    AccessClaims {
+        sub: user_id.to_owned(),
+        iss: ISSUER.to_owned(),
+        aud: AUDIENCE.to_owned(),
+        exp: now + 300,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A valid access token for `user_id`.
+    pub fn token_for(&self, user_id: &str) -> String {
+        self.keys.sign(&claims(user_id))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_json_as(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+/// Asserts `response` is a problem document with `status` and `code`;
+/// returns the document.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "status of {}",
+        response.url()
+    );
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "content type"
+    );
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+pub fn www_authenticate(response: &Response) -> String {
+    response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .expect("a WWW-Authenticate challenge")
+        .to_owned()
+}

@@ -1,0 +1,11 @@
+//! The gateway alone: upstreams are closed ports or in-process fakes.
+
+mod auth_routes;
+mod authentication;
+mod catalog;
+mod edge;
+mod fakes;
+mod helpers;
+mod input;
+mod orders;
+mod timeouts;

@@ -1,0 +1,66 @@
+//! Slow upstreams: the per-call timeout and the whole-request budget both
+//! end in a 504 problem instead of a hung client.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use signalbox_gateway::config::Timeouts;
+
+use crate::helpers::{assert_problem, spawn_app_with, World};
+
+async fn slow_order_world(timeouts: Timeouts) -> (crate::helpers::TestApp, String, String) {
+    let app = spawn_app_with(World {
+        orders_delay: Duration::from_secs(3),
+        timeouts,
+        ..World::all_up()
+    })
+    .await;
+    let token = app.token_for("user-1");
+    let response = app
+        .post_json_as(
+            "/api/orders",
+            &token,
+            &json!({"items": [{"product_id": crate::fakes::WIDGET_ID, "quantity": 1}]}),
+        )
+        .await;
+    let body: Value = response.json().await.unwrap();
+    let order_id = body["order_id"].as_str().expect("order placed").to_owned();
+    (app, token, order_id)
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_its_call_timeout_is_a_504_problem() {
+    let (app, token, order_id) = slow_order_world(Timeouts {
+        request_secs: 10,
+        upstream_secs: 1,
+        connect_secs: 1,
+    })
+    .await;
+
+    let started = Instant::now();
+    let response = app.get_as(&format!("/api/orders/{order_id}"), &token).await;
+
+    let problem = assert_problem(response, 504, "timeout").await;
+    assert_eq!(
+        problem["detail"],
+        "the orders service did not answer in time"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_request_over_its_budget_is_a_504_problem() {
+    let (app, token, order_id) = slow_order_world(Timeouts {
+        request_secs: 1,
+        upstream_secs: 10,
+        connect_secs: 1,
+    })
+    .await;
+
+    let started = Instant::now();
+    let response = app.get_as(&format!("/api/orders/{order_id}"), &token).await;
+
+    let problem = assert_problem(response, 504, "timeout").await;
+    assert_eq!(problem["detail"], "the request did not complete in time");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
