@@ -1,0 +1,280 @@
+//! Signing keys and the JWK Set that publishes them.
+//!
+//! Access tokens are signed with Ed25519 (JWS `alg: EdDSA`). The private key
+//! stays in this process; the public half is published as a JWK Set
+//! (RFC 7517) at `/.well-known/jwks.json`, where the gateway and the realtime
+//! service fetch it and pick the key named by a token's `kid`.
+//!
+//! [`KeySet`] is the seam for key rotation: exactly one key signs, any number
+//! of older keys stay published so tokens they signed keep verifying until
+//! they expire. Rotating is then: publish the new key as verify-only, wait
+//! for verifier caches to pick it up, promote it, keep the old one published
+//! for one access-token lifetime, drop it.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use jsonwebtoken::EncodingKey;
+use rand::rngs::OsRng;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::TokenSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the signing key is not an Ed25519 PKCS#8 PEM document: {0}")]
+    Unreadable(String),
+    #[error("the signing key cannot be encoded: {0}")]
+    Encoding(String),
+}
+
+/// The public half of a key, as verifiers see it.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    kid: String,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl PublicKey {
+    pub fn new(key: ed25519_dalek::VerifyingKey, kid: Option<String>) -> Self {
+        let x = encode_x(&key);
+        let kid = kid.unwrap_or_else(|| thumbprint(&x));
+        Self { kid, key }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The raw public key, base64url without padding (the JWK `x` member).
+    pub fn x(&self) -> String {
+        encode_x(&self.key)
+    }
+
+    /// This key as a JWK (RFC 8037): public members only, no `d`.
+    pub fn jwk(&self) -> Value {
+        json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": self.x(),
+            "kid": self.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        })
+    }
+}
+
+/// A key that signs. Its `Debug` output never shows the private part.
+pub struct SigningKey {
+    public: PublicKey,
+    encoding: EncodingKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.public.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Reads a PKCS#8 PEM document (`-----BEGIN PRIVATE KEY-----`).
+    pub fn from_pkcs8_pem(pem: &str, kid: Option<String>) -> Result<Self, KeyError> {
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map_err(|e| KeyError::Unreadable(e.to_string()))?;
+        Self::from_dalek(&key, kid)
+    }
+
+    /// A fresh random key from the operating system's CSPRNG.
+    pub fn generate(kid: Option<String>) -> Result<Self, KeyError> {
+        Self::from_dalek(&ed25519_dalek::SigningKey::generate(&mut OsRng), kid)
+    }
+
+    fn from_dalek(key: &ed25519_dalek::SigningKey, kid: Option<String>) -> Result<Self, KeyError> {
+        // jsonwebtoken signs with ring, which takes the key as PKCS#8 DER.
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        Ok(Self {
+            public: PublicKey::new(key.verifying_key(), kid),
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        self.public.kid()
+    }
+
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+}
+
+/// The keys of this service: one that signs, older ones that only verify.
+#[derive(Debug)]
+pub struct KeySet {
+    current: SigningKey,
+    verify_only: Vec<PublicKey>,
+}
+
+impl KeySet {
+    pub fn new(current: SigningKey) -> Self {
+        Self {
+            current,
+            verify_only: Vec::new(),
+        }
+    }
+
+    /// Keeps publishing `keys` (retired or not yet promoted) without signing
+    /// with them.
+    pub fn with_verify_only(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        self.verify_only.extend(keys);
+        self
+    }
+
+    /// The configured key, or an ephemeral one when none is configured.
+    pub fn from_settings(settings: &TokenSettings) -> Result<Self, KeyError> {
+        let kid = settings.signing_kid.clone();
+        let current = match &settings.signing_key_pem {
+            Some(pem) => SigningKey::from_pkcs8_pem(pem.expose_secret(), kid)?,
+            None => {
+                let key = SigningKey::generate(kid)?;
+                tracing::warn!(
+                    kid = key.kid(),
+                    "no signing key configured; using an ephemeral key: tokens will not survive \
+                     a restart and replicas will not accept each other's tokens"
+                );
+                key
+            }
+        };
+        tracing::info!(kid = current.kid(), "signing key loaded");
+        Ok(Self::new(current))
+    }
+
+    /// The key that signs new tokens.
+    pub fn current(&self) -> &SigningKey {
+        &self.current
+    }
+
+    /// Every key a verifier should accept, the signing one first.
+    pub fn public_keys(&self) -> impl Iterator<Item = &PublicKey> {
+        std::iter::once(self.current.public()).chain(&self.verify_only)
+    }
+
+    /// The JWK Set document (RFC 7517 §5).
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": self.public_keys().map(PublicKey::jwk).collect::<Vec<_>>() })
+    }
+}
+
+fn encode_x(key: &ed25519_dalek::VerifyingKey) -> String {
+    URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+/// The RFC 7638 thumbprint of an Ed25519 public key (`x` as in the JWK):
+/// SHA-256 over the required members in lexicographic order, no whitespace.
+/// A `kid` derived from the key itself needs no registry and cannot collide
+/// by accident.
+pub fn thumbprint(x: &str) -> String {
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The test key of RFC 8037, appendix A.1.
+    const RFC8037_D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+    const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    fn rfc8037_pem() -> String {
+        let d: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(RFC8037_D)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        ed25519_dalek::SigningKey::from_bytes(&d)
+            .to_pkcs8_pem(Default::default())
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_thumbprint_matches_rfc_8037() {
+        // RFC 8037, appendix A.3.
+        assert_eq!(
+            thumbprint(RFC8037_X),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+
+    #[test]
+    fn a_pem_key_is_read_and_named_by_its_thumbprint() {
+        let key = SigningKey::from_pkcs8_pem(&rfc8037_pem(), None).unwrap();
+        assert_eq!(key.public().x(), RFC8037_X);
+        assert_eq!(key.kid(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+
+    #[test]
+    fn a_configured_kid_wins_over_the_thumbprint() {
+        let key = SigningKey::from_pkcs8_pem(&rfc8037_pem(), Some("2025-01".to_owned())).unwrap();
+        assert_eq!(key.kid(), "2025-01");
+    }
+
+    #[test]
+    fn the_encoding_key_signs_with_the_loaded_key() {
+        // RFC 8037, appendix A.4: Ed25519 is deterministic, so the same key
+        // over the same input gives exactly this signature.
+        let key = SigningKey::from_pkcs8_pem(&rfc8037_pem(), None).unwrap();
+        let signature = jsonwebtoken::crypto::sign(
+            b"eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc",
+            key.encoding_key(),
+            jsonwebtoken::Algorithm::EdDSA,
+        )
+        .unwrap();
+        assert_eq!(
+            signature,
+            "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_a_signing_key() {
+        let error = SigningKey::from_pkcs8_pem(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(error, KeyError::Unreadable(_)));
+    }
+
+    #[test]
+    fn the_jwks_publishes_every_public_key_and_no_private_part() {
+        let current = SigningKey::generate(None).unwrap();
+        let older = SigningKey::generate(Some("older".to_owned())).unwrap();
+        let set = KeySet::new(current).with_verify_only([older.public().clone()]);
+
+        let jwks = set.jwks();
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0]["kid"], set.current().kid());
+        assert_eq!(keys[1]["kid"], "older");
+        for key in keys {
+            assert_eq!(key["kty"], "OKP");
+            assert_eq!(key["crv"], "Ed25519");
+            assert_eq!(key["alg"], "EdDSA");
+            assert_eq!(key["use"], "sig");
+            assert!(key.get("d").is_none());
+        }
+        // What verifiers parse it into.
+        let parsed: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
+        assert!(parsed.find(set.current().kid()).is_some());
+    }
+}

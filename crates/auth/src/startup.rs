@@ -1,0 +1,114 @@
+//! Wiring: bind listeners, connect to PostgreSQL and migrate, load the
+//! signing key, then serve gRPC (auth, health, reflection) and HTTP (JWKS,
+//! health) until shutdown.
+
+use std::sync::Arc;
+
+use signalbox_platform::{health::Health, serve};
+use signalbox_proto::auth::v1::auth_service_server::AuthServiceServer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    grpc::AuthGrpc,
+    http::{self, JwksDocument},
+    keys::KeySet,
+    passwords::Passwords,
+    service::Auth,
+    tokens::TokenIssuer,
+    Settings,
+};
+
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    pool: PgPool,
+    auth: Arc<Auth>,
+    jwks: JwksDocument,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let grpc_listener = serve::bind(&settings.grpc).await?;
+        let http_listener = serve::bind(&settings.http).await?;
+
+        let pool = serve::database(&settings.database).await?;
+        sqlx::migrate!("../../migrations/auth").run(&pool).await?;
+
+        let keys = KeySet::from_settings(&settings.tokens)?;
+        let jwks = JwksDocument::new(&keys);
+        let issuer = TokenIssuer::new(keys, &settings.tokens);
+        // Computes the dummy hash now, so the first login for an unknown
+        // email costs no more than any other.
+        let passwords = Passwords::new().await?;
+        let auth = Arc::new(Auth::new(pool.clone(), passwords, issuer, &settings.tokens));
+
+        Ok(Self {
+            grpc_listener,
+            http_listener,
+            pool,
+            auth,
+            jwks,
+        })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(
+            grpc_port = self.grpc_port(),
+            http_port = self.http_port(),
+            "auth service listening"
+        );
+        let Self {
+            grpc_listener,
+            http_listener,
+            pool,
+            auth,
+            jwks,
+        } = self;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<AuthServiceServer<AuthGrpc>>()
+            .await;
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(serve::reflection(signalbox_proto::FILE_DESCRIPTOR_SET)?)
+            .add_service(AuthServiceServer::new(AuthGrpc::new(auth, jwks.clone())))
+            .serve_with_incoming_shutdown(
+                serve::grpc_incoming(grpc_listener),
+                shutdown.clone().cancelled_owned(),
+            );
+
+        let router = http::router(jwks).merge(Health::new().database(pool.clone()).router());
+        let http = serve::http(http_listener, router, shutdown.clone());
+
+        let result = serve::run_all(
+            shutdown,
+            vec![
+                // Register, Login, Refresh, GetJwks for the gateway, plus the
+                // gRPC health protocol and reflection.
+                serve::task("grpc", async move { Ok(grpc.await?) }),
+                // The JWKS for token verifiers, and liveness / readiness.
+                serve::task("http", async move { Ok(http.await?) }),
+            ],
+        )
+        .await;
+        pool.close().await;
+        result
+    }
+}
