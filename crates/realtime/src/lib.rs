@@ -1,1 +1,20 @@
-//! placeholder
+//! The realtime service: WebSocket push beside the gateway.
+//!
+//! Clients get a short-lived access token through the gateway, then open a
+//! socket here (`/ws`, subprotocol `signalbox.v1`) with it. Each instance
+//! consumes order and catalog events from its own RabbitMQ queue
+//! ([`events`]) and the [`hub`] pushes each one to the sockets of this
+//! instance that subscribed to its channel ([`socket`]). Several instances
+//! run side by side; every one of them receives every event, and the one
+//! holding the user's socket delivers it.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod frames;
+pub mod hub;
+pub mod socket;
+pub mod startup;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,630 @@
+//! `GET /ws`: one WebSocket, one task.
+//!
+//! This is where the browser meets the backend in the order scenario: the
+//! client opens a socket with the access token it got through the gateway,
+//! subscribes to `user:<its id>`, and sees `PENDING → APPROVED` arrive as
+//! `event` frames that the hub routes here.
+//!
+//! Before the upgrade (plain HTTP, refusals are problem+json, see
+//! [`crate::error`]): the `Origin` is checked against the allowlist (a
+//! browser page from another site must not ride on the user's session), the
+//! `signalbox.v1` subprotocol must be offered, and a bearer token in the
+//! `Authorization` header is verified. A socket without the header is
+//! upgraded but must authenticate with its first frame within
+//! `ws.auth_timeout_secs`, because browsers cannot set headers on a
+//! WebSocket. A token is never read from the URL: URLs end up in logs.
+//!
+//! After the upgrade, one task owns the socket and waits in a `select!` on
+//! everything that can happen to it:
+//!
+//! ```text
+//!            ┌──────────── client frames (auth, subscribe, refresh, command, ping)
+//!            │ ┌────────── hub events (bounded mpsc, filled by the events consumer)
+//!            │ │ ┌──────── token_expiring warning, then expiry (close 4001)
+//!  socket ◀──┤ │ │ ┌────── heartbeat ticker (ping; 3 silent intervals close)
+//!   task     │ │ │ │ ┌──── eviction by the hub (slow consumer, close 1008)
+//!            │ │ │ │ │ ┌── shutdown (close 1001)
+//! ```
+//!
+//! Whatever ends the task, its [`Membership`] is dropped with it, which
+//! removes the socket from every channel it joined.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{
+        ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket},
+        State, WebSocketUpgrade,
+    },
+    http::{header, HeaderMap},
+    response::Response,
+    routing::get,
+    Router,
+};
+use signalbox_platform::tokens::{AccessClaims, TokenError, TokenVerifier};
+use tokio::{
+    sync::mpsc,
+    time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{
+    config::WsSettings,
+    error::{close, frame_code, UpgradeError},
+    frames::{ClientFrame, ErrorBody, ServerFrame, SUBPROTOCOL},
+    hub::{user_channel, Hub, Membership, Outbound, CATALOG_CHANNEL},
+};
+
+/// How long before expiry the client is sent `token_expiring`.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30);
+/// A write that takes longer than this means the client stopped reading;
+/// the socket is dropped rather than left hanging.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// After our close frame, how long we wait for the client's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// A heartbeat is lost after this many silent intervals.
+const HEARTBEAT_MISSES: u32 = 3;
+
+/// What every socket task shares.
+pub struct SocketContext {
+    pub hub: Arc<Hub>,
+    pub verifier: Arc<TokenVerifier>,
+    pub settings: WsSettings,
+    /// Cancelled when the service shuts down; every socket then closes 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks socket tasks so shutdown can wait for their close handshakes.
+    pub tracker: TaskTracker,
+}
+
+/// The `/ws` route.
+pub fn router(context: Arc<SocketContext>) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(context)
+}
+
+/// The upgrade handler: every check that can be answered with an HTTP status
+/// happens here, before the connection stops being HTTP.
+#[tracing::instrument(skip_all, fields(origin = ?headers.get(header::ORIGIN)))]
+async fn upgrade(
+    State(context): State<Arc<SocketContext>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, UpgradeError> {
+    check_origin(&headers, &context.settings.allowed_origins)?;
+    let ws = ws?.protocols([SUBPROTOCOL]);
+    if ws.selected_protocol().is_none() {
+        return Err(UpgradeError::SubprotocolMissing);
+    }
+    let claims = match bearer_token(&headers)? {
+        Some(token) => Some(context.verifier.verify(token).await?),
+        None => None,
+    };
+
+    let max = context.settings.max_frame_bytes;
+    Ok(ws
+        // A client message (or single frame) above the limit fails the read
+        // with a capacity error; the socket task answers it with close 1009
+        // "frame too large". The client sees that close frame unless its own
+        // send is still blocked when the server drops the TCP connection, in
+        // which case it sees a reset (1006).
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = context.tracker.clone();
+            tracker.track_future(serve(socket, context, claims))
+        }))
+}
+
+/// An `Origin` header, when present, must be on the allowlist.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), UpgradeError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)) {
+        Ok(())
+    } else {
+        Err(UpgradeError::OriginNotAllowed(origin.into_owned()))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, UpgradeError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| UpgradeError::MalformedAuthorization)?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(UpgradeError::MalformedAuthorization),
+    }
+}
+
+/// How a socket's task ends.
+#[derive(Debug)]
+enum Exit {
+    /// Tell the client why with a close frame.
+    Close(u16, &'static str),
+    /// The client closed, or the connection broke: nothing more to say.
+    Gone,
+}
+
+/// The socket task. `claims` are set when the upgrade carried a valid token.
+async fn serve(mut socket: WebSocket, context: Arc<SocketContext>, claims: Option<AccessClaims>) {
+    let (membership, outbound) = context.hub.join(context.settings.send_buffer);
+    let span = tracing::info_span!(
+        "socket",
+        id = membership.id(),
+        user_id = tracing::field::Empty
+    );
+    async move {
+        tracing::debug!("socket opened");
+        let claims = match claims {
+            Some(claims) => Ok(claims),
+            None => authenticate(&mut socket, &context).await,
+        };
+        let exit = match claims {
+            Ok(claims) => {
+                tracing::Span::current().record("user_id", claims.sub.as_str());
+                let mut session = Session::new(&context, claims, membership, outbound);
+                match session.run(&mut socket).await {
+                    Err(exit) => exit,
+                    Ok(never) => match never {},
+                }
+            }
+            Err(exit) => exit,
+        };
+        finish(&mut socket, exit).await;
+        // `membership` (moved into the session, or still here) is dropped at
+        // the end of this block: the socket leaves every channel.
+    }
+    .instrument(span)
+    .await
+}
+
+/// Waits for the first frame of a socket opened without a token; it must be
+/// `{"type":"auth","token":…}` and arrive within `ws.auth_timeout_secs`.
+async fn authenticate(
+    socket: &mut WebSocket,
+    context: &SocketContext,
+) -> Result<AccessClaims, Exit> {
+    let deadline = tokio::time::sleep(Duration::from_secs(context.settings.auth_timeout_secs));
+    tokio::pin!(deadline);
+    loop {
+        let text = tokio::select! {
+            // The service is stopping: nobody will be served here.
+            _ = context.shutdown.cancelled() => {
+                return Err(Exit::Close(close::GOING_AWAY, "server shutting down"))
+            }
+            // An unauthenticated socket holds resources; it gets a few
+            // seconds to prove who it is.
+            () = &mut deadline => {
+                return Err(Exit::Close(close::POLICY, "authentication timeout"))
+            }
+            // The client's first application frame.
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => text,
+                // Control frames do not count as the first frame.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(_))) => {
+                    send(socket, &ServerFrame::error(frame_code::BAD_REQUEST, "frames are JSON text")).await?;
+                    return Err(Exit::Close(close::POLICY, "authentication required"));
+                }
+                Some(Ok(Message::Close(_))) | None => return Err(Exit::Gone),
+                Some(Err(error)) => return Err(read_error(error)),
+            },
+        };
+        return match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(ClientFrame::Auth { token }) => match context.verifier.verify(&token).await {
+                Ok(claims) => Ok(claims),
+                Err(error) => {
+                    let exit = refuse_token(&error);
+                    send(socket, &token_error_frame(&error)).await?;
+                    Err(exit)
+                }
+            },
+            Ok(_) => {
+                let frame = ServerFrame::error(
+                    frame_code::UNAUTHENTICATED,
+                    "the first frame must be `auth`",
+                );
+                send(socket, &frame).await?;
+                Err(Exit::Close(close::POLICY, "authentication required"))
+            }
+            Err(error) => {
+                send(
+                    socket,
+                    &ServerFrame::error(frame_code::BAD_REQUEST, error.to_string()),
+                )
+                .await?;
+                Err(Exit::Close(close::POLICY, "authentication required"))
+            }
+        };
+    }
+}
+
+/// How a failed first-frame authentication closes the socket.
+fn refuse_token(error: &TokenError) -> Exit {
+    match error {
+        TokenError::KeysUnavailable(_) => {
+            Exit::Close(close::TRY_AGAIN_LATER, "cannot verify tokens now")
+        }
+        _ => Exit::Close(close::POLICY, "invalid token"),
+    }
+}
+
+/// The `error` frame for a token that did not verify.
+fn token_error_frame(error: &TokenError) -> ServerFrame {
+    match error {
+        TokenError::KeysUnavailable(_) => ServerFrame::error(
+            frame_code::UNAVAILABLE,
+            "tokens cannot be verified right now",
+        ),
+        other => ServerFrame::error(frame_code::INVALID_TOKEN, other.to_string()),
+    }
+}
+
+/// An authenticated socket.
+struct Session<'a> {
+    context: &'a SocketContext,
+    user_id: String,
+    membership: Membership,
+    /// Events the hub routed to this socket.
+    outbound: mpsc::Receiver<Outbound>,
+    /// When the token expires; moved by a successful `refresh`.
+    expires_at: Instant,
+    /// Fires `EXPIRY_WARNING` before `expires_at` (or at once).
+    warning: Pin<Box<Sleep>>,
+    warned: bool,
+    /// Fires at `expires_at`.
+    expiry: Pin<Box<Sleep>>,
+    /// The last time anything arrived from the client.
+    last_seen: Instant,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        context: &'a SocketContext,
+        claims: AccessClaims,
+        membership: Membership,
+        outbound: mpsc::Receiver<Outbound>,
+    ) -> Self {
+        let expires_at = deadline_of(claims.exp);
+        Self {
+            context,
+            user_id: claims.sub,
+            membership,
+            outbound,
+            expires_at,
+            warning: Box::pin(sleep_until(warning_of(expires_at))),
+            warned: false,
+            expiry: Box::pin(sleep_until(expires_at)),
+            last_seen: Instant::now(),
+        }
+    }
+
+    /// Serves the socket until something ends it; only ever returns `Err`.
+    async fn run(&mut self, socket: &mut WebSocket) -> Result<Infallible, Exit> {
+        tracing::info!("socket authenticated");
+        send(socket, &ServerFrame::Welcome { ttl: self.ttl() }).await?;
+
+        let period = Duration::from_secs(self.context.settings.heartbeat_secs.max(1));
+        // The heartbeat ticker. Its first tick is one period from now (an
+        // `interval` would otherwise tick at once); late ticks are not
+        // bunched up after a busy moment.
+        let mut heartbeat = interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                // The service is stopping: say so, so clients reconnect
+                // elsewhere at once instead of waiting for a timeout.
+                _ = self.context.shutdown.cancelled() => {
+                    return Err(Exit::Close(close::GOING_AWAY, "server shutting down"));
+                }
+                // The hub found this socket's buffer full and dropped it.
+                _ = self.membership.evicted() => {
+                    return Err(Exit::Close(close::POLICY, "slow consumer"));
+                }
+                // A frame from the client (any frame proves it is alive).
+                incoming = socket.recv() => {
+                    self.last_seen = Instant::now();
+                    self.on_message(socket, incoming).await?;
+                }
+                // An event the hub routed to this socket. The sender lives in
+                // our own membership, so the queue cannot close under us.
+                Some(frame) = self.outbound.recv() => {
+                    send_text(socket, frame).await?;
+                }
+                // Shortly before expiry: ask the client to refresh.
+                () = &mut self.warning, if !self.warned => {
+                    self.warned = true;
+                    let in_secs = self.ttl();
+                    tracing::debug!(in_secs, "token expiring");
+                    send(socket, &ServerFrame::TokenExpiring { in_secs }).await?;
+                }
+                // The token expired and was not refreshed.
+                () = &mut self.expiry => {
+                    return Err(Exit::Close(close::TOKEN_EXPIRED, "token expired"));
+                }
+                // Heartbeat: a client that has been silent for three
+                // intervals is gone (a half-open TCP connection sends no
+                // error); otherwise ping it so that it answers.
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() >= period * HEARTBEAT_MISSES {
+                        return Err(Exit::Close(close::POLICY, "heartbeat timeout"));
+                    }
+                    send_message(socket, Message::Ping(Default::default())).await?;
+                }
+            }
+        }
+    }
+
+    /// Seconds until the token expires.
+    fn ttl(&self) -> u64 {
+        self.expires_at
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+    }
+
+    async fn on_message(
+        &mut self,
+        socket: &mut WebSocket,
+        incoming: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), Exit> {
+        match incoming {
+            Some(Ok(Message::Text(text))) => self.on_text(socket, &text).await,
+            Some(Ok(Message::Binary(_))) => {
+                let frame = ServerFrame::error(
+                    frame_code::BAD_REQUEST,
+                    "binary frames are not supported; send JSON text",
+                );
+                send(socket, &frame).await
+            }
+            // Pings are answered automatically; a pong is our heartbeat's
+            // answer. Either way `last_seen` was already updated.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+            // The client closed (the close reply is sent automatically).
+            Some(Ok(Message::Close(frame))) => {
+                tracing::debug!(?frame, "client closed");
+                Err(Exit::Gone)
+            }
+            None => Err(Exit::Gone),
+            Some(Err(error)) => Err(read_error(error)),
+        }
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Exit> {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let frame = ServerFrame::error(frame_code::BAD_REQUEST, error.to_string());
+                return send(socket, &frame).await;
+            }
+        };
+        match frame {
+            ClientFrame::Auth { .. } => {
+                let frame = ServerFrame::error(frame_code::BAD_REQUEST, "already authenticated");
+                send(socket, &frame).await
+            }
+            ClientFrame::Subscribe { channel, recover } => {
+                if !may_subscribe(&self.user_id, &channel) {
+                    tracing::info!(%channel, "subscription refused");
+                    let frame = ServerFrame::error(
+                        frame_code::FORBIDDEN,
+                        format!("you may not subscribe to `{channel}`"),
+                    );
+                    return send(socket, &frame).await;
+                }
+                // Recovery (replaying `Hub::history_since` from `recover`) is
+                // not offered yet: the client is told nothing was recovered
+                // and gets the current position to resume from next time.
+                let _ = recover;
+                let position = self.membership.subscribe(&channel);
+                tracing::debug!(%channel, offset = position.offset, "subscribed");
+                let frame = ServerFrame::Subscribed {
+                    channel,
+                    recovered: false,
+                    epoch: position.epoch,
+                    offset: position.offset,
+                };
+                send(socket, &frame).await
+            }
+            ClientFrame::Unsubscribe { channel } => {
+                // Idempotent: unsubscribing from a channel one is not in is
+                // answered the same way.
+                self.membership.unsubscribe(&channel);
+                send(socket, &ServerFrame::Unsubscribed { channel }).await
+            }
+            ClientFrame::Refresh { token } => self.refresh(socket, &token).await,
+            ClientFrame::Command { id, name, .. } => {
+                let frame = ServerFrame::Reply {
+                    id,
+                    ok: false,
+                    data: None,
+                    error: Some(ErrorBody {
+                        code: frame_code::UNSUPPORTED.to_owned(),
+                        message: format!("command `{name}` cannot be handled yet"),
+                    }),
+                };
+                send(socket, &frame).await
+            }
+            ClientFrame::Ping => send(socket, &ServerFrame::Pong).await,
+        }
+    }
+
+    /// In-band token refresh. A valid token of the same user moves the
+    /// socket's expiry; the acknowledgement is a new `welcome {ttl}` with the
+    /// new time to live. A token that does not verify is answered with
+    /// `error {code: "invalid_token"}` and changes nothing: the socket still
+    /// closes at the old expiry unless a later refresh succeeds. A token of
+    /// another user closes the socket with 4003: a socket never changes
+    /// owner.
+    async fn refresh(&mut self, socket: &mut WebSocket, token: &str) -> Result<(), Exit> {
+        match self.context.verifier.verify(token).await {
+            Ok(claims) if claims.sub != self.user_id => {
+                tracing::warn!(other = %claims.sub, "refresh with another user's token");
+                let frame =
+                    ServerFrame::error(frame_code::FORBIDDEN, "the token belongs to another user");
+                send(socket, &frame).await?;
+                Err(Exit::Close(close::FORBIDDEN, "token of another user"))
+            }
+            Ok(claims) => {
+                self.expires_at = deadline_of(claims.exp);
+                self.expiry.as_mut().reset(self.expires_at);
+                self.warning.as_mut().reset(warning_of(self.expires_at));
+                self.warned = false;
+                tracing::debug!(ttl = self.ttl(), "token refreshed");
+                send(socket, &ServerFrame::Welcome { ttl: self.ttl() }).await
+            }
+            Err(error) => send(socket, &token_error_frame(&error)).await,
+        }
+    }
+}
+
+/// Who may subscribe to what: one's own user channel and public channels.
+fn may_subscribe(user_id: &str, channel: &str) -> bool {
+    channel == CATALOG_CHANNEL || channel == user_channel(user_id)
+}
+
+/// The instant a token's `exp` (seconds since the epoch) falls on.
+fn deadline_of(exp: u64) -> Instant {
+    let left = (UNIX_EPOCH + Duration::from_secs(exp))
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
+
+/// When to warn about an expiry at `expires_at` (now, if that is sooner).
+fn warning_of(expires_at: Instant) -> Instant {
+    expires_at
+        .checked_sub(EXPIRY_WARNING)
+        .map_or_else(Instant::now, |at| at.max(Instant::now()))
+}
+
+/// What a failed read means. tungstenite refuses a message or frame above
+/// the configured maximum with a capacity error ("Space limit exceeded:
+/// Message too long …"); axum wraps it without exposing the type (its
+/// tungstenite version is private), so the message text is what we match.
+fn read_error(error: axum::Error) -> Exit {
+    if error.to_string().contains("Space limit exceeded") {
+        tracing::info!(%error, "message too large");
+        Exit::Close(close::TOO_LARGE, "frame too large")
+    } else {
+        tracing::debug!(%error, "socket read failed");
+        Exit::Gone
+    }
+}
+
+async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), Exit> {
+    send_text(socket, Utf8Bytes::from(frame.to_json())).await
+}
+
+async fn send_text(socket: &mut WebSocket, text: Utf8Bytes) -> Result<(), Exit> {
+    send_message(socket, Message::Text(text)).await
+}
+
+/// Writes one message, bounded by [`SEND_TIMEOUT`]. A failed or stuck write
+/// means the client is gone or not reading: either way the socket is done.
+async fn send_message(socket: &mut WebSocket, message: Message) -> Result<(), Exit> {
+    match timeout(SEND_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "socket write failed");
+            Err(Exit::Gone)
+        }
+        Err(_) => {
+            tracing::info!("socket write timed out");
+            Err(Exit::Gone)
+        }
+    }
+}
+
+/// Sends the close frame, if there is still someone to send it to, and lets
+/// the client answer it (the close handshake) for a bounded time.
+async fn finish(socket: &mut WebSocket, exit: Exit) {
+    match exit {
+        Exit::Gone => tracing::debug!("socket gone"),
+        Exit::Close(code, reason) => {
+            tracing::info!(code, reason, "closing socket");
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            if send_message(socket, Message::Close(Some(frame)))
+                .await
+                .is_ok()
+            {
+                // Read (and discard) until the client's close frame arrives
+                // or the connection ends.
+                let _ = timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(message)) = socket.recv().await {
+                        if matches!(message, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn a_user_may_subscribe_to_their_own_channel_and_the_catalog_only() {
+        assert!(may_subscribe("42", "user:42"));
+        assert!(may_subscribe("42", "catalog"));
+        assert!(!may_subscribe("42", "user:43"));
+        assert!(!may_subscribe("42", "user:42:admin"));
+        assert!(!may_subscribe("42", "orders"));
+    }
+
+    #[test]
+    fn a_request_without_origin_passes_the_origin_check() {
+        assert!(check_origin(&HeaderMap::new(), &[]).is_ok());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://app.example"),
+        );
+        assert!(check_origin(&headers, &["https://app.example".into()]).is_ok());
+        assert!(check_origin(&headers, &["https://other.example".into()]).is_err());
+    }
+
+    #[test]
+    fn only_a_bearer_authorization_is_accepted() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers).ok().flatten(), None);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer_token(&headers).ok().flatten(), Some("abc"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(bearer_token(&headers).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_warning_comes_thirty_seconds_before_expiry_or_at_once() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(300);
+        assert_eq!(warning_of(far), far - EXPIRY_WARNING);
+        assert!(warning_of(now + Duration::from_secs(5)) <= Instant::now());
+    }
+}

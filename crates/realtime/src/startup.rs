@@ -1,0 +1,146 @@
+//! Wiring: bind the listener, connect to RabbitMQ and declare this instance's
+//! event queue, then serve sockets and consume events until shutdown.
+//!
+//! The order matters. The queue is declared and bound in `build`, before the
+//! service reports ready (the readiness check passes as soon as the HTTP
+//! server answers), so an event published after readiness already has a
+//! queue to land in and is not missed; the consumer starts draining it in
+//! `run_until_stopped`.
+
+use std::{sync::Arc, time::Duration};
+
+use lapin::Channel;
+use signalbox_messages::channels::Namespace;
+use signalbox_messaging::{consumer, topology, Broker};
+use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    events::{EventRouter, BINDINGS, CONSUMER_TAG},
+    hub::Hub,
+    socket::{self, SocketContext},
+    Settings,
+};
+
+/// How long shutdown waits for sockets to finish their close handshakes.
+const SOCKET_DRAIN: Duration = Duration::from_secs(5);
+
+pub struct Application {
+    http_listener: TcpListener,
+    broker: Arc<Broker>,
+    /// The channel the instance queue was declared on; the consumer uses it.
+    events_channel: Channel,
+    events_queue: String,
+    hub: Arc<Hub>,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let http_listener = serve::bind(&settings.http).await?;
+
+        let broker = Broker::connect(
+            &settings.amqp.url,
+            Namespace::new(&settings.amqp.namespace),
+            Duration::from_secs(settings.amqp.connect_timeout_secs),
+        )
+        .await?;
+        // This instance's private queue (server-named, exclusive, deleted
+        // with the connection), bound to the order and catalog events: every
+        // instance gets its own copy of each event (fan-out).
+        let events_channel = broker.channel().await?;
+        let events_queue =
+            topology::declare_instance_queue(&events_channel, broker.namespace(), &BINDINGS)
+                .await?;
+        tracing::info!(queue = %events_queue, "instance queue declared");
+
+        Ok(Self {
+            http_listener,
+            broker: Arc::new(broker),
+            events_channel,
+            events_queue,
+            hub: Arc::new(Hub::new()),
+            settings,
+        })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    /// The instance's random epoch (the prefix of every stream position it
+    /// hands out).
+    pub fn epoch(&self) -> &str {
+        self.hub.epoch()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            http_listener,
+            broker,
+            events_channel,
+            events_queue,
+            hub,
+            settings,
+        } = self;
+
+        let tracker = TaskTracker::new();
+        let context = Arc::new(SocketContext {
+            hub: hub.clone(),
+            verifier: Arc::new(TokenVerifier::new(settings.tokens.clone())),
+            settings: settings.ws.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+
+        let health = Health::new().check("broker", {
+            let broker = broker.clone();
+            move || {
+                let connected = broker.is_connected();
+                async move {
+                    connected
+                        .then_some(())
+                        .ok_or_else(|| "disconnected".to_owned())
+                }
+            }
+        });
+        let router = socket::router(context).merge(health.router());
+        let http = serve::http(http_listener, router, shutdown.clone());
+
+        // The events consumer: one delivery at a time from the instance
+        // queue into the hub, acked after the hub took it.
+        let events = consumer::run(
+            events_channel,
+            events_queue,
+            CONSUMER_TAG,
+            EventRouter::new(hub),
+            shutdown.clone(),
+        );
+
+        let result = serve::run_all(
+            shutdown.clone(),
+            vec![
+                serve::task("http", async move { Ok(http.await?) }),
+                serve::task("events", async move { Ok(events.await?) }),
+            ],
+        )
+        .await;
+
+        // Upgraded sockets are no longer part of the HTTP server: they were
+        // told to close (1001) by the same shutdown token; give them a bounded
+        // time to finish the close handshake.
+        tracker.close();
+        if tokio::time::timeout(SOCKET_DRAIN, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(open = tracker.len(), "sockets still open at shutdown");
+        }
+        broker.close().await;
+        result
+    }
+}

@@ -1,0 +1,444 @@
+//! Test harness: a JWKS server with a fresh Ed25519 key, realtime instances
+//! on port 0 in a random AMQP namespace, WebSocket clients, and a publisher
+//! that puts events on the namespace's events exchange.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{routing::get, Json, Router};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use ed25519_dalek::{pkcs8::EncodePrivateKey, SigningKey};
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use lapin::{
+    options::{BasicPublishOptions, ExchangeDeleteOptions},
+    Connection, ConnectionProperties,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+use signalbox_messages::{Envelope, Message as _};
+use signalbox_platform::{config::ListenSettings, tokens::now_secs};
+use signalbox_realtime::{Application, Settings};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    task::JoinHandle,
+};
+use tokio_tungstenite::{
+    client_async, connect_async,
+    tungstenite::{self, client::IntoClientRequest, handshake::client::Request, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The browser origin the test instances allow.
+pub const ALLOWED_ORIGIN: &str = "https://app.signalbox.test";
+/// How long a test waits for something that should happen.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// A signing key the way the auth service would hold it, and its JWKS.
+pub struct Keys {
+    kid: String,
+    encoding: EncodingKey,
+    jwks: Value,
+}
+
+impl Keys {
+    pub fn generate() -> Self {
+        let signing = SigningKey::from_bytes(&rand::random());
+        let der = signing
+            .to_pkcs8_der()
+            .expect("an Ed25519 key encodes as PKCS#8");
+        let kid = format!("k-{}", Uuid::new_v4().simple());
+        let jwks = json!({"keys": [{
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
+            "kid": kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        }]});
+        Self {
+            kid,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            jwks,
+        }
+    }
+
+    /// An access token for `sub` that expires `ttl` from now.
+    pub fn token(&self, sub: &str, ttl: Duration) -> String {
+        self.token_expiring_at(sub, now_secs() + ttl.as_secs())
+    }
+
+    /// An access token for `sub` with `exp` (seconds since the epoch).
+    pub fn token_expiring_at(&self, sub: &str, exp: u64) -> String {
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            sub: &'a str,
+            iss: &'a str,
+            aud: &'a str,
+            exp: u64,
+            iat: u64,
+            jti: String,
+        }
+        let now = now_secs();
+        let claims = Claims {
+            sub,
+            iss: "signalbox-auth",
+            aud: "signalbox",
+            exp,
+            iat: now,
+            jti: Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).expect("token encodes")
+    }
+}
+
+/// Serves `keys` as a JWK Set on port 0, like the auth service's
+/// `/.well-known/jwks.json`.
+async fn spawn_jwks(keys: &Keys) -> SocketAddr {
+    let jwks = keys.jwks.clone();
+    let router = Router::new().route(
+        "/.well-known/jwks.json",
+        get(move || {
+            let jwks = jwks.clone();
+            async move { Json(jwks) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind JWKS server");
+    let addr = listener.local_addr().expect("JWKS address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// One running realtime instance.
+pub struct Instance {
+    pub port: u16,
+    pub epoch: String,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct TestApp {
+    pub namespace: String,
+    pub keys: Arc<Keys>,
+    pub settings: Settings,
+    pub instances: Vec<Instance>,
+    /// The publishing connection, kept open for the life of the test.
+    _amqp: Connection,
+    publisher: lapin::Channel,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns one instance with test settings, changed by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        signalbox_platform::telemetry::init("realtime-tests", Default::default());
+    }
+    let keys = Arc::new(Keys::generate());
+    let jwks = spawn_jwks(&keys).await;
+    let namespace = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+
+    let mut settings = Settings {
+        http: ListenSettings::ephemeral(),
+        ..Settings::default()
+    };
+    settings.amqp.url = AMQP_URL.to_owned();
+    settings.amqp.namespace = namespace.clone();
+    settings.amqp.connect_timeout_secs = 10;
+    settings.tokens.jwks_url = format!("http://{jwks}/.well-known/jwks.json");
+    settings.ws.allowed_origins = vec![ALLOWED_ORIGIN.to_owned()];
+    configure(&mut settings);
+
+    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let publisher = amqp.create_channel().await.expect("AMQP channel");
+
+    let mut app = TestApp {
+        namespace,
+        keys,
+        settings,
+        instances: Vec::new(),
+        _amqp: amqp,
+        publisher,
+    };
+    app.add_instance().await;
+    app
+}
+
+impl TestApp {
+    /// Starts one more instance in the same namespace with the same keys;
+    /// returns its index in `instances`.
+    pub async fn add_instance(&mut self) -> usize {
+        let application = Application::build(self.settings.clone())
+            .await
+            .expect("build the realtime application");
+        let shutdown = CancellationToken::new();
+        let instance = Instance {
+            port: application.http_port(),
+            epoch: application.epoch().to_owned(),
+            shutdown: shutdown.clone(),
+            handle: tokio::spawn(application.run_until_stopped(shutdown)),
+        };
+        self.instances.push(instance);
+        self.instances.len() - 1
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.keys.token(user, Duration::from_secs(3600))
+    }
+
+    /// The upgrade request for instance `index`, offering the subprotocol.
+    pub fn request_to(&self, index: usize) -> Request {
+        let url = format!("ws://127.0.0.1:{}/ws", self.instances[index].port);
+        let mut request = url.into_client_request().expect("a valid URL");
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "signalbox.v1".parse().unwrap());
+        request
+    }
+
+    pub fn request(&self) -> Request {
+        self.request_to(0)
+    }
+
+    /// The upgrade request with `Authorization: Bearer <token>`.
+    pub fn request_with_token(&self, index: usize, token: &str) -> Request {
+        let mut request = self.request_to(index);
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+
+    /// A socket on instance `index`, authenticated by header as `user`, past
+    /// its `welcome`.
+    pub async fn client_on(&self, index: usize, user: &str) -> Client {
+        let mut client = Client::connect(self.request_with_token(index, &self.token(user)))
+            .await
+            .expect("upgrade succeeds");
+        let welcome = client.next_frame().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client
+    }
+
+    pub async fn client(&self, user: &str) -> Client {
+        self.client_on(0, user).await
+    }
+
+    /// Publishes an event to `<ns>.events` the way the outbox relay does:
+    /// envelope as AMQP properties, JSON payload as body.
+    pub async fn publish(&self, routing_key: &str, envelope: &Envelope, payload: &Value) {
+        self.publisher
+            .basic_publish(
+                &format!("{}.events", self.namespace),
+                routing_key,
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(payload).unwrap(),
+                signalbox_messaging::amqp::to_properties(envelope),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish settles");
+    }
+
+    /// Publishes `order.approved` for `user`; returns the order id.
+    pub async fn publish_order_approved(&self, user: &str) -> Uuid {
+        self.publish_order_approved_padded(user, 0).await
+    }
+
+    /// Publishes `order.approved` for `user` with `padding` extra bytes in
+    /// the payload (to make big frames); returns the order id.
+    pub async fn publish_order_approved_padded(&self, user: &str, padding: usize) -> Uuid {
+        use signalbox_messages::orders::OrderApproved;
+        let order_id = Uuid::now_v7();
+        let envelope = Envelope::new::<OrderApproved>().with_user_id(user);
+        let mut payload = json!({"order_id": order_id, "user_id": user, "state": "APPROVED"});
+        if padding > 0 {
+            payload["padding"] = Value::String("x".repeat(padding));
+        }
+        self.publish(OrderApproved::TYPE, &envelope, &payload).await;
+        order_id
+    }
+
+    /// Stops every instance cleanly (each must exit `Ok`); dropping the app
+    /// then deletes the namespace's exchanges.
+    pub async fn cleanup(mut self) {
+        for instance in self.instances.drain(..) {
+            instance.shutdown.cancel();
+            let stopped = tokio::time::timeout(Duration::from_secs(10), instance.handle).await;
+            assert!(
+                matches!(stopped, Ok(Ok(Ok(())))),
+                "instance stops cleanly: {stopped:?}"
+            );
+        }
+    }
+}
+
+impl Drop for TestApp {
+    /// Deletes the exchanges of the namespace, also when a test panicked
+    /// (the instance queues are exclusive and go with their connections).
+    /// Drop cannot await, so a helper thread does it with its own executor.
+    fn drop(&mut self) {
+        let namespace = self.namespace.clone();
+        let deleted = std::thread::spawn(move || {
+            futures::executor::block_on(async move {
+                let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+                let channel = amqp.create_channel().await?;
+                for suffix in ["events", "commands", "inbound", "dlx"] {
+                    channel
+                        .exchange_delete(
+                            &format!("{namespace}.{suffix}"),
+                            ExchangeDeleteOptions::default(),
+                        )
+                        .await?;
+                }
+                amqp.close(200, "test done").await
+            })
+        })
+        .join();
+        if !matches!(deleted, Ok(Ok(()))) {
+            eprintln!(
+                "could not delete the exchanges of {}: {deleted:?}",
+                self.namespace
+            );
+        }
+    }
+}
+
+/// A WebSocket client speaking `signalbox.v1`.
+pub struct Client {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The handshake's `Sec-WebSocket-Protocol` answer.
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(request: Request) -> Result<Self, tungstenite::Error> {
+        let (stream, response) = connect_async(request).await?;
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self { stream, protocol })
+    }
+
+    /// Connects with a small, fixed TCP receive buffer (which also switches
+    /// off the kernel's buffer autotuning), so that a client that stops
+    /// reading makes the server's writes block after a bounded amount of data.
+    pub async fn connect_with_small_receive_buffer(
+        request: Request,
+        port: u16,
+    ) -> Result<Self, tungstenite::Error> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(64 * 1024)?;
+        let tcp = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await?;
+        let (stream, response) = client_async(request, MaybeTlsStream::Plain(tcp)).await?;
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self { stream, protocol })
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.stream
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next JSON frame within `wait`, skipping control frames; `None` if
+    /// none came in time. Panics on a close.
+    pub async fn frame_within(&mut self, wait: Duration) -> Option<Value> {
+        let next = async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        return serde_json::from_str::<Value>(&text).expect("JSON frame")
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(wait, next).await.ok()
+    }
+
+    /// The next JSON frame; fails the test if none comes within [`DEADLINE`].
+    pub async fn next_frame(&mut self) -> Value {
+        self.frame_within(DEADLINE)
+            .await
+            .expect("a frame within the deadline")
+    }
+
+    /// Waits for the server's close frame (skipping anything before it) and
+    /// returns its code and reason.
+    pub async fn closed_within(&mut self, wait: Duration) -> (u16, String) {
+        let closed = async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        return (u16::from(frame.code), frame.reason.to_string())
+                    }
+                    Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        };
+        let (code, reason) = tokio::time::timeout(wait, closed)
+            .await
+            .expect("the socket is closed within the deadline");
+        // Finish the close handshake as a well-behaved client does: reading
+        // on sends our close reply, and the server then drops the connection.
+        let _ = tokio::time::timeout(DEADLINE, async {
+            while let Some(Ok(_)) = self.stream.next().await {}
+        })
+        .await;
+        (code, reason)
+    }
+
+    pub async fn closed(&mut self) -> (u16, String) {
+        self.closed_within(DEADLINE).await
+    }
+
+    /// Subscribes and returns the `subscribed` answer.
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send_json(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        let answer = self.next_frame().await;
+        assert_eq!(answer["type"], "subscribed", "{answer}");
+        answer
+    }
+}
+
+/// The HTTP status and body of a refused upgrade.
+pub fn refusal(error: tungstenite::Error) -> (u16, http::HeaderMap, Value) {
+    match error {
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| serde_json::from_slice(b).expect("a JSON body"))
+                .unwrap_or(Value::Null);
+            (status, headers, body)
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the realtime service against a real RabbitMQ, with a
+//! stand-in JWKS server for the auth service.
+
+mod auth;
+mod events;
+mod expiry;
+mod handshake;
+mod helpers;
+mod protocol;

@@ -1,0 +1,117 @@
+//! The frame protocol once a socket is authenticated.
+
+use std::time::Duration;
+
+use futures::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn ping_is_answered_with_pong() {
+    let app = spawn_app().await;
+    let mut client = app.client("alice").await;
+
+    client.send_json(json!({"type": "ping"})).await;
+
+    assert_eq!(client.next_frame().await, json!({"type": "pong"}));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_command_is_answered_as_unsupported_with_its_id() {
+    let app = spawn_app().await;
+    let mut client = app.client("alice").await;
+
+    client
+        .send_json(json!({"type": "command", "id": "c-1", "name": "orders.cancel", "data": {}}))
+        .await;
+    let reply = client.next_frame().await;
+
+    assert_eq!(reply["type"], "reply");
+    assert_eq!(reply["id"], "c-1");
+    assert_eq!(reply["ok"], false);
+    assert_eq!(reply["error"]["code"], "unsupported");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_json_unknown_frames_and_binary_get_errors_and_the_socket_stays_open() {
+    let app = spawn_app().await;
+    let mut client = app.client("alice").await;
+
+    client
+        .stream
+        .send(Message::text("{not json"))
+        .await
+        .unwrap();
+    assert_eq!(client.next_frame().await["code"], "bad_request");
+    client.send_json(json!({"type": "shout"})).await;
+    assert_eq!(client.next_frame().await["code"], "bad_request");
+    client
+        .stream
+        .send(Message::binary(vec![1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(client.next_frame().await["code"], "bad_request");
+
+    client.send_json(json!({"type": "ping"})).await;
+    assert_eq!(client.next_frame().await["type"], "pong");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_message_above_the_size_limit_closes_the_socket_with_1009() {
+    let app = spawn_app_with(|s| s.ws.max_frame_bytes = 1024).await;
+    let mut client = app.client("alice").await;
+
+    let padding = "x".repeat(4096);
+    client
+        .send_json(json!({"type": "ping", "padding": padding}))
+        .await;
+
+    assert_eq!(client.closed().await.0, 1009);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_sockets_with_1001() {
+    let app = spawn_app().await;
+    let mut client = app.client("alice").await;
+
+    app.instances[0].shutdown.cancel();
+
+    assert_eq!(client.closed().await.0, 1001);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stays_silent_for_three_heartbeats_is_closed() {
+    let app = spawn_app_with(|s| s.ws.heartbeat_secs = 1).await;
+    let mut client = app.client("alice").await;
+
+    // Silence is the behaviour under test: not reading means the client's
+    // WebSocket library does not answer the server's pings either.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+
+    assert_eq!(
+        client.closed().await,
+        (1008, "heartbeat timeout".to_owned())
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_is_kept_open() {
+    let app = spawn_app_with(|s| s.ws.heartbeat_secs = 1).await;
+    let mut client = app.client("alice").await;
+
+    // Reading answers the server's pings; after more than three intervals
+    // the socket is still there.
+    assert_eq!(client.frame_within(Duration::from_millis(4500)).await, None);
+    client.send_json(json!({"type": "ping"})).await;
+
+    assert_eq!(client.next_frame().await["type"], "pong");
+    app.cleanup().await;
+}
