@@ -32,9 +32,11 @@ pub fn check_reservation(items: &[LineItem], stock: &HashMap<Uuid, i64>) -> Resu
     for (product_id, quantity) in wanted {
         match stock.get(&product_id) {
             None => return Err(format!("product {product_id} does not exist")),
-            Some(&available) if available < quantity => return Err(format!(
+            Some(&available) if available < quantity => {
+                return Err(format!(
                 "insufficient stock for {product_id}: {quantity} requested, {available} available"
-            )),
+            ))
+            }
             Some(_) => {}
         }
     }

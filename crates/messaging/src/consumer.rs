@@ -105,9 +105,12 @@ pub async fn run<H: Handler>(
         let delivery = tokio::select! {
             // Stop taking new deliveries; the one being handled (if any) has
             // already finished, because handling happens below, not here.
-            // Unacked prefetched deliveries return to the queue when the
-            // channel closes.
-            _ = shutdown.cancelled() => return Ok(()),
+            // Closing the channel returns unacked prefetched deliveries to
+            // the queue at once, for another instance to take.
+            _ = shutdown.cancelled() => {
+                close_quietly(&channel).await;
+                return Ok(());
+            }
             next = deliveries.next() => match next {
                 Some(delivery) => delivery?,
                 None => return Err(ConsumeError::Cancelled(queue)),
@@ -153,6 +156,16 @@ async fn process<H: Handler>(handler: &H, delivery: Delivery) -> Result<(), lapi
         Err(HandleError::Transient(error)) => {
             tracing::error!(%message_id, %message_type, %error, "handler failed again; dead-lettering");
             dead_letter(&delivery).await
+        }
+    }
+}
+
+/// Closes a channel on the way out; it may already be closed (the connection
+/// went first), which is fine.
+pub(crate) async fn close_quietly(channel: &Channel) {
+    if channel.status().connected() {
+        if let Err(error) = channel.close(200, "stopping").await {
+            tracing::debug!(%error, "channel close");
         }
     }
 }

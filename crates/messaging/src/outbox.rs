@@ -154,7 +154,10 @@ impl OutboxRelay {
             }
             tokio::select! {
                 // Stop between batches, never in the middle of one.
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.publisher.close().await;
+                    return;
+                }
                 // A transaction that wrote outbox rows committed: publish now.
                 notified = recv(&mut listener) => {
                     if let Err(error) = notified {

@@ -73,6 +73,11 @@ impl ConfirmedPublisher {
         Ok(())
     }
 
+    /// Closes the channel (pending confirms have been awaited by then).
+    pub async fn close(&self) {
+        crate::consumer::close_quietly(&self.channel).await;
+    }
+
     pub fn is_open(&self) -> bool {
         self.channel.status().connected()
     }

@@ -1,0 +1,203 @@
+//! Starting and stopping all five services against fresh infrastructure.
+
+use std::time::Duration;
+
+use signalbox_messages::channels::Namespace;
+use signalbox_platform::config::{
+    AmqpSettings, DatabaseSettings, ListenSettings, VerifierSettings,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{infra, Api};
+
+/// How many realtime instances a test system runs (fan-out needs two).
+pub const REALTIME_INSTANCES: usize = 2;
+
+pub struct TestSystem {
+    pub namespace: Namespace,
+    pub api: Api,
+    /// `ws://127.0.0.1:<port>/ws` of each realtime instance.
+    pub realtime: Vec<String>,
+    databases: Vec<String>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    cleaned: bool,
+}
+
+impl TestSystem {
+    pub async fn start() -> anyhow::Result<Self> {
+        signalbox_platform::telemetry::init_for_tests();
+        let prefix = infra::random_namespace();
+        let namespace = Namespace::new(prefix.clone());
+        let shutdown = CancellationToken::new();
+        let mut system = Self {
+            namespace: namespace.clone(),
+            api: Api::new(String::new()),
+            realtime: Vec::new(),
+            databases: Vec::new(),
+            shutdown: shutdown.clone(),
+            tasks: Vec::new(),
+            cleaned: false,
+        };
+        // From here on, a failure still cleans up (Drop).
+        let database = |url: String| DatabaseSettings {
+            url,
+            max_connections: 4,
+        };
+        let amqp = AmqpSettings {
+            namespace: prefix.clone(),
+            url: infra::amqp_url(),
+            connect_timeout_secs: 10,
+        };
+
+        let mut urls = Vec::new();
+        for service in ["auth", "catalog", "orders"] {
+            let name = format!("{prefix}_{service}");
+            urls.push(infra::create_database(&name).await?);
+            system.databases.push(name);
+        }
+        let [auth_db, catalog_db, orders_db] =
+            <[String; 3]>::try_from(urls).map_err(|_| anyhow::anyhow!("three databases"))?;
+
+        // auth
+        let settings = signalbox_auth::Settings {
+            grpc: ListenSettings::ephemeral(),
+            http: ListenSettings::ephemeral(),
+            database: database(auth_db),
+            ..Default::default()
+        };
+        let auth = signalbox_auth::Application::build(settings).await?;
+        let auth_grpc = format!("http://127.0.0.1:{}", auth.grpc_port());
+        let verifier = VerifierSettings {
+            jwks_url: format!(
+                "http://127.0.0.1:{}/.well-known/jwks.json",
+                auth.http_port()
+            ),
+            ..VerifierSettings::default()
+        };
+        system.spawn(auth.run_until_stopped(shutdown.child_token()));
+
+        // catalog
+        let settings = signalbox_catalog::Settings {
+            grpc: ListenSettings::ephemeral(),
+            http: ListenSettings::ephemeral(),
+            database: database(catalog_db),
+            amqp: amqp.clone(),
+            ..Default::default()
+        };
+        let catalog = signalbox_catalog::Application::build(settings).await?;
+        let catalog_grpc = format!("http://127.0.0.1:{}", catalog.grpc_port());
+        system.spawn(catalog.run_until_stopped(shutdown.child_token()));
+
+        // orders
+        let defaults = signalbox_orders::Settings::default();
+        let settings = signalbox_orders::Settings {
+            grpc: ListenSettings::ephemeral(),
+            http: ListenSettings::ephemeral(),
+            database: database(orders_db),
+            amqp: amqp.clone(),
+            upstreams: signalbox_orders::config::Upstreams {
+                catalog: catalog_grpc.clone(),
+                ..defaults.upstreams.clone()
+            },
+            ..defaults
+        };
+        let orders = signalbox_orders::Application::build(settings).await?;
+        let orders_grpc = format!("http://127.0.0.1:{}", orders.grpc_port());
+        system.spawn(orders.run_until_stopped(shutdown.child_token()));
+
+        // realtime, twice: each instance has its own queue on the events exchange
+        for _ in 0..REALTIME_INSTANCES {
+            let settings = signalbox_realtime::Settings {
+                http: ListenSettings::ephemeral(),
+                amqp: amqp.clone(),
+                tokens: verifier.clone(),
+                ..Default::default()
+            };
+            let realtime = signalbox_realtime::Application::build(settings).await?;
+            system
+                .realtime
+                .push(format!("ws://127.0.0.1:{}/ws", realtime.http_port()));
+            system.spawn(realtime.run_until_stopped(shutdown.child_token()));
+        }
+
+        // gateway
+        let settings = signalbox_gateway::Settings {
+            http: ListenSettings::ephemeral(),
+            upstreams: signalbox_gateway::config::Upstreams {
+                auth: auth_grpc,
+                orders: orders_grpc,
+                catalog: catalog_grpc,
+            },
+            tokens: verifier,
+            ..Default::default()
+        };
+        let gateway = signalbox_gateway::Application::build(settings).await?;
+        system.api = Api::new(format!("http://127.0.0.1:{}", gateway.http_port()));
+        system.spawn(gateway.run_until_stopped(shutdown.child_token()));
+
+        Ok(system)
+    }
+
+    fn spawn<F>(&mut self, service: F)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.tasks.push(tokio::spawn(service));
+    }
+
+    /// Stops every service gracefully, then removes the databases and the
+    /// broker objects of this system. Fails if a service failed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut failures = Vec::new();
+        for task in std::mem::take(&mut self.tasks) {
+            match tokio::time::timeout(Duration::from_secs(15), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => failures.push(format!("{error:#}")),
+                Ok(Err(join)) => failures.push(format!("service panicked: {join}")),
+                Err(_) => failures.push("a service did not stop within 15 s".to_owned()),
+            }
+        }
+        self.cleanup().await?;
+        anyhow::ensure!(failures.is_empty(), "services failed: {failures:?}");
+        Ok(())
+    }
+
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        self.cleaned = true;
+        for name in &self.databases {
+            infra::drop_database(name).await?;
+        }
+        infra::delete_broker_objects(&self.namespace).await
+    }
+}
+
+/// A test that panicked never reached `stop`: cancel the services and clean
+/// up on a separate thread (Drop cannot be async, and the test's runtime may
+/// be shutting down).
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.shutdown.cancel();
+        let namespace = self.namespace.clone();
+        let databases = std::mem::take(&mut self.databases);
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                for name in &databases {
+                    infra::drop_database(name).await?;
+                }
+                infra::delete_broker_objects(&namespace).await
+            })
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("test system cleanup failed: {error:#}");
+        }
+    }
+}

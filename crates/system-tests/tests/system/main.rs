@@ -1,0 +1,6 @@
+//! Whole-system scenarios: all five services against the real PostgreSQL and
+//! RabbitMQ, driven through the gateway and the realtime socket.
+
+mod edge;
+mod order_saga;
+mod socket_auth;
