@@ -1,11 +1,14 @@
-//! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, declare the
-//! command queue, then serve gRPC, health, the command consumer and the
-//! outbox relay until shutdown.
+//! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, then serve
+//! gRPC, health, the command consumer, the outbox relay and the retention
+//! purge until shutdown.
 
 use std::{sync::Arc, time::Duration};
 
 use signalbox_messages::channels::{commands, Namespace};
-use signalbox_messaging::{consumer, topology, Broker, ConfirmedPublisher, OutboxRelay};
+use signalbox_messaging::{
+    retention::{self, Retention},
+    Broker, Consumer, OutboxRelay, Source, WorkQueue,
+};
 use signalbox_platform::{health::Health, serve};
 use signalbox_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
 use sqlx::PgPool;
@@ -19,6 +22,7 @@ pub struct Application {
     http_listener: TcpListener,
     pool: PgPool,
     broker: Arc<Broker>,
+    consumer: Consumer,
 }
 
 impl Application {
@@ -34,30 +38,27 @@ impl Application {
         let broker = Broker::connect(
             &settings.amqp.url,
             Namespace::new(&settings.amqp.namespace),
+            "catalog",
             Duration::from_secs(settings.amqp.connect_timeout_secs),
         )
         .await?;
         // The catalog's command queue: point-to-point, one queue for every
-        // catalog instance (competing consumers), dead letters beside it.
+        // catalog instance (competing consumers), retries and dead letters
+        // beside it. Declared now, before anything can send to it; the
+        // consumer declares it again whenever it reconnects.
         let ns = broker.namespace();
-        let channel = broker.channel().await?;
-        topology::declare_work_queue(
-            &channel,
-            ns,
-            &ns.catalog_commands_queue(),
-            &[
-                (ns.commands_exchange(), commands::RESERVE_STOCK),
-                (ns.commands_exchange(), commands::RELEASE_STOCK),
-            ],
-        )
-        .await?;
-        channel.close(200, "declared").await?;
+        let commands = WorkQueue::new(ns.catalog_commands_queue())
+            .bind(ns.commands_exchange(), commands::RESERVE_STOCK)
+            .bind(ns.commands_exchange(), commands::RELEASE_STOCK);
+        let mut consumer = Consumer::new(broker.clone(), Source::Work(commands), "catalog");
+        consumer.attach().await?;
 
         Ok(Self {
             grpc_listener,
             http_listener,
             pool,
-            broker: Arc::new(broker),
+            broker,
+            consumer,
         })
     }
 
@@ -81,6 +82,7 @@ impl Application {
             http_listener,
             pool,
             broker,
+            consumer,
         } = self;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -96,33 +98,32 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
 
-        let health = Health::new().database(pool.clone()).flag("broker", {
-            let broker = broker.clone();
-            move || broker.is_connected()
-        });
+        let attached = consumer.attached();
+        let health = Health::new()
+            .database(pool.clone())
+            .flag("broker", {
+                let broker = broker.clone();
+                move || broker.is_connected()
+            })
+            .flag("commands", move || attached.get());
         let http = serve::http(http_listener, health.router(), shutdown.clone());
-
-        let commands = consumer::run(
-            broker.channel().await?,
-            broker.namespace().catalog_commands_queue(),
-            "catalog",
-            CommandHandler::new(pool.clone()),
-            shutdown.clone(),
-        );
-        let relay = OutboxRelay::new(pool.clone(), ConfirmedPublisher::new(&broker).await?);
+        let consuming = consumer.run(CommandHandler::new(pool.clone()), shutdown.clone());
+        let relay = OutboxRelay::new(pool.clone(), broker.clone()).run(shutdown.clone());
+        let purge = retention::run(pool.clone(), Retention::default(), shutdown.clone());
 
         let result = serve::run_all(
             shutdown.clone(),
             vec![
                 serve::task("grpc", async move { Ok(grpc.await?) }),
                 serve::task("http", async move { Ok(http.await?) }),
-                serve::task("commands", async move { Ok(commands.await?) }),
-                serve::task("outbox-relay", {
-                    let shutdown = shutdown.clone();
-                    async move {
-                        relay.run(shutdown).await;
-                        Ok(())
-                    }
+                serve::task("commands", async move { Ok(consuming.await?) }),
+                serve::task("outbox-relay", async move {
+                    relay.await;
+                    Ok(())
+                }),
+                serve::task("retention", async move {
+                    purge.await;
+                    Ok(())
                 }),
             ],
         )

@@ -1,11 +1,24 @@
-//! The connection to the broker.
+//! The connection to the broker, and getting it back when it is lost.
 //!
 //! One AMQP connection per service process, many channels on it (a channel is
-//! cheap; a connection is a TCP socket plus a handshake). Publishing and each
-//! consumer get their own channel, because a channel-level error closes only
-//! that channel, and because confirms are counted per channel.
+//! cheap; a connection is a TCP socket plus a handshake). Each consumer and the
+//! outbox relay get their own channel, because a channel-level error closes
+//! only that channel, and because publisher confirms are counted per channel.
+//!
+//! Connections die: the broker restarts, an operator runs
+//! `rabbitmqctl close_all_connections`, a network blip outlasts the heartbeat.
+//! Nothing here tries to keep a dead channel alive. Instead every user of the
+//! broker runs *sessions*: it asks [`Broker::channel`] for a channel, works
+//! until that channel fails, and asks again. `channel()` notices the dead
+//! connection and reconnects, once for all callers (the first caller does the
+//! work, the others wait for it), with exponential backoff and jitter, and
+//! re-declares the shared exchanges. Each session re-declares its own queues,
+//! so the topology is rebuilt by the same code that built it.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use lapin::{Channel, Connection, ConnectionProperties};
 use rand::Rng;
@@ -26,27 +39,50 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
 }
 
-/// A connected broker plus the namespace every name is built from.
+/// A broker connection that heals itself, plus the namespace every name is
+/// built from.
 pub struct Broker {
-    connection: Connection,
+    url: String,
     namespace: Namespace,
+    /// A name the broker shows for our connection (`rabbitmqctl
+    /// list_connections client_properties`, the management UI).
+    connection_name: String,
+    /// The current connection. Readers take a clone of the `Arc` and release
+    /// the lock at once; only a reconnect writes.
+    current: RwLock<Option<Arc<Connection>>>,
+    /// Held while reconnecting, so concurrent callers wait for one reconnect
+    /// instead of each opening their own connection.
+    reconnecting: tokio::sync::Mutex<()>,
 }
 
 impl Broker {
-    /// Connects, retrying with exponential backoff and jitter for up to
-    /// `max_wait` (in compose the broker may still be starting), then declares
-    /// the shared exchanges.
+    /// Connects for the first time, retrying with backoff for up to
+    /// `max_wait` (in compose the broker may still be starting), and declares
+    /// the shared exchanges. `client` names the connection, for example
+    /// `orders`; the broker shows it as `<namespace>/<client>`.
     #[tracing::instrument(skip_all, fields(namespace = namespace.prefix()))]
     pub async fn connect(
         url: &str,
         namespace: Namespace,
+        client: &str,
         max_wait: Duration,
-    ) -> Result<Self, BrokerError> {
+    ) -> Result<Arc<Self>, BrokerError> {
+        let broker = Self {
+            url: url.to_owned(),
+            connection_name: format!("{}/{client}", namespace.prefix()),
+            namespace,
+            current: RwLock::new(None),
+            reconnecting: tokio::sync::Mutex::new(()),
+        };
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
-        let connection = loop {
-            match Connection::connect(url, connection_properties()).await {
-                Ok(connection) => break connection,
+        loop {
+            match broker.open().await {
+                Ok(connection) => {
+                    broker.install(connection);
+                    tracing::info!("connected to broker");
+                    return Ok(Arc::new(broker));
+                }
                 Err(source) if started.elapsed() + delay > max_wait => {
                     return Err(BrokerError::Unreachable {
                         waited: started.elapsed(),
@@ -56,24 +92,28 @@ impl Broker {
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?delay, "broker unreachable");
                     tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = next_delay(delay);
                 }
             }
-        };
-        let broker = Self {
-            connection,
-            namespace,
-        };
-        let channel = broker.channel().await?;
-        topology::declare_exchanges(&channel, &broker.namespace).await?;
-        channel.close(200, "topology declared").await?;
-        tracing::info!("connected to broker");
-        Ok(broker)
+        }
     }
 
-    /// A fresh channel on the shared connection.
+    /// A fresh channel on a live connection. When the connection is gone this
+    /// reconnects first, retrying until it succeeds: callers that must stay
+    /// responsive to shutdown race it against their shutdown token.
     pub async fn channel(&self) -> Result<Channel, lapin::Error> {
-        self.connection.create_channel().await
+        loop {
+            if let Some(connection) = self.live() {
+                match connection.create_channel().await {
+                    Ok(channel) => return Ok(channel),
+                    // The connection died between the check and the call:
+                    // fall through to reconnect.
+                    Err(_) if !connection.status().connected() => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            self.reconnect().await;
+        }
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -82,15 +122,70 @@ impl Broker {
 
     /// Readiness: a service that cannot reach its broker cannot do its job.
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.live().is_some()
     }
 
     /// Closes the connection politely (the broker then releases exclusive
     /// queues at once instead of waiting for a heartbeat timeout).
     pub async fn close(&self) {
+        let connection = self.current.write().ok().and_then(|mut c| c.take());
+        if let Some(connection) = connection {
+            if connection.status().connected() {
+                if let Err(error) = connection.close(200, "shutting down").await {
+                    tracing::debug!(%error, "broker close");
+                }
+            }
+        }
+    }
+
+    fn live(&self) -> Option<Arc<Connection>> {
+        let current = self.current.read().ok()?;
+        current
+            .as_ref()
+            .filter(|connection| connection.status().connected())
+            .cloned()
+    }
+
+    fn install(&self, connection: Connection) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(Arc::new(connection));
+        }
+    }
+
+    /// Opens a connection and declares the shared exchanges on it.
+    async fn open(&self) -> Result<Connection, lapin::Error> {
+        let properties =
+            connection_properties().with_connection_name(self.connection_name.clone().into());
+        let connection = Connection::connect(&self.url, properties).await?;
+        let channel = connection.create_channel().await?;
+        topology::declare_exchanges(&channel, &self.namespace).await?;
+        channel.close(200, "topology declared").await?;
+        Ok(connection)
+    }
+
+    /// Replaces a dead connection, retrying forever with backoff. Only one
+    /// caller reconnects; the others find the new connection when they get
+    /// the lock.
+    async fn reconnect(&self) {
+        let _guard = self.reconnecting.lock().await;
         if self.is_connected() {
-            if let Err(error) = self.connection.close(200, "shutting down").await {
-                tracing::debug!(%error, "broker close");
+            return; // someone else reconnected while we waited
+        }
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        loop {
+            match self.open().await {
+                Ok(connection) => {
+                    self.install(connection);
+                    tracing::info!(attempt, "reconnected to broker");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, attempt, retry_in = ?delay, "broker reconnect failed");
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = next_delay(delay);
+                    attempt += 1;
+                }
             }
         }
     }
@@ -104,9 +199,14 @@ fn connection_properties() -> ConnectionProperties {
         .with_reactor(tokio_reactor_trait::Tokio)
 }
 
+/// Exponential backoff, capped at five seconds.
+pub(crate) fn next_delay(delay: Duration) -> Duration {
+    (delay * 2).min(Duration::from_secs(5))
+}
+
 /// Full jitter: spreads reconnect attempts of many instances over time so a
 /// restarted broker is not hit by all of them at the same instant.
-fn jitter(delay: Duration) -> Duration {
+pub(crate) fn jitter(delay: Duration) -> Duration {
     let millis = delay.as_millis().max(1) as u64;
     Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
 }

@@ -1,42 +1,85 @@
-//! The consumer loop: receive, handle, then acknowledge.
+//! The consumer: receive, handle, then acknowledge — and survive the broker.
 //!
 //! The rule that makes the system lose nothing: a delivery is acked only
 //! after its handler returned `Ok`, that is, after the handler's transaction
 //! committed. If the process dies before the ack, the broker redelivers, and
 //! the idempotent handler recognises the duplicate ([`crate::processed`]).
+//!
+//! Failures are sorted, because they need different treatment:
+//! - the *message* is bad ([`HandleError::Reject`]: undecodable, unknown type):
+//!   no retry can help, it goes to `<queue>.dlq` at once;
+//! - something *around* it failed ([`HandleError::Transient`]: database down,
+//!   deadlock): it is retried later, with growing delays, through retry
+//!   queues (`<queue>.retry.<n>`, whose TTL dead-letters it back to the work
+//!   queue); after the last retry it goes to the DLQ too.
+//!
+//! Either way the message leaves the work queue, so a poison message never
+//! blocks the ones behind it, and the failure reason travels in the headers
+//! (`x-failure-reason`, `x-retry-count`, `x-original-queue`). A copy is
+//! published (with a confirm) *before* the original is acked, so a crash in
+//! between duplicates rather than loses.
+//!
+//! A consumer runs in sessions (see [`crate::connection`]): when the channel
+//! or connection fails it waits a moment, gets a new channel, declares its
+//! queue again and resumes. Deliveries that were in flight return to the
+//! queue when the channel dies and are redelivered.
 
-use std::future::Future;
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::FieldTable,
-    Channel,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions,
+    },
+    publisher_confirm::Confirmation,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Channel,
 };
-use signalbox_messages::Envelope;
+use signalbox_messages::{channels::Namespace, Envelope};
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp;
+use crate::{
+    amqp,
+    connection::{jitter, next_delay},
+    topology::{self, WorkQueue},
+    Broker,
+};
+
+/// Header carrying how many times a message was retried.
+pub const RETRY_COUNT: &str = "x-retry-count";
+/// Header carrying why a message was dead-lettered (or last failed).
+pub const FAILURE_REASON: &str = "x-failure-reason";
+/// Header naming the queue a dead letter came from, for replay.
+pub const ORIGINAL_QUEUE: &str = "x-original-queue";
 
 /// A received message, its envelope already decoded.
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub envelope: Envelope,
     pub body: Vec<u8>,
-    /// The broker delivered this message before (to us or another consumer).
+    /// 0 on the first delivery, then the number of retries so far.
+    pub attempt: u32,
+    /// The broker delivered this very copy before (to us or another
+    /// consumer) and it was not acked.
     pub redelivered: bool,
 }
 
 /// How a handler failed, which decides what happens to the message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// The message itself is bad (cannot be decoded, violates the contract):
-    /// retrying cannot help, so it goes straight to the dead-letter queue.
+    /// The message itself is bad: retrying cannot help.
     #[error("rejected: {0}")]
     Reject(String),
-    /// Something around the message failed (database down, deadlock):
-    /// the message is requeued once; a second failure dead-letters it.
+    /// Something around the message failed: retry later.
     #[error("transient failure: {0}")]
     Transient(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -64,13 +107,67 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, message: Incoming) -> impl Future<Output = Result<(), HandleError>> + Send;
 }
 
-/// Why the consumer loop stopped without being asked to.
+/// Where a consumer's messages come from. Declared at the start of every
+/// session, so a broker that lost its state gets it back.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A durable queue shared by every instance of a service: competing
+    /// consumers, with retry queues and a dead-letter queue.
+    Work(WorkQueue),
+    /// This instance's private queue on the events exchange (fan-out):
+    /// server-named, exclusive, re-created by every session. Failed messages
+    /// are requeued; there is nothing to dead-letter for a push.
+    Instance { patterns: Vec<String> },
+}
+
+/// A shared yes/no the consumer sets while it is attached to its queue;
+/// services report it in their readiness check.
+#[derive(Debug, Clone, Default)]
+pub struct Flag(Arc<AtomicBool>);
+
+impl Flag {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, value: bool) {
+        self.0.store(value, Ordering::Release);
+    }
+}
+
+/// Why a consumer session ended without being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
     #[error("the broker ended the consumer on `{0}`")]
     Cancelled(String),
+    #[error("the broker refused to store a copy of message {0}")]
+    Nacked(String),
+    #[error("the broker did not answer within {0:?}")]
+    Stalled(Duration),
+}
+
+/// Longest wait for the broker to take an ack or a confirm. An operation on a
+/// connection that died underneath it may otherwise never complete; the
+/// session then ends and a new one starts (the message is redelivered).
+const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a broker operation with [`BROKER_OP_TIMEOUT`], failing fast when the
+/// channel is already closed.
+async fn settle<T>(
+    channel: &Channel,
+    operation: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, ConsumeError> {
+    if !channel.status().connected() {
+        return Err(ConsumeError::Amqp(lapin::Error::InvalidChannelState(
+            channel.status().state(),
+        )));
+    }
+    match tokio::time::timeout(BROKER_OP_TIMEOUT, operation).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ConsumeError::Stalled(BROKER_OP_TIMEOUT)),
+    }
 }
 
 /// How many unacknowledged deliveries the broker may push ahead to this
@@ -78,56 +175,197 @@ pub enum ConsumeError {
 /// hides the network round trip between them.
 const PREFETCH: u16 = 16;
 
-/// Consumes `queue` until `shutdown` is cancelled, handling one message at a
-/// time. Returns an error when the channel or connection fails.
-#[tracing::instrument(skip_all, fields(queue = %queue))]
-pub async fn run<H: Handler>(
+pub struct Consumer {
+    broker: Arc<Broker>,
+    source: Source,
+    tag: String,
+    attached: Flag,
+    /// A session opened by [`Consumer::attach`], used first by `run`.
+    prepared: Option<Attached>,
+}
+
+/// A channel consuming from a declared queue.
+struct Attached {
     channel: Channel,
     queue: String,
-    consumer_tag: &str,
-    handler: H,
-    shutdown: CancellationToken,
-) -> Result<(), ConsumeError> {
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
-            &queue,
-            consumer_tag,
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!("consuming");
+    deliveries: lapin::Consumer,
+}
 
-    loop {
-        let delivery = tokio::select! {
-            // Stop taking new deliveries; the one being handled (if any) has
-            // already finished, because handling happens below, not here.
-            // Closing the channel returns unacked prefetched deliveries to
-            // the queue at once, for another instance to take.
-            _ = shutdown.cancelled() => {
-                close_quietly(&channel).await;
-                return Ok(());
+impl Consumer {
+    /// `tag` names the consumer in the broker (management UI, logs).
+    pub fn new(broker: Arc<Broker>, source: Source, tag: impl Into<String>) -> Self {
+        Self {
+            broker,
+            source,
+            tag: tag.into(),
+            attached: Flag::default(),
+            prepared: None,
+        }
+    }
+
+    /// True while a session is consuming (queue declared and bound).
+    pub fn attached(&self) -> Flag {
+        self.attached.clone()
+    }
+
+    /// Declares the queue and starts consuming now, before `run`: a service
+    /// calls this while it starts, so its queue exists (and, for an instance
+    /// queue, is bound) before it serves anything that could lead to a
+    /// message for it. Deliveries wait in the channel until `run` handles
+    /// them.
+    pub async fn attach(&mut self) -> Result<(), ConsumeError> {
+        let channel = self.broker.channel().await?;
+        self.prepared = Some(self.open(channel).await?);
+        Ok(())
+    }
+
+    /// Consumes until `shutdown` is cancelled, resuming after every broker
+    /// failure. Only returns early for good reason (shutdown).
+    pub async fn run<H: Handler>(
+        mut self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let mut prepared = self.prepared.take();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attached = match prepared.take() {
+                Some(attached) => Ok(attached),
+                None => {
+                    // Get a channel, waiting for a reconnect if the broker is
+                    // gone; shutdown must win over a broker that never returns.
+                    let channel = tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        channel = self.broker.channel() => channel,
+                    };
+                    match channel {
+                        Ok(channel) => self.open(channel).await,
+                        Err(error) => Err(error.into()),
+                    }
+                }
+            };
+            let outcome = match attached {
+                Ok(attached) => {
+                    delay = Duration::from_millis(100);
+                    self.session(attached, &handler, &shutdown).await
+                }
+                Err(error) => Err(error),
+            };
+            self.attached.set(false);
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(consumer = %self.tag, %error, retry_in = ?delay, "consumer interrupted; resuming");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        // Back off so a broker that accepts connections but
+                        // fails channels is not hammered.
+                        _ = tokio::time::sleep(jitter(delay)) => {}
+                    }
+                    delay = next_delay(delay);
+                }
             }
-            next = deliveries.next() => match next {
-                Some(delivery) => delivery?,
-                None => return Err(ConsumeError::Cancelled(queue)),
-            },
+        }
+    }
+
+    /// Declares the source's queue on `channel` and starts consuming.
+    async fn open(&self, channel: Channel) -> Result<Attached, ConsumeError> {
+        // Confirm mode: copies sent to retry and dead-letter queues are
+        // confirmed before the original is acked.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let ns = self.broker.namespace();
+        let queue = match &self.source {
+            Source::Work(work) => {
+                topology::declare_work_queue(&channel, ns, work).await?;
+                work.name.clone()
+            }
+            Source::Instance { patterns } => {
+                let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+                topology::declare_instance_queue(&channel, ns, &patterns).await?
+            }
         };
-        process(&handler, delivery).await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let deliveries = channel
+            .basic_consume(
+                &queue,
+                &self.tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.attached.set(true);
+        tracing::info!(consumer = %self.tag, %queue, "consuming");
+        Ok(Attached {
+            channel,
+            queue,
+            deliveries,
+        })
+    }
+
+    /// One session: handle deliveries until the channel fails (Err) or
+    /// shutdown (Ok).
+    async fn session<H: Handler>(
+        &self,
+        attached: Attached,
+        handler: &H,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let Attached {
+            channel,
+            queue,
+            mut deliveries,
+        } = attached;
+        let work = match &self.source {
+            Source::Work(work) => Some(work),
+            Source::Instance { .. } => None,
+        };
+        loop {
+            let delivery = tokio::select! {
+                // Stop taking new deliveries; the one being handled (if any)
+                // has already finished, because handling happens below, not
+                // here. Closing the channel returns unacked prefetched
+                // deliveries to the queue at once, for another instance.
+                _ = shutdown.cancelled() => {
+                    close_quietly(&channel).await;
+                    return Ok(());
+                }
+                // The next delivery; `None` or an error means the channel or
+                // connection is gone, and the session ends.
+                next = deliveries.next() => match next {
+                    Some(delivery) => delivery?,
+                    None => return Err(ConsumeError::Cancelled(queue)),
+                },
+            };
+            process(&channel, &queue, work, handler, delivery).await?;
+        }
     }
 }
 
-/// Handles one delivery and settles it: ack on success, requeue or
-/// dead-letter on failure.
-async fn process<H: Handler>(handler: &H, delivery: Delivery) -> Result<(), lapin::Error> {
+/// Handles one delivery and settles it.
+async fn process<H: Handler>(
+    channel: &Channel,
+    queue: &str,
+    work: Option<&WorkQueue>,
+    handler: &H,
+    delivery: Delivery,
+) -> Result<(), ConsumeError> {
+    let attempt = retry_count(&delivery.properties);
     let envelope = match amqp::from_properties(&delivery.properties) {
         Ok(envelope) => envelope,
         Err(error) => {
-            tracing::warn!(%error, "undecodable envelope; dead-lettering");
-            return dead_letter(&delivery).await;
+            tracing::warn!(%queue, %error, "undecodable envelope; dead-lettering");
+            return give_up(
+                channel,
+                queue,
+                work,
+                &delivery,
+                &format!("bad envelope: {error}"),
+            )
+            .await;
         }
     };
     let message_id = envelope.message_id;
@@ -135,29 +373,132 @@ async fn process<H: Handler>(handler: &H, delivery: Delivery) -> Result<(), lapi
     let incoming = Incoming {
         envelope,
         body: delivery.data.clone(),
+        attempt,
         redelivered: delivery.redelivered,
     };
 
     match handler.handle(incoming).await {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Ok(()) => settle(channel, delivery.ack(BasicAckOptions::default())).await,
         Err(HandleError::Reject(reason)) => {
-            tracing::warn!(%message_id, %message_type, %reason, "message rejected; dead-lettering");
-            dead_letter(&delivery).await
-        }
-        Err(HandleError::Transient(error)) if !delivery.redelivered => {
-            tracing::warn!(%message_id, %message_type, %error, "handler failed; requeueing");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            tracing::warn!(%queue, %message_id, %message_type, %reason, "message rejected; dead-lettering");
+            give_up(channel, queue, work, &delivery, &reason).await
         }
         Err(HandleError::Transient(error)) => {
-            tracing::error!(%message_id, %message_type, %error, "handler failed again; dead-lettering");
-            dead_letter(&delivery).await
+            let reason = error.to_string();
+            match work.and_then(|w| w.retry.delay(attempt).map(|d| (w, d))) {
+                Some((work, delay)) => {
+                    tracing::warn!(%queue, %message_id, %message_type, attempt, retry_in = ?delay, error = %reason, "handler failed; will retry");
+                    let retry_queue = topology::retry_queue(&work.name, attempt as usize);
+                    let headers = [
+                        (RETRY_COUNT, AMQPValue::LongUInt(attempt + 1)),
+                        (FAILURE_REASON, long_string(&reason)),
+                    ];
+                    republish(channel, &retry_queue, &delivery, &headers).await?;
+                    settle(channel, delivery.ack(BasicAckOptions::default())).await
+                }
+                None if work.is_none() => {
+                    // An instance queue has no retry queues: put it back.
+                    tracing::warn!(%queue, %message_id, error = %reason, "handler failed; requeueing");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    };
+                    settle(channel, delivery.nack(requeue)).await
+                }
+                None => {
+                    tracing::error!(%queue, %message_id, %message_type, attempt, error = %reason, "retries exhausted; dead-lettering");
+                    let reason = format!("gave up after {attempt} retries: {reason}");
+                    give_up(channel, queue, work, &delivery, &reason).await
+                }
+            }
         }
     }
+}
+
+/// Moves a message to `<queue>.dlq` with the reason, then acks it. On an
+/// instance queue (no DLQ) the message is dropped with a log line.
+async fn give_up(
+    channel: &Channel,
+    queue: &str,
+    work: Option<&WorkQueue>,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), ConsumeError> {
+    if work.is_some() {
+        let headers = [
+            (FAILURE_REASON, long_string(reason)),
+            (ORIGINAL_QUEUE, long_string(queue)),
+            (
+                RETRY_COUNT,
+                AMQPValue::LongUInt(retry_count(&delivery.properties)),
+            ),
+            ("x-failed-at", long_string(&chrono::Utc::now().to_rfc3339())),
+        ];
+        republish(
+            channel,
+            &Namespace::dead_letter_queue(queue),
+            delivery,
+            &headers,
+        )
+        .await?;
+    } else {
+        tracing::error!(%queue, %reason, "message dropped from instance queue");
+    }
+    settle(channel, delivery.ack(BasicAckOptions::default())).await
+}
+
+/// Publishes a copy of `delivery` (same body and properties, extra headers)
+/// straight to `queue` through the default exchange, and waits for the
+/// broker's confirm.
+async fn republish(
+    channel: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    extra: &[(&str, AMQPValue)],
+) -> Result<(), ConsumeError> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    for (key, value) in extra {
+        headers.insert(ShortString::from((*key).to_owned()), value.clone());
+    }
+    let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+    let confirm = settle(channel, async {
+        channel
+            .basic_publish(
+                "",
+                queue,
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await?;
+    if let Confirmation::Nack(_) = confirm {
+        let id = delivery.properties.message_id().as_ref();
+        return Err(ConsumeError::Nacked(
+            id.map(|m| m.to_string()).unwrap_or_default(),
+        ));
+    }
+    Ok(())
+}
+
+fn retry_count(properties: &BasicProperties) -> u32 {
+    let value = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(RETRY_COUNT).cloned());
+    match value {
+        Some(AMQPValue::LongUInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
+        Some(AMQPValue::LongLongInt(n)) => n.clamp(0, u32::MAX as i64) as u32,
+        Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
+        _ => 0,
+    }
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.to_owned()))
 }
 
 /// Closes a channel on the way out; it may already be closed (the connection
@@ -168,15 +509,4 @@ pub(crate) async fn close_quietly(channel: &Channel) {
             tracing::debug!(%error, "channel close");
         }
     }
-}
-
-/// `requeue: false` on a queue with a dead-letter exchange moves the message
-/// to `<queue>.dlq`; the broker adds an `x-death` header saying why.
-async fn dead_letter(delivery: &Delivery) -> Result<(), lapin::Error> {
-    delivery
-        .nack(BasicNackOptions {
-            requeue: false,
-            ..Default::default()
-        })
-        .await
 }

@@ -25,9 +25,11 @@ pub mod consumer;
 pub mod outbox;
 pub mod processed;
 pub mod publisher;
+pub mod retention;
 pub mod topology;
 
 pub use connection::Broker;
-pub use consumer::{HandleError, Handler, Incoming};
+pub use consumer::{Consumer, Flag, HandleError, Handler, Incoming, Source};
 pub use outbox::{OutboxRelay, Outgoing};
 pub use publisher::ConfirmedPublisher;
+pub use topology::{RetryPolicy, WorkQueue};

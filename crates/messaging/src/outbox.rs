@@ -15,18 +15,21 @@
 //!   handler ──tx──▶ orders + outbox rows ──commit──▶ NOTIFY outbox
 //!                                                     │
 //!   relay ◀──────────────── wakes ────────────────────┘
-//!     │ SELECT … FOR UPDATE SKIP LOCKED
+//!     │ take the lease (advisory lock), SELECT oldest unpublished rows
 //!     │ publish batch, await confirms
 //!     └ UPDATE outbox SET published_at = now()
 //! ```
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use signalbox_messages::{channels::Namespace, Envelope, Message};
 use sqlx::{postgres::PgListener, types::Json, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::publisher::{ConfirmedPublisher, PublishError};
+use crate::{
+    publisher::{ConfirmedPublisher, PublishError},
+    Broker,
+};
 
 /// The PostgreSQL notification channel a commit with outbox rows signals on.
 pub const NOTIFY_CHANNEL: &str = "outbox";
@@ -107,12 +110,24 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
 }
 
+/// Key of the transaction-scoped advisory lock that makes one relay per
+/// database the publisher of a batch (any constant; it names the lease).
+const RELAY_LEASE: i64 = 0x5167_6e61_6c62_6f78; // "Signalbox"
+
 /// Publishes committed outbox rows, oldest first.
+///
+/// Several instances of a service may run a relay each. A batch is published
+/// only while holding a transaction-scoped advisory lock (a lease): the
+/// others skip that round instead of publishing rows out of order. So the
+/// outbox's order (and with it the order of each aggregate's messages) is the
+/// order on the broker, whichever instance publishes.
 pub struct OutboxRelay {
     pool: PgPool,
-    publisher: ConfirmedPublisher,
+    broker: Arc<Broker>,
     batch_size: i64,
     poll_interval: Duration,
 }
@@ -127,10 +142,10 @@ struct OutboxRow {
 }
 
 impl OutboxRelay {
-    pub fn new(pool: PgPool, publisher: ConfirmedPublisher) -> Self {
+    pub fn new(pool: PgPool, broker: Arc<Broker>) -> Self {
         Self {
             pool,
-            publisher,
+            broker,
             batch_size: 100,
             poll_interval: Duration::from_secs(1),
         }
@@ -148,14 +163,20 @@ impl OutboxRelay {
                 None
             }
         };
+        // The confirm-mode channel of the current broker session; dropped
+        // after any publish failure and opened again on the next round.
+        let mut publisher: Option<ConfirmedPublisher> = None;
         loop {
-            if let Err(error) = self.drain().await {
+            if let Err(error) = self.drain(&mut publisher, &shutdown).await {
                 tracing::warn!(%error, "outbox relay failed; will retry");
+                publisher = None;
             }
             tokio::select! {
                 // Stop between batches, never in the middle of one.
                 _ = shutdown.cancelled() => {
-                    self.publisher.close().await;
+                    if let Some(publisher) = publisher {
+                        publisher.close().await;
+                    }
                     return;
                 }
                 // A transaction that wrote outbox rows committed: publish now.
@@ -177,26 +198,52 @@ impl OutboxRelay {
         Ok(listener)
     }
 
-    /// Publishes batches until the outbox has no unpublished rows.
-    async fn drain(&self) -> Result<(), RelayError> {
-        while self.publish_batch().await? == self.batch_size as usize {}
-        Ok(())
+    /// Publishes batches until the outbox has no unpublished rows (or
+    /// another relay holds the lease).
+    async fn drain(
+        &self,
+        publisher: &mut Option<ConfirmedPublisher>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        loop {
+            // Open the channel before the transaction: waiting for a broker
+            // reconnect must not hold a database transaction open.
+            let open = publisher.as_ref().is_some_and(ConfirmedPublisher::is_open);
+            if !open {
+                *publisher = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    opened = ConfirmedPublisher::new(&self.broker) => Some(opened?),
+                };
+            }
+            let Some(current) = publisher.as_ref() else {
+                return Ok(());
+            };
+            if self.publish_batch(current).await? < self.batch_size as usize {
+                return Ok(());
+            }
+        }
     }
 
-    /// One batch, in one transaction: lock the oldest unpublished rows (rows
-    /// another relay instance holds are skipped, not waited for), publish
-    /// them, await every confirm, mark them. If anything fails the
-    /// transaction rolls back and the rows are published again next time.
+    /// One batch, in one transaction: take the lease, read the oldest
+    /// unpublished rows, publish them, await every confirm, mark them. If
+    /// anything fails the transaction rolls back and the rows are published
+    /// again next time (consumers deduplicate).
     #[tracing::instrument(skip_all)]
-    async fn publish_batch(&self) -> Result<usize, RelayError> {
+    async fn publish_batch(&self, publisher: &ConfirmedPublisher) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LEASE)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !leader {
+            return Ok(0); // another instance is publishing; it drains for us
+        }
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT seq, exchange, routing_key, envelope, payload
              FROM outbox
              WHERE published_at IS NULL
              ORDER BY seq
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+             LIMIT $1",
         )
         .bind(self.batch_size)
         .fetch_all(&mut *tx)
@@ -214,7 +261,7 @@ impl OutboxRelay {
                 payload: serde_json::to_vec(&row.payload.0).expect("JSON values serialize"),
             })
             .collect();
-        self.publisher.publish_all(&messages).await?;
+        publisher.publish_all(&messages).await?;
 
         let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
         sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")

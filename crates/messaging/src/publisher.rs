@@ -13,12 +13,19 @@ use lapin::{
     Channel,
 };
 
+use signalbox_messages::MessageKind;
+
 use crate::{amqp, outbox::Outgoing, Broker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("the broker refused message {message_id} (nack)")]
     Nacked { message_id: uuid::Uuid },
+    #[error("no queue takes message {message_id} (unroutable {kind:?})")]
+    Unroutable {
+        message_id: uuid::Uuid,
+        kind: MessageKind,
+    },
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
 }
@@ -50,12 +57,20 @@ impl ConfirmedPublisher {
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
+            // Commands and replies are point-to-point: if no queue takes one
+            // (the handler's queue was never declared, or was deleted), the
+            // broker must hand it back instead of dropping it. Events may have
+            // no subscriber at all, which is fine.
+            let mandatory = message.envelope.kind != MessageKind::Event;
             let confirm = self
                 .channel
                 .basic_publish(
                     &message.exchange,
                     &message.routing_key,
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
                     &message.payload,
                     amqp::to_properties(&message.envelope),
                 )
@@ -65,7 +80,12 @@ impl ConfirmedPublisher {
                     Confirmation::Nack(_) => Err(PublishError::Nacked {
                         message_id: message.envelope.message_id,
                     }),
-                    Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+                    // Acked but returned: routed to no queue.
+                    Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+                        message_id: message.envelope.message_id,
+                        kind: message.envelope.kind,
+                    }),
+                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 }
             });
         }

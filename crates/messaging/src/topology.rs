@@ -6,9 +6,11 @@
 //! survive a broker restart; messages in them survive too because they are
 //! published persistent.
 
+use std::time::Duration;
+
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::{AMQPValue, FieldTable, LongString},
     Channel, ExchangeKind,
 };
 use signalbox_messages::channels::Namespace;
@@ -58,22 +60,101 @@ pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), 
     Ok(())
 }
 
-/// Declares a durable work queue with its dead-letter queue, and binds it.
+/// How often, and after how long, a transiently failed message is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The delay before retry n+1; the number of entries bounds the retries.
+    pub delays: Vec<Duration>,
+}
+
+impl RetryPolicy {
+    /// The delay before the retry that follows `attempt` failed attempts
+    /// minus one, or `None` when the retries are used up.
+    pub fn delay(&self, attempt: u32) -> Option<Duration> {
+        self.delays.get(attempt as usize).copied()
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Four retries over about 45 seconds: long enough to ride out a
+    /// database failover, short enough that a poison message surfaces soon.
+    fn default() -> Self {
+        Self {
+            delays: [500, 2_000, 10_000, 30_000]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+        }
+    }
+}
+
+/// A durable queue shared by every instance of a service.
+#[derive(Debug, Clone)]
+pub struct WorkQueue {
+    pub name: String,
+    /// `(exchange, routing key)` pairs; replies need none (they arrive
+    /// through the default exchange, addressed by queue name).
+    pub bindings: Vec<(String, String)>,
+    pub retry: RetryPolicy,
+    /// At most one consumer receives at a time, the others stand by: the
+    /// queue is consumed strictly in order (used by sharded channels).
+    pub single_active_consumer: bool,
+}
+
+impl WorkQueue {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            bindings: Vec::new(),
+            retry: RetryPolicy::default(),
+            single_active_consumer: false,
+        }
+    }
+
+    pub fn bind(mut self, exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        self.bindings.push((exchange.into(), routing_key.into()));
+        self
+    }
+
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn single_active_consumer(mut self) -> Self {
+        self.single_active_consumer = true;
+        self
+    }
+}
+
+/// The retry queue for the retry after `attempt` failures: `<queue>.retry.<n>`.
+pub fn retry_queue(queue: &str, attempt: usize) -> String {
+    format!("{queue}.retry.{attempt}")
+}
+
+/// Declares a work queue with its retry queues and dead-letter queue, and
+/// binds it.
 ///
-/// A message the consumer rejects (`requeue: false`) is moved by the broker to
-/// `<queue>.dlq` through the dead-letter exchange, with an `x-death` header
-/// saying where and why; it is never silently dropped.
+/// ```text
+///   exchange ──binding──▶ <queue> ──handler fails──▶ <queue>.retry.<n>  (TTL = delay n)
+///                            ▲                              │ expires
+///                            └──── default exchange ◀───────┘
+///   <queue> ──rejected / retries used up──▶ <queue>.dlq  (with x-failure-reason)
+/// ```
+///
+/// The work queue also names a dead-letter exchange, so a message nacked
+/// without requeue by any client still lands in the DLQ rather than vanishing.
 pub async fn declare_work_queue(
     channel: &Channel,
     ns: &Namespace,
-    queue: &str,
-    bindings: &[(String, &str)],
+    work: &WorkQueue,
 ) -> Result<(), lapin::Error> {
-    let dlq = Namespace::dead_letter_queue(queue);
+    let queue = work.name.as_str();
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
+    let dlq = Namespace::dead_letter_queue(queue);
     channel
         .queue_declare(&dlq, durable, FieldTable::default())
         .await?;
@@ -87,17 +168,32 @@ pub async fn declare_work_queue(
         )
         .await?;
 
+    // Each retry queue holds messages for its delay, then the broker
+    // dead-letters them through the default exchange back to the work queue.
+    for (attempt, delay) in work.retry.delays.iter().enumerate() {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay.as_millis() as i64),
+        );
+        args.insert("x-dead-letter-exchange".into(), string(""));
+        args.insert("x-dead-letter-routing-key".into(), string(queue));
+        channel
+            .queue_declare(&retry_queue(queue, attempt), durable, args)
+            .await?;
+    }
+
     let mut args = FieldTable::default();
     args.insert(
-        ShortString::from("x-dead-letter-exchange"),
-        AMQPValue::LongString(LongString::from(ns.dead_letter_exchange())),
+        "x-dead-letter-exchange".into(),
+        string(&ns.dead_letter_exchange()),
     );
-    args.insert(
-        ShortString::from("x-dead-letter-routing-key"),
-        AMQPValue::LongString(LongString::from(queue.to_owned())),
-    );
+    args.insert("x-dead-letter-routing-key".into(), string(queue));
+    if work.single_active_consumer {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
     channel.queue_declare(queue, durable, args).await?;
-    for (exchange, routing_key) in bindings {
+    for (exchange, routing_key) in &work.bindings {
         channel
             .queue_bind(
                 queue,
@@ -109,6 +205,10 @@ pub async fn declare_work_queue(
             .await?;
     }
     Ok(())
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.to_owned()))
 }
 
 /// Declares this instance's private queue for fan-out: server-named,

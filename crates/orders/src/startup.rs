@@ -1,11 +1,14 @@
-//! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, declare the
-//! reply channel, then serve gRPC, health, the reply consumer and the outbox
-//! relay until shutdown.
+//! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, then serve
+//! gRPC, health, the reply consumer, the outbox relay and the retention purge
+//! until shutdown.
 
 use std::{sync::Arc, time::Duration};
 
 use signalbox_messages::channels::Namespace;
-use signalbox_messaging::{consumer, topology, Broker, ConfirmedPublisher, OutboxRelay};
+use signalbox_messaging::{
+    retention::{self, Retention},
+    Broker, Consumer, OutboxRelay, Source, WorkQueue,
+};
 use signalbox_platform::{health::Health, serve};
 use signalbox_proto::orders::v1::order_service_server::OrderServiceServer;
 use sqlx::PgPool;
@@ -19,6 +22,7 @@ pub struct Application {
     http_listener: TcpListener,
     pool: PgPool,
     broker: Arc<Broker>,
+    consumer: Consumer,
     catalog: CatalogClient,
 }
 
@@ -33,17 +37,21 @@ impl Application {
         let broker = Broker::connect(
             &settings.amqp.url,
             Namespace::new(&settings.amqp.namespace),
+            "orders",
             Duration::from_secs(settings.amqp.connect_timeout_secs),
         )
         .await?;
         // The reply channel of the saga: catalog answers `reserve_stock` here
         // (through the default exchange, addressed by queue name). Durable,
-        // so replies wait for us while orders is down.
+        // so replies wait while orders is down; declared before orders can
+        // send its first command, and again on every reconnect.
         let ns = broker.namespace();
-        let channel = broker.channel().await?;
-        topology::declare_work_queue(&channel, ns, &ns.orders_replies_queue(), &[]).await?;
-        channel.close(200, "declared").await?;
+        let replies = WorkQueue::new(ns.orders_replies_queue());
+        let mut consumer = Consumer::new(broker.clone(), Source::Work(replies), "orders");
+        consumer.attach().await?;
 
+        // Pricing calls to catalog: platform-provided discovery (the address
+        // is configuration, resolved by compose / Kubernetes DNS).
         let catalog = CatalogClient::new(
             &settings.upstreams.catalog,
             Duration::from_millis(settings.upstreams.catalog_timeout_ms),
@@ -53,7 +61,8 @@ impl Application {
             grpc_listener,
             http_listener,
             pool,
-            broker: Arc::new(broker),
+            broker,
+            consumer,
             catalog,
         })
     }
@@ -78,6 +87,7 @@ impl Application {
             http_listener,
             pool,
             broker,
+            consumer,
             catalog,
         } = self;
 
@@ -98,33 +108,35 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
 
-        let health = Health::new().database(pool.clone()).flag("broker", {
-            let broker = broker.clone();
-            move || broker.is_connected()
-        });
+        let attached = consumer.attached();
+        let health = Health::new()
+            .database(pool.clone())
+            .flag("broker", {
+                let broker = broker.clone();
+                move || broker.is_connected()
+            })
+            .flag("replies", move || attached.get());
         let http = serve::http(http_listener, health.router(), shutdown.clone());
-
-        let replies = consumer::run(
-            broker.channel().await?,
-            broker.namespace().orders_replies_queue(),
-            "orders",
+        let consuming = consumer.run(
             ReplyHandler::new(pool.clone(), broker.namespace().clone()),
             shutdown.clone(),
         );
-        let relay = OutboxRelay::new(pool.clone(), ConfirmedPublisher::new(&broker).await?);
+        let relay = OutboxRelay::new(pool.clone(), broker.clone()).run(shutdown.clone());
+        let purge = retention::run(pool.clone(), Retention::default(), shutdown.clone());
 
         let result = serve::run_all(
             shutdown.clone(),
             vec![
                 serve::task("grpc", async move { Ok(grpc.await?) }),
                 serve::task("http", async move { Ok(http.await?) }),
-                serve::task("replies", async move { Ok(replies.await?) }),
-                serve::task("outbox-relay", {
-                    let shutdown = shutdown.clone();
-                    async move {
-                        relay.run(shutdown).await;
-                        Ok(())
-                    }
+                serve::task("replies", async move { Ok(consuming.await?) }),
+                serve::task("outbox-relay", async move {
+                    relay.await;
+                    Ok(())
+                }),
+                serve::task("retention", async move {
+                    purge.await;
+                    Ok(())
                 }),
             ],
         )

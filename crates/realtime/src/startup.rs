@@ -1,17 +1,17 @@
 //! Wiring: bind the listener, connect to RabbitMQ and declare this instance's
 //! event queue, then serve sockets and consume events until shutdown.
 //!
-//! The order matters. The queue is declared and bound in `build`, before the
-//! service reports ready (the readiness check passes as soon as the HTTP
-//! server answers), so an event published after readiness already has a
-//! queue to land in and is not missed; the consumer starts draining it in
-//! `run_until_stopped`.
+//! The order matters. The queue is declared and bound in `build` (the
+//! consumer attaches), before the service serves anything, so an event
+//! published after start-up already has a queue to land in and is not missed;
+//! the consumer starts draining it in `run_until_stopped`. Readiness reports
+//! the broker connection and whether the consumer is attached: after a broker
+//! failure the instance is not ready until it has a new queue.
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::Channel;
 use signalbox_messages::channels::Namespace;
-use signalbox_messaging::{consumer, topology, Broker};
+use signalbox_messaging::{Broker, Consumer, Source};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -29,9 +29,9 @@ const SOCKET_DRAIN: Duration = Duration::from_secs(5);
 pub struct Application {
     http_listener: TcpListener,
     broker: Arc<Broker>,
-    /// The channel the instance queue was declared on; the consumer uses it.
-    events_channel: Channel,
-    events_queue: String,
+    /// Consumes this instance's queue; attached (queue declared and bound)
+    /// during `build`, so no event published after start-up is missed.
+    events: Consumer,
     hub: Arc<Hub>,
     settings: Settings,
 }
@@ -43,23 +43,24 @@ impl Application {
         let broker = Broker::connect(
             &settings.amqp.url,
             Namespace::new(&settings.amqp.namespace),
+            "realtime",
             Duration::from_secs(settings.amqp.connect_timeout_secs),
         )
         .await?;
         // This instance's private queue (server-named, exclusive, deleted
         // with the connection), bound to the order and catalog events: every
-        // instance gets its own copy of each event (fan-out).
-        let events_channel = broker.channel().await?;
-        let events_queue =
-            topology::declare_instance_queue(&events_channel, broker.namespace(), &BINDINGS)
-                .await?;
-        tracing::info!(queue = %events_queue, "instance queue declared");
+        // instance gets its own copy of each event (fan-out). After a broker
+        // failure the consumer declares a new one.
+        let source = Source::Instance {
+            patterns: BINDINGS.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let mut events = Consumer::new(broker.clone(), source, CONSUMER_TAG);
+        events.attach().await?;
 
         Ok(Self {
             http_listener,
-            broker: Arc::new(broker),
-            events_channel,
-            events_queue,
+            broker,
+            events,
             hub: Arc::new(Hub::new()),
             settings,
         })
@@ -82,8 +83,7 @@ impl Application {
         let Self {
             http_listener,
             broker,
-            events_channel,
-            events_queue,
+            events,
             hub,
             settings,
         } = self;
@@ -97,29 +97,19 @@ impl Application {
             tracker: tracker.clone(),
         });
 
-        let health = Health::new().check("broker", {
-            let broker = broker.clone();
-            move || {
-                let connected = broker.is_connected();
-                async move {
-                    connected
-                        .then_some(())
-                        .ok_or_else(|| "disconnected".to_owned())
-                }
-            }
-        });
+        let attached = events.attached();
+        let health = Health::new()
+            .flag("broker", {
+                let broker = broker.clone();
+                move || broker.is_connected()
+            })
+            .flag("events", move || attached.get());
         let router = socket::router(context).merge(health.router());
         let http = serve::http(http_listener, router, shutdown.clone());
 
         // The events consumer: one delivery at a time from the instance
         // queue into the hub, acked after the hub took it.
-        let events = consumer::run(
-            events_channel,
-            events_queue,
-            CONSUMER_TAG,
-            EventRouter::new(hub),
-            shutdown.clone(),
-        );
+        let events = events.run(EventRouter::new(hub), shutdown.clone());
 
         let result = serve::run_all(
             shutdown.clone(),

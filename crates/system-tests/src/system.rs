@@ -20,6 +20,8 @@ pub struct TestSystem {
     /// `ws://127.0.0.1:<port>/ws` of each realtime instance.
     pub realtime: Vec<String>,
     databases: Vec<String>,
+    /// HTTP ports of every service, for `/health/ready`.
+    health: Vec<u16>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     cleaned: bool,
@@ -36,6 +38,7 @@ impl TestSystem {
             api: Api::new(String::new()),
             realtime: Vec::new(),
             databases: Vec::new(),
+            health: Vec::new(),
             shutdown: shutdown.clone(),
             tasks: Vec::new(),
             cleaned: false,
@@ -76,6 +79,7 @@ impl TestSystem {
             ),
             ..VerifierSettings::default()
         };
+        system.health.push(auth.http_port());
         system.spawn(auth.run_until_stopped(shutdown.child_token()));
 
         // catalog
@@ -88,6 +92,7 @@ impl TestSystem {
         };
         let catalog = signalbox_catalog::Application::build(settings).await?;
         let catalog_grpc = format!("http://127.0.0.1:{}", catalog.grpc_port());
+        system.health.push(catalog.http_port());
         system.spawn(catalog.run_until_stopped(shutdown.child_token()));
 
         // orders
@@ -105,6 +110,7 @@ impl TestSystem {
         };
         let orders = signalbox_orders::Application::build(settings).await?;
         let orders_grpc = format!("http://127.0.0.1:{}", orders.grpc_port());
+        system.health.push(orders.http_port());
         system.spawn(orders.run_until_stopped(shutdown.child_token()));
 
         // realtime, twice: each instance has its own queue on the events exchange
@@ -119,6 +125,7 @@ impl TestSystem {
             system
                 .realtime
                 .push(format!("ws://127.0.0.1:{}/ws", realtime.http_port()));
+            system.health.push(realtime.http_port());
             system.spawn(realtime.run_until_stopped(shutdown.child_token()));
         }
 
@@ -135,9 +142,31 @@ impl TestSystem {
         };
         let gateway = signalbox_gateway::Application::build(settings).await?;
         system.api = Api::new(format!("http://127.0.0.1:{}", gateway.http_port()));
+        system.health.push(gateway.http_port());
         system.spawn(gateway.run_until_stopped(shutdown.child_token()));
 
+        system.wait_until_ready().await?;
         Ok(system)
+    }
+
+    /// Waits until every service answers `/health/ready` with 200, as a
+    /// load balancer would before sending traffic.
+    pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        for port in &self.health {
+            let url = format!("http://127.0.0.1:{port}/health/ready");
+            tokio::time::timeout(crate::DEADLINE, async {
+                loop {
+                    match http.get(&url).send().await {
+                        Ok(response) if response.status().is_success() => return,
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("{url} not ready within {:?}", crate::DEADLINE))?;
+        }
+        Ok(())
     }
 
     fn spawn<F>(&mut self, service: F)

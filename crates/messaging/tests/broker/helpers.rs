@@ -1,7 +1,7 @@
 //! A fresh database (with the messaging tables) and a fresh namespace per
 //! test, removed again by [`Fixture::cleanup`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use lapin::{
@@ -11,7 +11,7 @@ use lapin::{
     Channel,
 };
 use signalbox_messages::channels::Namespace;
-use signalbox_messaging::{topology, Broker};
+use signalbox_messaging::{topology, Broker, WorkQueue};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -21,7 +21,7 @@ const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub struct Fixture {
     pub pool: PgPool,
-    pub broker: Broker,
+    pub broker: Arc<Broker>,
     pub ns: Namespace,
     database: String,
     queues: Vec<String>,
@@ -29,6 +29,14 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new() -> anyhow::Result<Self> {
+        // Logs go through the test harness: shown for failing tests only.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,lapin=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let database = format!("{prefix}_messaging");
         let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
@@ -39,7 +47,7 @@ impl Fixture {
         // Every service schema carries the messaging tables; orders' will do.
         sqlx::migrate!("../../migrations/orders").run(&pool).await?;
         let ns = Namespace::new(prefix);
-        let broker = Broker::connect(AMQP, ns.clone(), DEADLINE).await?;
+        let broker = Broker::connect(AMQP, ns.clone(), "test", DEADLINE).await?;
         Ok(Self {
             pool,
             broker,
@@ -53,17 +61,22 @@ impl Fixture {
     /// exchange for `pattern`.
     pub async fn queue(&mut self, name: &str, pattern: &'static str) -> anyhow::Result<String> {
         let queue = self.ns.queue(name);
-        let channel = self.broker.channel().await?;
-        topology::declare_work_queue(
-            &channel,
-            &self.ns,
-            &queue,
-            &[(self.ns.events_exchange(), pattern)],
-        )
-        .await?;
-        self.queues.push(queue.clone());
-        self.queues.push(Namespace::dead_letter_queue(&queue));
+        let work = WorkQueue::new(queue.clone()).bind(self.ns.events_exchange(), pattern);
+        self.declare(&work).await?;
         Ok(queue)
+    }
+
+    /// Declares `work` (with its retry and dead-letter queues) and remembers
+    /// every queue for cleanup.
+    pub async fn declare(&mut self, work: &WorkQueue) -> anyhow::Result<()> {
+        let channel = self.broker.channel().await?;
+        topology::declare_work_queue(&channel, &self.ns, work).await?;
+        self.queues.push(work.name.clone());
+        self.queues.push(Namespace::dead_letter_queue(&work.name));
+        for attempt in 0..work.retry.delays.len() {
+            self.queues.push(topology::retry_queue(&work.name, attempt));
+        }
+        Ok(())
     }
 
     pub async fn cleanup(self) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! The outbox relay publishes what committed, in order, and nothing else.
 
 use signalbox_messages::{orders::OrderCancelled, Envelope};
-use signalbox_messaging::{amqp, outbox, ConfirmedPublisher, OutboxRelay, Outgoing};
+use signalbox_messaging::{amqp, outbox, OutboxRelay, Outgoing};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ async fn committed_rows_are_published_in_order_and_marked() -> anyhow::Result<()
     tx.commit().await?;
 
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(fx.pool.clone(), ConfirmedPublisher::new(&fx.broker).await?);
+    let relay = OutboxRelay::new(fx.pool.clone(), fx.broker.clone());
     let relay = tokio::spawn(relay.run(shutdown.clone()));
 
     for message in &messages {
@@ -75,7 +75,7 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     tx.commit().await?;
 
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(fx.pool.clone(), ConfirmedPublisher::new(&fx.broker).await?);
+    let relay = OutboxRelay::new(fx.pool.clone(), fx.broker.clone());
     let relay = tokio::spawn(relay.run(shutdown.clone()));
 
     // The relay publishes in insertion order: had the rolled-back row been
