@@ -1,9 +1,12 @@
 //! Auth settings: the shared listener, database and telemetry sections plus
-//! the token policy. The signing key is a secret: it is read from the
-//! environment (`APP__TOKENS__SIGNING_KEY_PEM`) and never serialised back.
+//! the token policy and the login throttle. The signing key is a secret: it
+//! is read from the environment (`APP__TOKENS__SIGNING_KEY_PEM`) and never
+//! serialised back. Verify-only keys are public JWKs
+//! (`APP__TOKENS__VERIFY_ONLY_KEYS`, a JWK Set document): see
+//! [`crate::keys`] for how they make key rotation work.
 
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use signalbox_platform::config::{DatabaseSettings, ListenSettings, TelemetrySettings};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -13,6 +16,9 @@ pub struct Settings {
     pub http: ListenSettings,
     pub database: DatabaseSettings,
     pub tokens: TokenSettings,
+    /// Per-account limits on failed logins and client authentications.
+    #[serde(default)]
+    pub throttle: ThrottleSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -23,6 +29,7 @@ impl Default for Settings {
             http: ListenSettings::on_port(8082),
             database: DatabaseSettings::local("auth"),
             tokens: TokenSettings::default(),
+            throttle: ThrottleSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -30,6 +37,7 @@ impl Default for Settings {
 
 /// What the issued tokens say and how long they live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TokenSettings {
     /// The `iss` claim; verifiers require exactly this value.
     pub issuer: String,
@@ -48,6 +56,84 @@ pub struct TokenSettings {
     /// restarts or runs more than one replica.
     #[serde(skip_serializing, default)]
     pub signing_key_pem: Option<SecretString>,
+    /// Public keys published in the JWKS beside the signing key, which never
+    /// sign: the previous signing key after a rotation (until every token it
+    /// signed has expired), or the next one before it is promoted. Given as a
+    /// JWK Set document (`{"keys":[…]}`, e.g. copied from the JWKS before the
+    /// rotation), a JSON array of JWKs, or a YAML list.
+    #[serde(deserialize_with = "jwk_list")]
+    pub verify_only_keys: Vec<VerifyOnlyKey>,
+    /// Space-separated scopes of the access tokens issued to users (at login
+    /// and on refresh). Service accounts get the scopes they were created
+    /// with.
+    pub user_scopes: String,
+}
+
+/// A public Ed25519 key as a JWK (RFC 8037): `kty: OKP`, `crv: Ed25519`,
+/// `x`, and the `kid` its tokens carry (the RFC 7638 thumbprint when absent).
+/// Other members (`alg`, `use`) are accepted and ignored; a private `d` is
+/// refused, so a secret cannot end up published by mistake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyOnlyKey {
+    pub kty: String,
+    pub crv: String,
+    pub x: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub d: Option<String>,
+}
+
+/// How many failed attempts one account (an email at login, a client id at
+/// the token endpoint) may make in a window before it must wait for the
+/// window to end. Kept in the auth database, so every gateway and every
+/// auth replica counts against the same limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThrottleSettings {
+    pub max_failures: u32,
+    pub window_secs: u64,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window_secs: 15 * 60,
+        }
+    }
+}
+
+/// Reads the verify-only keys from a YAML list, a JWK Set document or a
+/// JSON string holding either (what an environment variable can carry).
+fn jwk_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<VerifyOnlyKey>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Keys {
+        Text(String),
+        Set { keys: Vec<VerifyOnlyKey> },
+        List(Vec<VerifyOnlyKey>),
+    }
+    match Keys::deserialize(deserializer)? {
+        Keys::Set { keys } | Keys::List(keys) => Ok(keys),
+        Keys::Text(text) if text.trim().is_empty() => Ok(Vec::new()),
+        Keys::Text(text) => {
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum Json {
+                Set { keys: Vec<VerifyOnlyKey> },
+                List(Vec<VerifyOnlyKey>),
+                One(VerifyOnlyKey),
+            }
+            match serde_json::from_str::<Json>(&text) {
+                Ok(Json::Set { keys } | Json::List(keys)) => Ok(keys),
+                Ok(Json::One(key)) => Ok(vec![key]),
+                Err(e) => Err(serde::de::Error::custom(format!(
+                    "verify_only_keys is not a JWK Set or a list of JWKs: {e}"
+                ))),
+            }
+        }
+    }
 }
 
 impl Default for TokenSettings {
@@ -59,6 +145,8 @@ impl Default for TokenSettings {
             refresh_ttl_secs: 14 * 24 * 60 * 60,
             signing_kid: None,
             signing_key_pem: None,
+            verify_only_keys: Vec::new(),
+            user_scopes: "orders:read orders:write".to_owned(),
         }
     }
 }
@@ -87,12 +175,23 @@ mod tests {
         std::env::set_var("APP__TOKENS__SIGNING_KEY_PEM", pem);
         std::env::set_var("APP__TOKENS__SIGNING_KID", "2025");
         std::env::set_var("APP__TOKENS__ACCESS_TTL_SECS", "60");
+        std::env::set_var(
+            "APP__TOKENS__VERIFY_ONLY_KEYS",
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"2024"}]}"#,
+        );
+        std::env::set_var("APP__THROTTLE__MAX_FAILURES", "3");
 
         let loaded = signalbox_platform::config::load::<Settings>("auth-config-test");
 
-        std::env::remove_var("APP__TOKENS__SIGNING_KEY_PEM");
-        std::env::remove_var("APP__TOKENS__SIGNING_KID");
-        std::env::remove_var("APP__TOKENS__ACCESS_TTL_SECS");
+        for name in [
+            "APP__TOKENS__SIGNING_KEY_PEM",
+            "APP__TOKENS__SIGNING_KID",
+            "APP__TOKENS__ACCESS_TTL_SECS",
+            "APP__TOKENS__VERIFY_ONLY_KEYS",
+            "APP__THROTTLE__MAX_FAILURES",
+        ] {
+            std::env::remove_var(name);
+        }
         let settings = loaded.unwrap();
         let tokens = settings.tokens;
         assert_eq!(
@@ -103,7 +202,42 @@ mod tests {
         assert_eq!(tokens.access_ttl_secs, 60);
         assert_eq!(tokens.refresh_ttl_secs, 14 * 24 * 60 * 60);
         assert_eq!(tokens.issuer, "signalbox-auth");
+        assert_eq!(tokens.verify_only_keys.len(), 1);
+        assert_eq!(tokens.verify_only_keys[0].kid.as_deref(), Some("2024"));
+        assert_eq!(tokens.user_scopes, "orders:read orders:write");
+        assert_eq!(settings.throttle.max_failures, 3);
+        assert_eq!(settings.throttle.window_secs, 900);
         assert_eq!(settings.grpc.port, 50051);
         assert_eq!(settings.http.port, 8082);
+    }
+
+    #[test]
+    fn verify_only_keys_read_from_a_jwk_set_document_or_a_list() {
+        let jwk = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"2024","alg":"EdDSA","use":"sig"}"#;
+        let expected = vec![VerifyOnlyKey {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into(),
+            kid: Some("2024".into()),
+            d: None,
+        }];
+        for raw in [
+            format!(
+                r#"{{"verify_only_keys": {}}}"#,
+                serde_json::to_string(&format!(r#"{{"keys":[{jwk}]}}"#)).unwrap()
+            ),
+            format!(
+                r#"{{"verify_only_keys": {}}}"#,
+                serde_json::to_string(&format!("[{jwk}]")).unwrap()
+            ),
+            format!(r#"{{"verify_only_keys": [{jwk}]}}"#),
+            format!(r#"{{"verify_only_keys": {{"keys": [{jwk}]}}}}"#),
+        ] {
+            let tokens: TokenSettings = serde_json::from_str(&raw).unwrap();
+            assert_eq!(tokens.verify_only_keys, expected, "{raw}");
+        }
+        let empty: TokenSettings = serde_json::from_str(r#"{"verify_only_keys": ""}"#).unwrap();
+        assert!(empty.verify_only_keys.is_empty());
+        assert!(serde_json::from_str::<TokenSettings>(r#"{"verify_only_keys": "nope"}"#).is_err());
     }
 }

@@ -11,6 +11,8 @@ use signalbox_platform::ErrorCode;
 pub const INVALID_CREDENTIALS: &str = "invalid email or password";
 /// Answer to an unusable refresh token, whatever the reason.
 pub const INVALID_REFRESH_TOKEN: &str = "invalid refresh token";
+/// The gRPC metadata key of a throttled answer: whole seconds to wait.
+pub const RETRY_AFTER: &str = "retry-after";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -24,6 +26,12 @@ pub enum AuthError {
     /// Unknown, expired, rotated or revoked.
     #[error("{INVALID_REFRESH_TOKEN}")]
     InvalidRefreshToken,
+    /// More scopes were asked for than the grant allows.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// Too many failed attempts for one account; try again after this long.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("cannot sign the access token: {0}")]
@@ -35,7 +43,17 @@ pub enum AuthError {
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         match &error {
-            AuthError::InvalidInput(_) => ErrorCode::InvalidInput.status(error.to_string()),
+            AuthError::InvalidInput(_) | AuthError::InvalidScope(_) => {
+                ErrorCode::InvalidInput.status(error.to_string())
+            }
+            AuthError::Throttled { retry_after_secs } => {
+                let mut status = ErrorCode::RateLimited.status(error.to_string());
+                // The gateway turns this into the `Retry-After` header.
+                status
+                    .metadata_mut()
+                    .insert(RETRY_AFTER, (*retry_after_secs).into());
+                status
+            }
             AuthError::EmailTaken => ErrorCode::Conflict.status(error.to_string()),
             AuthError::InvalidCredentials | AuthError::InvalidRefreshToken => {
                 ErrorCode::Unauthenticated.status(error.to_string())
@@ -84,6 +102,15 @@ mod tests {
     fn a_taken_email_is_already_exists() {
         let status = tonic::Status::from(AuthError::EmailTaken);
         assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    }
+
+    #[test]
+    fn a_throttled_attempt_is_resource_exhausted_with_retry_after() {
+        let status = tonic::Status::from(AuthError::Throttled {
+            retry_after_secs: 42,
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.metadata().get(RETRY_AFTER).unwrap(), "42");
     }
 
     #[test]

@@ -5,11 +5,19 @@
 //! (RFC 7517) at `/.well-known/jwks.json`, where the gateway and the realtime
 //! service fetch it and pick the key named by a token's `kid`.
 //!
-//! [`KeySet`] is the seam for key rotation: exactly one key signs, any number
-//! of older keys stay published so tokens they signed keep verifying until
-//! they expire. Rotating is then: publish the new key as verify-only, wait
-//! for verifier caches to pick it up, promote it, keep the old one published
-//! for one access-token lifetime, drop it.
+//! [`KeySet`] is the seam for key rotation: exactly one key signs
+//! (`tokens.signing_key_pem`), any number of others are published as
+//! verify-only (`tokens.verify_only_keys`, public JWKs) so tokens they signed
+//! keep verifying until they expire. Rotating from key A to key B:
+//! 1. configure B as the signing key and A's public JWK (copied from the
+//!    JWKS) as verify-only, and deploy: new tokens carry B's `kid`; a
+//!    verifier that meets it for the first time refetches the JWKS once;
+//! 2. after one access-token lifetime plus the verifiers' leeway and JWKS
+//!    cache age (`max-age`), no token signed by A is still valid: remove A.
+//!
+//! With several auth replicas, publish B as verify-only everywhere first and
+//! promote it in a second deploy, so no replica ever signs with a key the
+//! JWKS of another replica does not show.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
@@ -19,7 +27,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::TokenSettings;
+use crate::config::{TokenSettings, VerifyOnlyKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -27,6 +35,10 @@ pub enum KeyError {
     Unreadable(String),
     #[error("the signing key cannot be encoded: {0}")]
     Encoding(String),
+    #[error("a verify-only key is not a public Ed25519 JWK: {0}")]
+    NotAPublicKey(String),
+    #[error("the key id `{0}` is used by more than one key")]
+    DuplicateKid(String),
 }
 
 /// The public half of a key, as verifiers see it.
@@ -41,6 +53,28 @@ impl PublicKey {
         let x = encode_x(&key);
         let kid = kid.unwrap_or_else(|| thumbprint(&x));
         Self { kid, key }
+    }
+
+    /// A verify-only key from configuration: an Ed25519 JWK with public
+    /// members only.
+    pub fn from_jwk(jwk: &VerifyOnlyKey) -> Result<Self, KeyError> {
+        let refuse = |why: &str| KeyError::NotAPublicKey(why.to_owned());
+        if jwk.d.is_some() {
+            return Err(refuse(
+                "it holds a private key (`d`); publish the public part only",
+            ));
+        }
+        if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
+            return Err(refuse("`kty` must be `OKP` and `crv` `Ed25519`"));
+        }
+        let bytes: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(&jwk.x)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| refuse("`x` is not 32 base64url bytes"))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| refuse("`x` is not an Ed25519 point"))?;
+        Ok(Self::new(key, jwk.kid.clone()))
     }
 
     pub fn kid(&self) -> &str {
@@ -138,8 +172,30 @@ impl KeySet {
         self
     }
 
-    /// The configured key, or an ephemeral one when none is configured.
+    /// The configured signing key (or an ephemeral one when none is
+    /// configured) and the configured verify-only keys. Two keys under one
+    /// `kid` are refused: a verifier could not tell which one to use.
     pub fn from_settings(settings: &TokenSettings) -> Result<Self, KeyError> {
+        let set = Self::signing_from_settings(settings)?.with_verify_only(
+            settings
+                .verify_only_keys
+                .iter()
+                .map(PublicKey::from_jwk)
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        let mut kids = std::collections::HashSet::new();
+        for key in set.public_keys() {
+            if !kids.insert(key.kid()) {
+                return Err(KeyError::DuplicateKid(key.kid().to_owned()));
+            }
+        }
+        for key in &set.verify_only {
+            tracing::info!(kid = key.kid(), "verify-only key published");
+        }
+        Ok(set)
+    }
+
+    fn signing_from_settings(settings: &TokenSettings) -> Result<Self, KeyError> {
         let kid = settings.signing_kid.clone();
         let current = match &settings.signing_key_pem {
             Some(pem) => SigningKey::from_pkcs8_pem(pem.expose_secret(), kid)?,
@@ -276,5 +332,76 @@ mod tests {
         // What verifiers parse it into.
         let parsed: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
         assert!(parsed.find(set.current().kid()).is_some());
+    }
+
+    fn jwk_of(key: &SigningKey, kid: Option<&str>) -> VerifyOnlyKey {
+        VerifyOnlyKey {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: key.public().x(),
+            kid: kid.map(str::to_owned),
+            d: None,
+        }
+    }
+
+    #[test]
+    fn configured_verify_only_keys_are_published_after_the_signing_key() {
+        let previous = SigningKey::generate(None).unwrap();
+        let settings = TokenSettings {
+            signing_key_pem: Some(rfc8037_pem().into()),
+            verify_only_keys: vec![jwk_of(&previous, None), jwk_of(&previous, Some("2024"))],
+            ..TokenSettings::default()
+        };
+
+        let set = KeySet::from_settings(&settings).unwrap();
+
+        let kids: Vec<_> = set.public_keys().map(PublicKey::kid).collect();
+        assert_eq!(
+            kids,
+            [
+                "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k",
+                previous.kid(),
+                "2024"
+            ]
+        );
+        assert_eq!(
+            set.current().kid(),
+            kids[0],
+            "only the configured key signs"
+        );
+    }
+
+    #[test]
+    fn a_verify_only_key_must_be_public_ed25519_and_its_kid_unique() {
+        let key = SigningKey::from_pkcs8_pem(&rfc8037_pem(), None).unwrap();
+        let with = |jwk: VerifyOnlyKey| TokenSettings {
+            signing_key_pem: Some(rfc8037_pem().into()),
+            verify_only_keys: vec![jwk],
+            ..TokenSettings::default()
+        };
+
+        let private = VerifyOnlyKey {
+            d: Some(RFC8037_D.into()),
+            ..jwk_of(&key, Some("a"))
+        };
+        let wrong_curve = VerifyOnlyKey {
+            crv: "X25519".into(),
+            ..jwk_of(&key, Some("a"))
+        };
+        let short = VerifyOnlyKey {
+            x: "AAAA".into(),
+            ..jwk_of(&key, Some("a"))
+        };
+        for jwk in [private, wrong_curve, short] {
+            assert!(matches!(
+                KeySet::from_settings(&with(jwk)),
+                Err(KeyError::NotAPublicKey(_))
+            ));
+        }
+        // The signing key itself, again, under its own thumbprint.
+        assert!(matches!(
+            KeySet::from_settings(&with(jwk_of(&key, None))),
+            Err(KeyError::DuplicateKid(_))
+        ));
     }
 }

@@ -1,4 +1,5 @@
-//! Auth persistence (sqlx, PostgreSQL): users and refresh-token families.
+//! Auth persistence (sqlx, PostgreSQL): users, refresh-token families,
+//! service accounts and the per-account throttle.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -112,4 +113,104 @@ pub async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u
     .execute(conn)
     .await?;
     Ok(revoked.rows_affected())
+}
+
+/// Revokes the whole family of the refresh token with this hash (logout,
+/// RFC 7009 revocation). Returns how many tokens were still live; 0 for an
+/// unknown token.
+pub async fn revoke_family_of(pool: &PgPool, token_hash: &[u8]) -> Result<u64, sqlx::Error> {
+    let revoked = sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now()
+         WHERE revoked_at IS NULL
+           AND family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
+    )
+    .bind(token_hash)
+    .execute(pool)
+    .await?;
+    Ok(revoked.rows_affected())
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ServiceAccount {
+    pub client_id: String,
+    pub secret_hash: Vec<u8>,
+    pub scope: String,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts a service account; `false` when the client id is taken.
+pub async fn insert_service_account(
+    pool: &PgPool,
+    client_id: &str,
+    secret_hash: &[u8],
+    scope: &str,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO service_accounts (client_id, secret_hash, scope) VALUES ($1, $2, $3)
+         ON CONFLICT (client_id) DO NOTHING",
+    )
+    .bind(client_id)
+    .bind(secret_hash)
+    .bind(scope)
+    .execute(pool)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+pub async fn service_account(
+    pool: &PgPool,
+    client_id: &str,
+) -> Result<Option<ServiceAccount>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT client_id, secret_hash, scope, disabled_at
+         FROM service_accounts WHERE client_id = $1",
+    )
+    .bind(client_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Counts one attempt against `key` in a fixed window of `window_secs`, in
+/// one statement, so concurrent attempts (from any number of gateways) are
+/// all counted. Returns the attempts in the current window and the seconds
+/// until it ends.
+pub async fn count_attempt(
+    pool: &PgPool,
+    key: &str,
+    window_secs: f64,
+) -> Result<(i32, f64), sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO auth_throttle AS t (key, attempts, window_start) VALUES ($1, 1, now())
+         ON CONFLICT (key) DO UPDATE SET
+           attempts = CASE WHEN t.window_start <= now() - $2 * interval '1 second'
+                           THEN 1 ELSE t.attempts + 1 END,
+           window_start = CASE WHEN t.window_start <= now() - $2 * interval '1 second'
+                               THEN now() ELSE t.window_start END
+         RETURNING attempts,
+           EXTRACT(EPOCH FROM (window_start + $2 * interval '1 second' - now()))::float8",
+    )
+    .bind(key)
+    .bind(window_secs)
+    .fetch_one(pool)
+    .await
+}
+
+/// Forgets the attempts of `key` (after a success).
+pub async fn clear_attempts(pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM auth_throttle WHERE key = $1")
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Drops the rows of windows that have ended.
+pub async fn purge_attempts(pool: &PgPool, window_secs: f64) -> Result<u64, sqlx::Error> {
+    let purged = sqlx::query(
+        "DELETE FROM auth_throttle WHERE window_start <= now() - $1 * interval '1 second'",
+    )
+    .bind(window_secs)
+    .execute(pool)
+    .await?;
+    Ok(purged.rows_affected())
 }

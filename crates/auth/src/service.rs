@@ -1,5 +1,6 @@
-//! The auth use cases — register, log in, refresh — independent of the
-//! transport that calls them (gRPC here; the gateway maps REST onto it).
+//! The auth use cases — register, log in, refresh, the token endpoint's
+//! grants, revocation — independent of the transport that calls them (gRPC
+//! here; the gateway maps REST and the OAuth endpoints onto it).
 //!
 //! Sessions are refresh-token families. A login starts a family; each
 //! refresh rotates it: the presented token is marked rotated and a successor
@@ -14,11 +15,14 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    config::TokenSettings,
+    clients::{self, AuthenticatedClient},
+    config::{Settings, TokenSettings},
     domain::{Email, Password},
     error::AuthError,
     passwords::Passwords,
     repo,
+    scope::Scopes,
+    throttle::Throttle,
     tokens::{refresh_token_hash, AccessToken, NewRefreshToken, TokenIssuer},
 };
 
@@ -30,6 +34,68 @@ pub struct Auth {
     passwords: Passwords,
     issuer: TokenIssuer,
     refresh_ttl: chrono::Duration,
+    /// What users' access tokens grant.
+    user_scopes: Scopes,
+    throttle: Throttle,
+}
+
+/// A request to the token endpoint (RFC 6749 §3.2), as the client sent it.
+#[derive(Default)]
+pub struct TokenRequest {
+    pub grant_type: String,
+    pub refresh_token: String,
+    pub scope: String,
+    /// Client id and secret, when the client authenticated.
+    pub client: Option<(String, String)>,
+}
+
+/// The error codes of RFC 6749 §5.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+}
+
+/// A refusal the token endpoint's protocol defines: an answer to the client,
+/// not a failure of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantError {
+    pub code: GrantErrorCode,
+    pub description: String,
+}
+
+impl GrantError {
+    fn new(code: GrantErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+        }
+    }
+}
+
+/// How a token request ends when it does not issue a token.
+#[derive(Debug)]
+pub enum TokenFailure {
+    /// Answer the client with this RFC 6749 error.
+    Refused(GrantError),
+    /// Throttled, or the service failed.
+    Failed(AuthError),
+}
+
+impl From<AuthError> for TokenFailure {
+    fn from(error: AuthError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl From<GrantError> for TokenFailure {
+    fn from(error: GrantError) -> Self {
+        Self::Refused(error)
+    }
 }
 
 /// A registered account.
@@ -39,11 +105,13 @@ pub struct Registered {
     pub email: Email,
 }
 
-/// What a login or a refresh hands out.
+/// What a login, a refresh or a client-credentials grant hands out.
 #[derive(Debug)]
 pub struct Session {
-    pub user_id: Uuid,
+    /// The subject: a user id, or a service account's client id.
+    pub subject: String,
     pub access: AccessToken,
+    /// Empty for a service account (it authenticates again instead).
     pub refresh_token: String,
 }
 
@@ -52,17 +120,22 @@ impl Auth {
         pool: PgPool,
         passwords: Passwords,
         issuer: TokenIssuer,
-        settings: &TokenSettings,
-    ) -> Self {
-        let refresh_ttl = i64::try_from(settings.refresh_ttl_secs)
+        settings: &Settings,
+    ) -> Result<Self, AuthError> {
+        let tokens: &TokenSettings = &settings.tokens;
+        let refresh_ttl = i64::try_from(tokens.refresh_ttl_secs)
             .map(chrono::Duration::seconds)
             .unwrap_or(chrono::Duration::MAX);
-        Self {
+        let user_scopes = Scopes::parse(&tokens.user_scopes)
+            .map_err(|e| AuthError::Internal(format!("tokens.user_scopes: {e}")))?;
+        Ok(Self {
+            throttle: Throttle::new(pool.clone(), &settings.throttle),
             pool,
             passwords,
             issuer,
             refresh_ttl,
-        }
+            user_scopes,
+        })
     }
 
     #[tracing::instrument(skip_all, fields(user_id))]
@@ -82,6 +155,10 @@ impl Auth {
 
     #[tracing::instrument(skip_all, fields(user_id))]
     pub async fn login(&self, email: &str, password: String) -> Result<Session, AuthError> {
+        // Counted before the password is checked, known email or not.
+        let throttle_key = Throttle::login_key(email);
+        self.throttle.attempt(&throttle_key).await?;
+
         // An email that does not parse cannot belong to an account; it takes
         // the unknown-user path, dummy hash included.
         let user = match Email::parse(email) {
@@ -104,8 +181,11 @@ impl Auth {
             }
         };
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
+        self.throttle.succeeded(&throttle_key).await?;
 
-        let access = self.issuer.issue(user_id)?;
+        let access = self
+            .issuer
+            .issue(&user_id.to_string(), &self.user_scopes, None)?;
         let refresh = NewRefreshToken::generate();
         let family_id = Uuid::now_v7();
         let mut conn = self.pool.acquire().await?;
@@ -119,17 +199,24 @@ impl Auth {
         .await?;
         tracing::info!(%family_id, "logged in");
         Ok(Session {
-            user_id,
+            subject: user_id.to_string(),
             access,
             refresh_token: refresh.token,
         })
     }
 
+    /// Rotates a refresh token. `scope` may narrow the new access token to
+    /// part of what the family grants (RFC 6749 §6); the refresh token keeps
+    /// the whole grant.
     #[tracing::instrument(skip_all, fields(user_id, family_id))]
-    pub async fn refresh(&self, token: &str) -> Result<Session, AuthError> {
+    pub async fn refresh(&self, token: &str, scope: &str) -> Result<Session, AuthError> {
         if token.is_empty() || token.len() > MAX_REFRESH_TOKEN_LEN {
             return Err(AuthError::InvalidRefreshToken);
         }
+        let requested = Scopes::parse(scope).map_err(AuthError::InvalidScope)?;
+        let granted = self.user_scopes.grant(&requested).ok_or_else(|| {
+            AuthError::InvalidScope(format!("the refresh token does not grant `{requested}`"))
+        })?;
         let presented = refresh_token_hash(token);
 
         // One transaction: the row lock taken by `lock_refresh_token` is held
@@ -161,7 +248,9 @@ impl Auth {
 
         // Sign before committing: if signing failed after the commit, the
         // client would have lost its session for nothing.
-        let access = self.issuer.issue(row.user_id)?;
+        let access = self
+            .issuer
+            .issue(&row.user_id.to_string(), &granted, None)?;
         let successor = NewRefreshToken::generate();
         repo::mark_rotated(&mut tx, &presented).await?;
         repo::insert_refresh_token(
@@ -175,10 +264,135 @@ impl Auth {
         tx.commit().await?;
         tracing::info!("refresh token rotated");
         Ok(Session {
-            user_id: row.user_id,
+            subject: row.user_id.to_string(),
             access,
             refresh_token: successor.token,
         })
+    }
+
+    /// The token endpoint (RFC 6749 §3.2): dispatches on `grant_type`.
+    /// Only `refresh_token` and `client_credentials` are offered; the
+    /// password grant is refused on purpose (RFC 9700 §2.4: it hands the
+    /// user's password to the client), and so is anything else.
+    #[tracing::instrument(skip_all, fields(grant_type = %request.grant_type))]
+    pub async fn token(&self, request: TokenRequest) -> Result<Session, TokenFailure> {
+        use GrantErrorCode::*;
+        match request.grant_type.as_str() {
+            "refresh_token" => {
+                if let Some((id, secret)) = &request.client {
+                    // The refresh tokens of this service belong to users of
+                    // the first-party app (a public client); a service
+                    // account never gets one.
+                    self.authenticate_client(id, secret).await?;
+                    return Err(GrantError::new(
+                        UnauthorizedClient,
+                        "service accounts may only use the client_credentials grant",
+                    )
+                    .into());
+                }
+                if request.refresh_token.is_empty() {
+                    return Err(GrantError::new(
+                        InvalidRequest,
+                        "the refresh_token parameter is required",
+                    )
+                    .into());
+                }
+                match self.refresh(&request.refresh_token, &request.scope).await {
+                    Ok(session) => Ok(session),
+                    Err(AuthError::InvalidRefreshToken) => Err(GrantError::new(
+                        InvalidGrant,
+                        crate::error::INVALID_REFRESH_TOKEN,
+                    )
+                    .into()),
+                    Err(AuthError::InvalidScope(why)) => {
+                        Err(GrantError::new(InvalidScope, why).into())
+                    }
+                    Err(other) => Err(other.into()),
+                }
+            }
+            "client_credentials" => {
+                let Some((id, secret)) = &request.client else {
+                    return Err(GrantError::new(
+                        InvalidClient,
+                        "client authentication is required",
+                    )
+                    .into());
+                };
+                let client = self.authenticate_client(id, secret).await?;
+                let requested = Scopes::parse(&request.scope)
+                    .map_err(|why| GrantError::new(InvalidScope, why))?;
+                let granted = client.scopes.grant(&requested).ok_or_else(|| {
+                    GrantError::new(
+                        InvalidScope,
+                        format!("the client may not request `{requested}`"),
+                    )
+                })?;
+                let subject = client.client_id.as_str();
+                let access = self
+                    .issuer
+                    .issue(subject, &granted, Some(subject))
+                    .map_err(AuthError::from)?;
+                tracing::info!(client_id = subject, scope = %granted, "client token issued");
+                Ok(Session {
+                    subject: subject.to_owned(),
+                    access,
+                    refresh_token: String::new(),
+                })
+            }
+            "" => {
+                Err(GrantError::new(InvalidRequest, "the grant_type parameter is required").into())
+            }
+            "password" => Err(GrantError::new(
+                UnsupportedGrantType,
+                "the password grant is not supported (RFC 9700); log in at /api/auth/login",
+            )
+            .into()),
+            other => Err(GrantError::new(
+                UnsupportedGrantType,
+                format!(
+                    "the grant type `{}` is not supported",
+                    other.chars().take(64).collect::<String>()
+                ),
+            )
+            .into()),
+        }
+    }
+
+    /// Checks a service account's credentials, throttled per client id.
+    async fn authenticate_client(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<AuthenticatedClient, TokenFailure> {
+        let key = Throttle::client_key(client_id);
+        self.throttle.attempt(&key).await?;
+        match clients::authenticate(&self.pool, client_id, secret).await? {
+            Some(client) => {
+                self.throttle.succeeded(&key).await?;
+                Ok(client)
+            }
+            None => {
+                tracing::info!("client authentication failed");
+                Err(GrantError::new(
+                    GrantErrorCode::InvalidClient,
+                    "client authentication failed",
+                )
+                .into())
+            }
+        }
+    }
+
+    /// Revokes the family of a refresh token: logout, and RFC 7009
+    /// revocation. An unknown token (or anything else) revokes nothing and
+    /// is not an error: the client's goal, that the token not work, is met.
+    #[tracing::instrument(skip_all)]
+    pub async fn revoke(&self, token: &str) -> Result<bool, AuthError> {
+        if token.is_empty() || token.len() > MAX_REFRESH_TOKEN_LEN {
+            return Ok(false);
+        }
+        let revoked = repo::revoke_family_of(&self.pool, &refresh_token_hash(token)).await?;
+        tracing::info!(revoked, "revocation requested");
+        Ok(revoked > 0)
     }
 
     /// A refresh token lives `refresh_ttl` from its issue; each rotation

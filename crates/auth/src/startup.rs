@@ -42,7 +42,7 @@ impl Application {
         // Computes the dummy hash now, so the first login for an unknown
         // email costs no more than any other.
         let passwords = Passwords::new().await?;
-        let auth = Arc::new(Auth::new(pool.clone(), passwords, issuer, &settings.tokens));
+        let auth = Arc::new(Auth::new(pool.clone(), passwords, issuer, &settings)?);
 
         Ok(Self {
             grpc_listener,
@@ -100,8 +100,8 @@ impl Application {
         let result = serve::run_all(
             shutdown,
             vec![
-                // Register, Login, Refresh, GetJwks for the gateway, plus the
-                // gRPC health protocol and reflection.
+                // Register, Login, Refresh, Token, Revoke, GetJwks for the
+                // gateway, plus the gRPC health protocol and reflection.
                 serve::task("grpc", async move { Ok(grpc.await?) }),
                 // The JWKS for token verifiers, and liveness / readiness.
                 serve::task("http", async move { Ok(http.await?) }),

@@ -17,11 +17,12 @@ use sha2::{Digest, Sha256};
 use signalbox_platform::tokens::{now_secs, AccessClaims};
 use uuid::Uuid;
 
-use crate::{config::TokenSettings, keys::KeySet};
+use crate::{config::TokenSettings, keys::KeySet, scope::Scopes};
 
 /// The JWT `typ` of an access token (RFC 9068 §2.1), so an access token
-/// cannot be passed off as some other kind of JWT signed by the same key.
-pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// cannot be passed off as some other kind of JWT signed by the same key;
+/// verifiers refuse any other `typ`.
+pub const ACCESS_TOKEN_TYPE: &str = signalbox_platform::tokens::ACCESS_TOKEN_TYPE;
 /// Random bytes in a refresh token.
 pub const REFRESH_TOKEN_BYTES: usize = 32;
 
@@ -31,6 +32,8 @@ pub struct AccessToken {
     pub token: String,
     /// Seconds until it expires.
     pub expires_in: u64,
+    /// Its `scope` claim.
+    pub scope: String,
 }
 
 /// Signs access tokens with the current key.
@@ -60,7 +63,14 @@ impl TokenIssuer {
         self.access_ttl_secs
     }
 
-    pub fn issue(&self, user_id: Uuid) -> Result<AccessToken, jsonwebtoken::errors::Error> {
+    /// Signs a token for `subject` (a user id, or a service account's client
+    /// id, then also given as `client_id`) granting `scopes`.
+    pub fn issue(
+        &self,
+        subject: &str,
+        scopes: &Scopes,
+        client_id: Option<&str>,
+    ) -> Result<AccessToken, jsonwebtoken::errors::Error> {
         let key = self.keys.current();
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
@@ -68,17 +78,20 @@ impl TokenIssuer {
 
         let iat = now_secs();
         let claims = AccessClaims {
-            sub: user_id.to_string(),
+            sub: subject.to_owned(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             exp: iat + self.access_ttl_secs,
             iat,
             jti: Uuid::new_v4().to_string(),
+            scope: scopes.to_string(),
+            client_id: client_id.map(str::to_owned),
         };
         let token = jsonwebtoken::encode(&header, &claims, key.encoding_key())?;
         Ok(AccessToken {
             token,
             expires_in: self.access_ttl_secs,
+            scope: claims.scope,
         })
     }
 }
@@ -118,7 +131,8 @@ mod tests {
             &TokenSettings::default(),
         );
         let user_id = Uuid::now_v7();
-        let issued = issuer.issue(user_id).unwrap();
+        let scopes = Scopes::parse("orders:read orders:write").unwrap();
+        let issued = issuer.issue(&user_id.to_string(), &scopes, None).unwrap();
 
         let header = decode_header(&issued.token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
@@ -133,6 +147,8 @@ mod tests {
             .unwrap()
             .claims;
         assert_eq!(claims.sub, user_id.to_string());
+        assert_eq!(claims.scope, "orders:read orders:write");
+        assert_eq!(claims.client_id, None);
         assert_eq!(claims.exp - claims.iat, 300);
         assert_eq!(issued.expires_in, 300);
         assert_eq!(Uuid::parse_str(&claims.jti).unwrap().get_version_num(), 4);

@@ -3,7 +3,7 @@
 //! and the like (see `signalbox_platform::config::load`).
 
 use serde::{Deserialize, Serialize};
-use signalbox_platform::config::{ListenSettings, TelemetrySettings, VerifierSettings};
+use signalbox_platform::config::{comma_list, ListenSettings, TelemetrySettings, VerifierSettings};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -16,7 +16,46 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Largest total size of the request headers (names, values and their
+    /// separators); larger ones get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Per-client-IP limit on the credential endpoints (`/api/auth/*`,
+    /// `/oauth/*`).
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+    /// Addresses (`10.0.0.7`) or networks (`10.0.0.0/8`) of the reverse
+    /// proxies in front of the gateway, whose `X-Forwarded-For` is believed
+    /// (`APP__TRUSTED_PROXIES` takes a comma-separated list). Empty: the
+    /// client is always the socket's peer and the header is ignored.
+    #[serde(default, deserialize_with = "comma_list")]
+    pub trusted_proxies: Vec<String>,
     pub telemetry: TelemetrySettings,
+}
+
+/// A token bucket per client IP: `burst` requests at once, refilled at
+/// `per_minute`. Each gateway instance counts for itself (in memory): with N
+/// instances behind a balancer a client gets up to N times the rate. That is
+/// acceptable because the limit that matters for password guessing, per
+/// account, is kept by the auth service in its database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimitSettings {
+    pub burst: u32,
+    pub per_minute: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            burst: 20,
+            per_minute: 60,
+        }
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    16 * 1024
 }
 
 /// The gRPC address of each upstream service (server-side discovery: a DNS
@@ -46,6 +85,9 @@ impl Default for Settings {
             tokens: VerifierSettings::default(),
             timeouts: Timeouts::default(),
             max_body_bytes: 64 * 1024,
+            max_header_bytes: default_max_header_bytes(),
+            rate_limit: RateLimitSettings::default(),
+            trusted_proxies: Vec::new(),
             telemetry: TelemetrySettings::default(),
         }
     }

@@ -4,8 +4,12 @@
 //! behind it speak gRPC. The gateway holds no state of its own. For each
 //! request it
 //! - finds the upstream in its routing table ([`routes`]),
-//! - authenticates the caller at the edge when the route is protected
-//!   ([`auth`]), so services receive a verified user id and never a token,
+//! - authenticates the caller at the edge when the route is protected and
+//!   checks the token's scope ([`auth`]), so services receive a verified
+//!   user id and never a token,
+//! - serves the OAuth 2.0 token and revocation endpoints ([`routes::oauth`]),
+//! - limits abuse: request size, header size, and the rate of credential
+//!   requests per client IP ([`limits`]),
 //! - translates REST to a gRPC call and the answer back to JSON, every error
 //!   becoming an RFC 9457 problem ([`error`]),
 //! - and, for an order, aggregates the answers of two services into one
@@ -20,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod routes;
 pub mod startup;
 pub mod upstream;

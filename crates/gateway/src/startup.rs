@@ -8,7 +8,7 @@ use axum::{
     error_handling::HandleErrorLayer,
     extract::DefaultBodyLimit,
     http::{HeaderName, Request},
-    Router,
+    middleware, Router,
 };
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use tokio::net::TcpListener;
@@ -22,6 +22,7 @@ use tracing::Level;
 
 use crate::{
     error,
+    limits::{self, RateLimiter, TrustedProxies},
     routes::{self, AppState},
     upstream::Clients,
     Settings,
@@ -41,9 +42,13 @@ impl Application {
     /// whatever the state of the services behind it.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = serve::bind(&settings.http).await?;
+        let proxies = TrustedProxies::parse(&settings.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
         let state = AppState {
             clients: Clients::new(&settings.upstreams, &settings.timeouts)?,
             verifier: Arc::new(TokenVerifier::new(settings.tokens.clone())),
+            limiter: Arc::new(RateLimiter::new(&settings.rate_limit)),
+            proxies: Arc::new(proxies),
         };
         Ok(Self {
             listener,
@@ -106,6 +111,13 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         // Echo the id on the response so a client can quote it in a report;
         // inside the trace so the echoed id is the one that was logged.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // Oversized headers are refused (431) before any routing or token
+        // work; inside the trace and the request id, so the refusal is
+        // logged and quotable.
+        .layer(middleware::from_fn_with_state(
+            settings.max_header_bytes,
+            limits::header_size,
+        ))
         // Turns the timeout's error into a 504 problem. It must sit directly
         // above the timeout: axum needs an infallible service from here up.
         .layer(HandleErrorLayer::new(error::layer_failed))
@@ -118,8 +130,8 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         // oversized body becomes the same 413 problem as any other bad body.
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
 
-    // Rate-limiting seam: a per-client limiter (429 problem) belongs between
-    // the trace and the timeout, so refused requests are logged but spend no
-    // part of anyone's budget.
+    // The per-client-IP limit of the credential endpoints is a route layer
+    // inside the routing table (see `routes::table`): it applies to those
+    // routes only, and a refused request is still logged by the trace above.
     routes::table(state).merge(health).layer(stack)
 }

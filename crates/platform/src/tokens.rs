@@ -1,21 +1,31 @@
 //! Access-token verification, shared by every service that accepts tokens
-//! (the gateway on each request, the realtime service on each socket).
+//! (the gateway on each request, the realtime service on each socket): one
+//! implementation, so the edge and the socket can never disagree about what
+//! a valid token is.
 //!
-//! Tokens are EdDSA-signed JWTs issued by the auth service. Verifiers hold no
-//! secret: they fetch the public keys from the auth service's JWKS endpoint
-//! and pick one by the token's `kid`. Choices, each closing a known hole:
-//! - the algorithm is pinned to EdDSA (no `alg: none`, no HS256-with-the-
-//!   public-key confusion);
-//! - `jku`, `jwk` and `x5u` headers are refused, never followed: the token
-//!   must not choose the key that verifies it;
-//! - `iss`, `aud`, `exp` and `sub` are required, with a small leeway for skew;
+//! Tokens are EdDSA-signed JWTs issued by the auth service (the RFC 9068
+//! profile, `typ: at+jwt`). Verifiers hold no secret: they fetch the public
+//! keys from the auth service's JWKS endpoint and pick one by the token's
+//! `kid`. Choices, each closing a known hole (RFC 8725, the JWT BCP):
+//! - the algorithm is pinned to EdDSA (no `alg: none`, no HS256 keyed with
+//!   the public key);
+//! - `jku`, `jwk`, `x5u` and `x5c` headers are refused, never followed: the
+//!   token must not choose the key that verifies it; `crit` is refused too,
+//!   since no extension is understood here (RFC 7515 §4.1.11);
+//! - `typ` must be `at+jwt` (RFC 9068 §4), so an ID token or any other JWT
+//!   signed by the same key cannot pass for an access token;
+//! - `iss`, `aud`, `exp` and `sub` are required, `nbf` is honoured, with a
+//!   small leeway for clock skew;
 //! - an unknown `kid` refreshes the key set at most once per
-//!   [`MIN_REFRESH_INTERVAL`], so garbage tokens cannot hammer the auth service.
+//!   [`MIN_REFRESH_INTERVAL`], so garbage tokens cannot hammer the auth
+//!   service; the set is also refetched once its `Cache-Control: max-age`
+//!   has passed, so a key the auth service retired stops verifying here.
 
 use std::time::{Duration, Instant};
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{
-    decode, decode_header,
+    decode,
     errors::ErrorKind,
     jwk::{Jwk, JwkSet},
     Algorithm, DecodingKey, Validation,
@@ -29,23 +39,52 @@ use crate::config::VerifierSettings;
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// The key set is refetched for an unknown `kid` at most this often.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a fetched key set is used when the response names no max-age.
+pub const DEFAULT_KEYS_MAX_AGE: Duration = Duration::from_secs(300);
+/// The longest a key set is kept without asking again, whatever it says.
+pub const MAX_KEYS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+/// The JWT `typ` header of an access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// Header members that would let the token pick (or describe) its own key,
+/// or demand processing this verifier does not do.
+const REFUSED_HEADERS: [&str; 4] = ["jku", "jwk", "x5u", "x5c"];
 
 /// The claims of a Signalbox access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccessClaims {
-    /// The user id.
+    /// The user id, or the client id of a service account.
     pub sub: String,
     pub iss: String,
     pub aud: String,
     pub exp: u64,
     pub iat: u64,
     pub jti: String,
+    /// Space-separated scopes (RFC 9068 §2.2.3, RFC 8693 §4.2). Absent in
+    /// tokens issued before scopes existed: they parse, with no scope.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    /// The OAuth client the token was issued to; set for service accounts
+    /// (`client_credentials`), where it equals `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 impl AccessClaims {
     /// Seconds until the token expires (0 when already expired).
     pub fn expires_in(&self) -> u64 {
         self.exp.saturating_sub(now_secs())
+    }
+
+    /// The individual scopes of the `scope` claim.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split(' ').filter(|s| !s.is_empty())
+    }
+
+    /// Whether the token grants `wanted` (an exact, case-sensitive match,
+    /// RFC 6749 §3.3).
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        self.scopes().any(|s| s == wanted)
     }
 }
 
@@ -77,9 +116,13 @@ pub struct TokenVerifier {
     keys: Mutex<KeyCache>,
 }
 
+/// The last key set fetched, and when to ask again.
 struct KeyCache {
     set: JwkSet,
-    fetched_at: Option<Instant>,
+    /// Until when `set` is fresh; `None` until a fetch has succeeded.
+    fresh_until: Option<Instant>,
+    /// The last fetch attempt, successful or not (rate limit).
+    last_attempt: Option<Instant>,
 }
 
 impl TokenVerifier {
@@ -93,7 +136,8 @@ impl TokenVerifier {
             http,
             keys: Mutex::new(KeyCache {
                 set: JwkSet { keys: Vec::new() },
-                fetched_at: None,
+                fresh_until: None,
+                last_attempt: None,
             }),
         }
     }
@@ -103,16 +147,7 @@ impl TokenVerifier {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
-        let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(TokenError::Invalid("algorithm not allowed"));
-        }
-        if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() {
-            return Err(TokenError::Invalid(
-                "embedded key references are not accepted",
-            ));
-        }
-        let kid = header.kid.ok_or(TokenError::Invalid("missing kid"))?;
+        let kid = check_header(token)?;
         let jwk = self.key(&kid).await?;
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| TokenError::UnknownKey)?;
 
@@ -123,7 +158,7 @@ impl TokenVerifier {
         validation.leeway = self.settings.leeway_secs;
         validation.validate_nbf = true;
 
-        decode::<AccessClaims>(token, &key, &validation)
+        let claims = decode::<AccessClaims>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -133,41 +168,368 @@ impl TokenVerifier {
                 ErrorKind::ImmatureSignature => TokenError::Invalid("not valid yet"),
                 ErrorKind::MissingRequiredClaim(_) => TokenError::Invalid("missing claim"),
                 _ => TokenError::Malformed,
-            })
+            })?;
+        if claims.sub.is_empty() {
+            return Err(TokenError::Invalid("missing claim"));
+        }
+        Ok(claims)
     }
 
-    /// The key for `kid`, refreshing the cached set once if it is unknown.
+    /// The key for `kid`: from the cache while it is fresh; otherwise the set
+    /// is refetched, at most once per [`MIN_REFRESH_INTERVAL`].
     async fn key(&self, kid: &str) -> Result<Jwk, TokenError> {
         // Holding the lock across the fetch makes concurrent requests with the
         // same new kid wait for one fetch instead of each starting their own.
         let mut cache = self.keys.lock().await;
-        if let Some(jwk) = cache.set.find(kid) {
+        let cached = cache.set.find(kid).cloned();
+        let fresh = cache
+            .fresh_until
+            .is_some_and(|until| Instant::now() < until);
+        if let (Some(jwk), true) = (&cached, fresh) {
             return Ok(jwk.clone());
         }
         let may_refresh = cache
-            .fetched_at
+            .last_attempt
             .is_none_or(|at| at.elapsed() >= MIN_REFRESH_INTERVAL);
         if !may_refresh {
-            return Err(TokenError::UnknownKey);
+            return match (cached, cache.fresh_until) {
+                // Stale but usable: the next allowed refresh will renew it.
+                (Some(jwk), _) => Ok(jwk),
+                (None, Some(_)) => Err(TokenError::UnknownKey),
+                // Never fetched successfully: the fault is ours, not the token's.
+                (None, None) => Err(TokenError::KeysUnavailable(
+                    "the key set has not been fetched yet".to_owned(),
+                )),
+            };
         }
-        cache.fetched_at = Some(Instant::now());
-        cache.set = self.fetch().await?;
-        cache.set.find(kid).cloned().ok_or(TokenError::UnknownKey)
+        cache.last_attempt = Some(Instant::now());
+        match self.fetch().await {
+            Ok((set, max_age)) => {
+                cache.set = set;
+                cache.fresh_until = Some(Instant::now() + max_age);
+                cache.set.find(kid).cloned().ok_or(TokenError::UnknownKey)
+            }
+            // Stale-if-error: a key we had keeps verifying while the auth
+            // service is briefly unreachable; new keys must wait for it.
+            Err(error) => match cached {
+                Some(jwk) => {
+                    tracing::warn!(%error, "key set refresh failed; using the cached keys");
+                    Ok(jwk)
+                }
+                None => Err(error),
+            },
+        }
     }
 
-    async fn fetch(&self) -> Result<JwkSet, TokenError> {
+    async fn fetch(&self) -> Result<(JwkSet, Duration), TokenError> {
         let unavailable = |e: reqwest::Error| TokenError::KeysUnavailable(e.to_string());
-        let set = self
+        let response = self
             .http
             .get(&self.settings.jwks_url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(unavailable)?
-            .json::<JwkSet>()
-            .await
             .map_err(unavailable)?;
-        tracing::info!(keys = set.keys.len(), "fetched signing keys");
-        Ok(set)
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map_or(DEFAULT_KEYS_MAX_AGE, keys_max_age);
+        let set = response.json::<JwkSet>().await.map_err(unavailable)?;
+        tracing::info!(
+            keys = set.keys.len(),
+            max_age_secs = max_age.as_secs(),
+            "fetched signing keys"
+        );
+        Ok((set, max_age))
+    }
+}
+
+/// Checks the JOSE header before any key is looked up; returns the `kid`.
+///
+/// The header is read as raw JSON rather than through `jsonwebtoken::Header`,
+/// which silently drops members it does not know (such as `crit`).
+fn check_header(token: &str) -> Result<String, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|_| TokenError::Malformed)?;
+
+    if header.get("alg").and_then(|a| a.as_str()) != Some("EdDSA") {
+        return Err(TokenError::Invalid("algorithm not allowed"));
+    }
+    if REFUSED_HEADERS
+        .iter()
+        .any(|name| header.contains_key(*name))
+    {
+        return Err(TokenError::Invalid(
+            "embedded key references are not accepted",
+        ));
+    }
+    if header.contains_key("crit") {
+        return Err(TokenError::Invalid(
+            "critical header extensions are not supported",
+        ));
+    }
+    let typ = header.get("typ").and_then(|t| t.as_str()).unwrap_or("");
+    // Media type names are case-insensitive; `application/` may be omitted
+    // (RFC 7515 §4.1.9).
+    let typ = typ.to_ascii_lowercase();
+    if typ != ACCESS_TOKEN_TYPE && typ != "application/at+jwt" {
+        return Err(TokenError::Invalid("not an access token (typ)"));
+    }
+    match header.get("kid").and_then(|k| k.as_str()) {
+        Some(kid) if !kid.is_empty() => Ok(kid.to_owned()),
+        _ => Err(TokenError::Invalid("missing kid")),
+    }
+}
+
+/// The `max-age` of a `Cache-Control` value, clamped to
+/// [`MIN_REFRESH_INTERVAL`]..=[`MAX_KEYS_MAX_AGE`]; `no-cache` / `no-store`
+/// mean the shortest interval.
+fn keys_max_age(cache_control: &str) -> Duration {
+    let mut max_age = DEFAULT_KEYS_MAX_AGE;
+    for directive in cache_control.split(',').map(str::trim) {
+        let directive = directive.to_ascii_lowercase();
+        if directive == "no-cache" || directive == "no-store" {
+            return MIN_REFRESH_INTERVAL;
+        }
+        if let Some(secs) = directive.strip_prefix("max-age=") {
+            if let Ok(secs) = secs.trim_matches('"').parse::<u64>() {
+                max_age = Duration::from_secs(secs);
+            }
+        }
+    }
+    max_age.clamp(MIN_REFRESH_INTERVAL, MAX_KEYS_MAX_AGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::SocketAddr,
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+    };
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    // The Ed25519 test key of RFC 8037, appendix A: the seed wrapped in its
+    // fixed PKCS#8 prefix, and the public key as the JWK `x`.
+    const RFC8037_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    const PKCS8_ED25519_PREFIX: &str = "302e020100300506032b657004220420";
+
+    fn encoding_key(seed_hex: &str) -> EncodingKey {
+        let der = format!("{PKCS8_ED25519_PREFIX}{seed_hex}");
+        let bytes: Vec<u8> = (0..der.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&der[i..i + 2], 16).unwrap())
+            .collect();
+        EncodingKey::from_ed_der(&bytes)
+    }
+
+    fn jwks(kids: &[&str]) -> Value {
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|kid| json!({"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X, "kid": kid, "alg": "EdDSA", "use": "sig"}))
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            sub: "user-1".into(),
+            iss: "signalbox-auth".into(),
+            aud: "signalbox".into(),
+            exp: now_secs() + 300,
+            iat: now_secs(),
+            jti: "j".into(),
+            scope: "orders:read orders:write".into(),
+            client_id: None,
+        }
+    }
+
+    fn sign(kid: &str, typ: Option<&str>, claims: &AccessClaims) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        header.typ = typ.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &encoding_key(RFC8037_SEED)).unwrap()
+    }
+
+    /// A JWKS endpoint whose document the test can change, counting fetches.
+    struct KeyServer {
+        addr: SocketAddr,
+        document: Arc<std::sync::Mutex<Value>>,
+        fetches: Arc<AtomicUsize>,
+    }
+
+    async fn key_server(document: Value, cache_control: &'static str) -> KeyServer {
+        let document = Arc::new(std::sync::Mutex::new(document));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (served, counted) = (document.clone(), fetches.clone());
+        let router = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = served.lock().unwrap().clone();
+                async move {
+                    (
+                        [(http::header::CACHE_CONTROL, cache_control)],
+                        axum::Json(body),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The JWKS server: answers until the test's runtime ends.
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        KeyServer {
+            addr,
+            document,
+            fetches,
+        }
+    }
+
+    fn verifier(server: &KeyServer) -> TokenVerifier {
+        TokenVerifier::new(VerifierSettings {
+            jwks_url: format!("http://{}/jwks", server.addr),
+            leeway_secs: 0,
+            ..VerifierSettings::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_typed_access_token_verifies_and_keeps_its_scopes() {
+        let server = key_server(jwks(&["k1"]), "public, max-age=300").await;
+
+        let verified = verifier(&server)
+            .verify(&sign("k1", Some("at+jwt"), &claims()))
+            .await
+            .unwrap();
+
+        assert!(verified.has_scope("orders:read"));
+        assert!(verified.has_scope("orders:write"));
+        assert!(!verified.has_scope("orders"));
+    }
+
+    #[tokio::test]
+    async fn a_jwt_not_typed_at_jwt_is_refused() {
+        let server = key_server(jwks(&["k1"]), "public, max-age=300").await;
+        let verifier = verifier(&server);
+
+        for typ in [None, Some("JWT"), Some("id+jwt")] {
+            let error = verifier
+                .verify(&sign("k1", typ, &claims()))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error,
+                TokenError::Invalid("not an access token (typ)"),
+                "{typ:?}"
+            );
+        }
+        verifier
+            .verify(&sign("k1", Some("application/AT+JWT"), &claims()))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn claims_without_scope_parse_and_grant_nothing() {
+        let old: AccessClaims = serde_json::from_value(json!({
+            "sub": "u", "iss": "i", "aud": "a", "exp": 1, "iat": 0, "jti": "j"
+        }))
+        .unwrap();
+        assert_eq!(old.scopes().count(), 0);
+        assert_eq!(old.client_id, None);
+        let shown = serde_json::to_value(&old).unwrap();
+        assert!(shown.get("scope").is_none() && shown.get("client_id").is_none());
+    }
+
+    #[test]
+    fn crit_and_key_reference_headers_are_refused() {
+        let body = URL_SAFE_NO_PAD.encode(b"{}");
+        for header in [
+            json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1", "crit": ["exp"], "exp": 1}),
+            json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1", "x5c": ["MII"]}),
+            json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1", "jku": "https://evil.example/jwks"}),
+        ] {
+            let token = format!("{}.{body}.c2ln", URL_SAFE_NO_PAD.encode(header.to_string()));
+            assert!(
+                matches!(check_header(&token), Err(TokenError::Invalid(_))),
+                "{header}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refresh_the_key_set_at_most_once_per_interval() {
+        let server = key_server(jwks(&["k1"]), "public, max-age=300").await;
+        let verifier = verifier(&server);
+        verifier
+            .verify(&sign("k1", Some("at+jwt"), &claims()))
+            .await
+            .unwrap();
+        assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
+
+        for n in 0..20 {
+            let error = verifier
+                .verify(&sign(&format!("unknown-{n}"), Some("at+jwt"), &claims()))
+                .await
+                .unwrap_err();
+            assert_eq!(error, TokenError::UnknownKey);
+        }
+
+        // The first unknown kid came right after the first fetch: inside the
+        // interval, so no fetch at all.
+        assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stale_key_set_is_refetched_and_a_retired_key_stops_verifying() {
+        let server = key_server(jwks(&["old", "new"]), "public, max-age=300").await;
+        let verifier = verifier(&server);
+        let old = sign("old", Some("at+jwt"), &claims());
+        verifier.verify(&old).await.unwrap();
+
+        // The auth service retires `old`; the cached set goes stale.
+        *server.document.lock().unwrap() = jwks(&["new"]);
+        {
+            let mut cache = verifier.keys.lock().await;
+            cache.fresh_until = Some(Instant::now());
+            cache.last_attempt = Instant::now().checked_sub(MIN_REFRESH_INTERVAL);
+        }
+
+        assert_eq!(verifier.verify(&old).await, Err(TokenError::UnknownKey));
+        assert_eq!(server.fetches.load(Ordering::SeqCst), 2);
+        verifier
+            .verify(&sign("new", Some("at+jwt"), &claims()))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn the_key_set_lifetime_follows_cache_control_within_bounds() {
+        assert_eq!(
+            keys_max_age("public, max-age=120"),
+            Duration::from_secs(120)
+        );
+        assert_eq!(keys_max_age("max-age=1"), MIN_REFRESH_INTERVAL);
+        assert_eq!(keys_max_age("max-age=99999999"), MAX_KEYS_MAX_AGE);
+        assert_eq!(keys_max_age("no-store"), MIN_REFRESH_INTERVAL);
+        assert_eq!(keys_max_age("public"), DEFAULT_KEYS_MAX_AGE);
     }
 }

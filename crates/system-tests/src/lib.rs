@@ -15,10 +15,11 @@ pub mod api;
 pub mod infra;
 pub mod socket;
 pub mod system;
+pub mod tokens;
 
 pub use api::Api;
 pub use socket::Socket;
-pub use system::TestSystem;
+pub use system::{Options, TestSystem};
 
 use std::time::Duration;
 

@@ -27,8 +27,26 @@ pub struct TestSystem {
     cleaned: bool,
 }
 
+/// Changes a service's settings before it is built.
+pub type Configure<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+/// Adjustments to the settings of a test system's services, applied after
+/// the harness filled in ports, databases and namespace.
+#[derive(Default)]
+pub struct Options {
+    /// For the auth service (e.g. a known signing key, a throttle).
+    pub auth: Option<Configure<signalbox_auth::Settings>>,
+    /// For the gateway (e.g. its rate limit or header limit).
+    pub gateway: Option<Configure<signalbox_gateway::Settings>>,
+}
+
 impl TestSystem {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Like [`Self::start`], with service settings adjusted by `options`.
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
         signalbox_platform::telemetry::init_for_tests();
         let prefix = infra::random_namespace();
         let namespace = Namespace::new(prefix.clone());
@@ -64,12 +82,15 @@ impl TestSystem {
             <[String; 3]>::try_from(urls).map_err(|_| anyhow::anyhow!("three databases"))?;
 
         // auth
-        let settings = signalbox_auth::Settings {
+        let mut settings = signalbox_auth::Settings {
             grpc: ListenSettings::ephemeral(),
             http: ListenSettings::ephemeral(),
             database: database(auth_db),
             ..Default::default()
         };
+        if let Some(configure) = options.auth {
+            configure(&mut settings);
+        }
         let auth = signalbox_auth::Application::build(settings).await?;
         let auth_grpc = format!("http://127.0.0.1:{}", auth.grpc_port());
         let verifier = VerifierSettings {
@@ -130,7 +151,7 @@ impl TestSystem {
         }
 
         // gateway
-        let settings = signalbox_gateway::Settings {
+        let mut settings = signalbox_gateway::Settings {
             http: ListenSettings::ephemeral(),
             upstreams: signalbox_gateway::config::Upstreams {
                 auth: auth_grpc,
@@ -140,6 +161,9 @@ impl TestSystem {
             tokens: verifier,
             ..Default::default()
         };
+        if let Some(configure) = options.gateway {
+            configure(&mut settings);
+        }
         let gateway = signalbox_gateway::Application::build(settings).await?;
         system.api = Api::new(format!("http://127.0.0.1:{}", gateway.http_port()));
         system.health.push(gateway.http_port());
@@ -167,6 +191,15 @@ impl TestSystem {
             .map_err(|_| anyhow::anyhow!("{url} not ready within {:?}", crate::DEADLINE))?;
         }
         Ok(())
+    }
+
+    /// The URL of a service's database (`auth`, `orders`, `catalog`), for
+    /// tests that prepare or inspect state directly.
+    pub fn database_url(&self, service: &str) -> Option<String> {
+        let name = format!("{}_{service}", self.namespace.prefix());
+        self.databases
+            .contains(&name)
+            .then(|| format!("{}/{name}", infra::database_server_url()))
     }
 
     fn spawn<F>(&mut self, service: F)

@@ -6,8 +6,9 @@ use signalbox_platform::{
     tokens::TokenVerifier,
 };
 use signalbox_proto::auth::v1::{
-    auth_service_client::AuthServiceClient, LoginRequest, RefreshRequest, RegisterRequest,
-    RegisterResponse, TokenResponse,
+    auth_service_client::AuthServiceClient, token_grant_response, LoginRequest, RefreshRequest,
+    RegisterRequest, RegisterResponse, RevokeRequest, TokenError, TokenGrantResponse, TokenRequest,
+    TokenResponse,
 };
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::task::JoinHandle;
@@ -121,9 +122,46 @@ impl TestApp {
             .clone()
             .refresh(RefreshRequest {
                 refresh_token: refresh_token.to_owned(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// Calls the token endpoint; `Ok` holds the protocol's answer (tokens or
+    /// an RFC 6749 error), `Err` a gRPC failure such as throttling.
+    pub async fn token(
+        &self,
+        request: TokenRequest,
+    ) -> Result<Result<TokenResponse, TokenError>, tonic::Status> {
+        let answer: TokenGrantResponse = self.client.clone().token(request).await?.into_inner();
+        match answer.result {
+            Some(token_grant_response::Result::Tokens(tokens)) => Ok(Ok(tokens)),
+            Some(token_grant_response::Result::Error(error)) => Ok(Err(error)),
+            None => panic!("a token answer without a result"),
+        }
+    }
+
+    /// Revokes a refresh token's family; whether anything was revoked.
+    pub async fn revoke(&self, token: &str) -> bool {
+        self.client
+            .clone()
+            .revoke(RevokeRequest {
+                token: token.to_owned(),
+            })
+            .await
+            .expect("revoke answers")
+            .into_inner()
+            .revoked
+    }
+
+    /// Creates a service account directly in the database, as
+    /// `auth create-client` does; returns its secret.
+    pub async fn create_client(&self, client_id: &str, scopes: &str) -> String {
+        signalbox_auth::clients::create(&self.db, client_id, scopes)
+            .await
+            .expect("create the service account")
+            .secret
     }
 
     /// Registers a fresh user and logs in.

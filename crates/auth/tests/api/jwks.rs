@@ -115,3 +115,72 @@ async fn the_service_reports_itself_healthy_over_grpc_and_http() {
     assert_eq!(status, ServingStatus::Serving);
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn after_a_rotation_the_previous_key_still_verifies_and_only_the_new_one_signs() {
+    use signalbox_auth::{
+        config::VerifyOnlyKey, keys::KeySet, scope::Scopes, tokens::TokenIssuer, TokenSettings,
+    };
+
+    // Key A signed until now; B takes over and A stays published.
+    let previous =
+        SigningKey::from_pkcs8_pem(pem_key().expose_secret(), Some("2024".into())).unwrap();
+    let previous_jwk = VerifyOnlyKey {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        x: previous.public().x(),
+        kid: Some("2024".into()),
+        d: None,
+    };
+    let app = spawn_app_with(|settings| {
+        settings.tokens.signing_key_pem = Some(pem_key());
+        settings.tokens.signing_kid = Some("2025".into());
+        settings.tokens.verify_only_keys = vec![previous_jwk];
+    })
+    .await;
+    // A token A signed before the rotation, still within its lifetime.
+    let old_token = TokenIssuer::new(KeySet::new(previous), &TokenSettings::default())
+        .issue("user-1", &Scopes::parse("orders:read").unwrap(), None)
+        .unwrap()
+        .token;
+
+    let jwks: serde_json::Value = reqwest::get(app.jwks_url())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_token = app.logged_in_user().await.access_token;
+
+    let kids: Vec<_> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, ["2025", "2024"]);
+    let header = jsonwebtoken::decode_header(&new_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some("2025"));
+    let verifier = app.verifier();
+    assert_eq!(verifier.verify(&old_token).await.unwrap().sub, "user-1");
+    verifier.verify(&new_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_private_key_configured_as_verify_only_stops_the_service_from_starting() {
+    use signalbox_auth::config::VerifyOnlyKey;
+
+    let key = SigningKey::generate(None).unwrap();
+    let mut settings = signalbox_auth::Settings::default();
+    settings.tokens.verify_only_keys = vec![VerifyOnlyKey {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        x: key.public().x(),
+        kid: None,
+        d: Some("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A".into()),
+    }];
+
+    let error = signalbox_auth::keys::KeySet::from_settings(&settings.tokens).unwrap_err();
+
+    assert!(error.to_string().contains("private"), "{error}");
+}

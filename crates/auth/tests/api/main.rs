@@ -7,3 +7,7 @@ mod jwks;
 mod login;
 mod refresh;
 mod register;
+mod revoke;
+mod service_accounts;
+mod throttle;
+mod token_endpoint;

@@ -1,4 +1,8 @@
 //! `/api/auth/*` and the JWKS document, translated to `AuthService` calls.
+//!
+//! Errors are problems; a throttled login (too many failures for the
+//! account, counted by the auth service) is a 429 problem with
+//! `Retry-After`.
 
 use axum::{
     extract::State,
@@ -7,11 +11,14 @@ use axum::{
     Json,
 };
 use serde::{Deserialize, Serialize};
-use signalbox_platform::Problem;
-use signalbox_proto::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest};
+use signalbox_platform::{ErrorCode, Problem};
+use signalbox_proto::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, RevokeRequest};
+use tonic::Status;
 
 use crate::{
+    error::upstream_problem,
     extract::ApiJson,
+    routes::oauth::retry_after,
     upstream::{Clients, Upstream, UpstreamResult},
 };
 
@@ -36,11 +43,30 @@ pub struct Tokens {
     pub refresh_token: String,
 }
 
+/// The refresh token to end, for logout; not `Debug` either.
+#[derive(Deserialize)]
+pub struct Logout {
+    pub refresh_token: String,
+}
+
+/// The problem for a failed auth call; a throttled one carries the
+/// `Retry-After` the auth service computed.
+fn auth_problem(status: Status) -> Response {
+    let wait = (status.code() == tonic::Code::ResourceExhausted).then(|| retry_after(&status));
+    let problem = upstream_problem(Upstream::Auth, status);
+    let throttled = problem.code == ErrorCode::RateLimited;
+    let mut response = problem.into_response();
+    if let (true, Some(wait)) = (throttled, wait) {
+        response.headers_mut().insert(header::RETRY_AFTER, wait);
+    }
+    response
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn register(
     State(clients): State<Clients>,
     ApiJson(body): ApiJson<Credentials>,
-) -> Result<(StatusCode, Json<Registered>), Problem> {
+) -> Result<(StatusCode, Json<Registered>), Response> {
     let registered = clients
         .auth
         .clone()
@@ -49,7 +75,8 @@ pub async fn register(
             password: body.password,
         })
         .await
-        .or_problem(Upstream::Auth)?;
+        .map_err(auth_problem)?
+        .into_inner();
     tracing::info!(user_id = %registered.user_id, "user registered");
     Ok((
         StatusCode::CREATED,
@@ -64,7 +91,7 @@ pub async fn register(
 pub async fn login(
     State(clients): State<Clients>,
     ApiJson(body): ApiJson<Credentials>,
-) -> Result<Response, Problem> {
+) -> Result<Response, Response> {
     let tokens = clients
         .auth
         .clone()
@@ -73,7 +100,8 @@ pub async fn login(
             password: body.password,
         })
         .await
-        .or_problem(Upstream::Auth)?;
+        .map_err(auth_problem)?
+        .into_inner();
     let body = Tokens {
         access_token: tokens.access_token,
         token_type: if tokens.token_type.is_empty() {
@@ -93,6 +121,28 @@ pub async fn login(
         Json(body),
     )
         .into_response())
+}
+
+/// Ends the session of a refresh token: its whole family is revoked, so
+/// neither it nor any token rotated from it refreshes again. 204 whether or
+/// not the token was known (nothing to tell an attacker); the access token
+/// in hand lives on until it expires, minutes at most.
+#[tracing::instrument(skip_all)]
+pub async fn logout(
+    State(clients): State<Clients>,
+    ApiJson(body): ApiJson<Logout>,
+) -> Result<StatusCode, Response> {
+    let answer = clients
+        .auth
+        .clone()
+        .revoke(RevokeRequest {
+            token: body.refresh_token,
+        })
+        .await
+        .map_err(auth_problem)?
+        .into_inner();
+    tracing::info!(revoked = answer.revoked, "logout");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The auth service's public keys, verbatim. Cacheable for five minutes:

@@ -1,6 +1,8 @@
 //! `/api/orders*`: protected routes, translated to `OrderService` calls with
 //! the verified subject as `user_id`; reading one order is aggregated with
-//! catalog details (see [`crate::aggregate`]).
+//! catalog details (see [`crate::aggregate`]). Reads need the `orders:read`
+//! scope, placing and cancelling `orders:write`; orders itself makes sure
+//! the `user_id` owns the order (another user's order is a 404).
 
 use axum::{
     extract::State,
@@ -21,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     aggregate::{self, OrderDetails},
-    auth::AuthenticatedUser,
+    auth::{Authorized, OrdersRead, OrdersWrite},
     extract::{parse_id, ApiJson, ApiPath},
     upstream::{Clients, Upstream, UpstreamResult},
 };
@@ -113,7 +115,7 @@ pub fn state_name(raw: i32) -> &'static str {
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn create(
     State(clients): State<Clients>,
-    user: AuthenticatedUser,
+    Authorized { user, .. }: Authorized<OrdersWrite>,
     ApiJson(body): ApiJson<NewOrder>,
 ) -> Result<Response, Problem> {
     let order = clients
@@ -153,7 +155,7 @@ pub async fn create(
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn list(
     State(clients): State<Clients>,
-    user: AuthenticatedUser,
+    Authorized { user, .. }: Authorized<OrdersRead>,
 ) -> Result<Json<OrderList>, Problem> {
     let listed = clients
         .orders
@@ -171,7 +173,7 @@ pub async fn list(
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
 pub async fn get(
     State(clients): State<Clients>,
-    user: AuthenticatedUser,
+    Authorized { user, .. }: Authorized<OrdersRead>,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<OrderDetails>, Problem> {
     let id = parse_id(&raw, "order")?;
@@ -214,7 +216,7 @@ async fn product_details(clients: &Clients, ids: Vec<String>) -> Result<Vec<Prod
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
 pub async fn cancel(
     State(clients): State<Clients>,
-    user: AuthenticatedUser,
+    Authorized { user, .. }: Authorized<OrdersWrite>,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<OrderBody>, Problem> {
     let id = parse_id(&raw, "order")?;

@@ -150,3 +150,52 @@ async fn a_valid_token_with_orders_down_is_a_503_unavailable() {
     assert_eq!(problem["detail"], "the orders service is unavailable");
     assert_problem(create, 503, "unavailable").await;
 }
+
+#[tokio::test]
+async fn a_signed_jwt_not_typed_at_jwt_is_a_401_invalid_token() {
+    let app = spawn_app().await;
+
+    let id_token = app.keys.sign_typed(&claims("user-1"), Some("JWT"));
+    let response = app.get_as("/api/orders", &id_token).await;
+
+    assert_invalid_token(response, "typ").await;
+}
+
+#[tokio::test]
+async fn a_token_without_the_routes_scope_is_a_403_insufficient_scope() {
+    let app = spawn_app_with(World::all_up()).await;
+    let mut read_only = claims("user-1");
+    read_only.scope = "orders:read".to_owned();
+    let token = app.keys.sign(&read_only);
+
+    let listed = app.get_as("/api/orders", &token).await;
+    let placed = app
+        .post_json_as(
+            "/api/orders",
+            &token,
+            &json!({"items": [{"product_id": crate::fakes::WIDGET_ID, "quantity": 1}]}),
+        )
+        .await;
+
+    assert_eq!(listed.status(), 200);
+    assert_eq!(
+        www_authenticate(&placed),
+        r#"Bearer realm="signalbox", error="insufficient_scope", scope="orders:write""#
+    );
+    assert_problem(placed, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn a_token_without_any_scope_reads_no_orders() {
+    let app = spawn_app_with(World::all_up()).await;
+    let mut unscoped = claims("user-1");
+    unscoped.scope = String::new();
+
+    let response = app.get_as("/api/orders", &app.keys.sign(&unscoped)).await;
+
+    assert_eq!(
+        www_authenticate(&response),
+        r#"Bearer realm="signalbox", error="insufficient_scope", scope="orders:read""#
+    );
+    assert_problem(response, 403, "forbidden").await;
+}

@@ -9,8 +9,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use signalbox_proto::{
     auth::v1::{
         auth_service_server::{AuthService, AuthServiceServer},
-        GetJwksRequest, GetJwksResponse, LoginRequest, RefreshRequest, RegisterRequest,
-        RegisterResponse, TokenResponse,
+        token_grant_response, GetJwksRequest, GetJwksResponse, LoginRequest, RefreshRequest,
+        RegisterRequest, RegisterResponse, RevokeRequest, RevokeResponse, TokenError,
+        TokenErrorCode, TokenGrantResponse, TokenRequest, TokenResponse,
     },
     catalog::v1::{
         catalog_service_server::{CatalogService, CatalogServiceServer},
@@ -105,6 +106,9 @@ impl AuthService for FakeAuth {
         request: Request<LoginRequest>,
     ) -> Result<Response<TokenResponse>, Status> {
         let request = request.into_inner();
+        if request.password == "throttled" {
+            return Err(throttled(9));
+        }
         if request.password != "correct horse" {
             return Err(Status::unauthenticated("invalid email or password"));
         }
@@ -114,6 +118,69 @@ impl AuthService for FakeAuth {
             expires_in: 900,
             refresh_token: "refresh-token-value".into(),
             user_id: Uuid::now_v7().to_string(),
+            scope: "orders:read orders:write".into(),
+        }))
+    }
+
+    /// The token endpoint, scripted: refresh token `good` rotates, `slow`
+    /// is throttled; client `svc` / `secret` gets a read-only token; any
+    /// other client is invalid; any other grant unsupported.
+    async fn token(
+        &self,
+        request: Request<TokenRequest>,
+    ) -> Result<Response<TokenGrantResponse>, Status> {
+        let request = request.into_inner();
+        let refuse = |code: TokenErrorCode, description: &str| {
+            token_grant_response::Result::Error(TokenError {
+                code: code.into(),
+                description: description.into(),
+            })
+        };
+        let result = match request.grant_type.as_str() {
+            "refresh_token" if request.refresh_token == "slow" => return Err(throttled(7)),
+            "refresh_token" if request.refresh_token == "good" => {
+                token_grant_response::Result::Tokens(TokenResponse {
+                    access_token: "rotated.access.token".into(),
+                    token_type: "Bearer".into(),
+                    expires_in: 300,
+                    refresh_token: "next-refresh-token".into(),
+                    user_id: Uuid::now_v7().to_string(),
+                    scope: "orders:read orders:write".into(),
+                })
+            }
+            "refresh_token" => refuse(TokenErrorCode::InvalidGrant, "invalid refresh token"),
+            "client_credentials"
+                if request.client_id == "svc" && request.client_secret == "secret" =>
+            {
+                token_grant_response::Result::Tokens(TokenResponse {
+                    access_token: "client.access.token".into(),
+                    token_type: "Bearer".into(),
+                    expires_in: 300,
+                    refresh_token: String::new(),
+                    user_id: "svc".into(),
+                    scope: "orders:read".into(),
+                })
+            }
+            "client_credentials" => refuse(
+                TokenErrorCode::InvalidClient,
+                "client authentication failed",
+            ),
+            _ => refuse(
+                TokenErrorCode::UnsupportedGrantType,
+                "unsupported grant type",
+            ),
+        };
+        Ok(Response::new(TokenGrantResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        Ok(Response::new(RevokeResponse {
+            revoked: request.into_inner().token == "known",
         }))
     }
 
@@ -129,6 +196,13 @@ impl AuthService for FakeAuth {
             jwks_json: self.jwks_json.clone(),
         }))
     }
+}
+
+/// RESOURCE_EXHAUSTED with the auth service's `retry-after` entry.
+fn throttled(secs: u64) -> Status {
+    let mut status = Status::resource_exhausted("too many failed attempts");
+    status.metadata_mut().insert("retry-after", secs.into());
+    status
 }
 
 struct FakeCatalog;

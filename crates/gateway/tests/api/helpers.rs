@@ -75,6 +75,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(world: World) -> TestApp {
+    spawn_app_configured(world, |_| {}).await
+}
+
+/// Like [`spawn_app_with`], with the gateway's settings adjusted last.
+pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let stop = CancellationToken::new();
     let keys = TestKeys::generate();
 
@@ -99,7 +104,7 @@ pub async fn spawn_app_with(world: World) -> TestApp {
         format!("http://{}", closed_address().await)
     };
 
-    let settings = Settings {
+    let mut settings = Settings {
         http: ListenSettings::ephemeral(),
         upstreams: Upstreams {
             auth,
@@ -115,6 +120,7 @@ pub async fn spawn_app_with(world: World) -> TestApp {
         timeouts: world.timeouts,
         ..Settings::default()
     };
+    configure(&mut settings);
     let app = Application::build(settings).await.expect("gateway builds");
     let address = format!("http://127.0.0.1:{}", app.http_port());
     tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -186,17 +192,24 @@ impl TestKeys {
         }]})
     }
 
-    /// Signs `claims` with this key, under this key's `kid`.
+    /// Signs `claims` as an access token (`typ: at+jwt`) with this key,
+    /// under this key's `kid`.
     pub fn sign(&self, claims: &AccessClaims) -> String {
+        self.sign_typed(claims, Some("at+jwt"))
+    }
+
+    /// Signs `claims` with the given `typ` header.
+    pub fn sign_typed(&self, claims: &AccessClaims, typ: Option<&str>) -> String {
         let der = self.signing.to_pkcs8_der().expect("pkcs8 der");
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
+        header.typ = typ.map(str::to_owned);
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
             .expect("sign token")
     }
 }
 
-/// Valid claims for `user_id`, expiring in five minutes.
+/// Valid claims for `user_id` with a user's scopes, expiring in five minutes.
 pub fn claims(user_id: &str) -> AccessClaims {
     let now = now_secs();
     AccessClaims {
@@ -206,6 +219,8 @@ pub fn claims(user_id: &str) -> AccessClaims {
         exp: now + 300,
         iat: now,
         jti: uuid::Uuid::new_v4().to_string(),
+        scope: "orders:read orders:write".to_owned(),
+        client_id: None,
     }
 }
 
@@ -281,6 +296,30 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
         "{body}"
     );
     body
+}
+
+/// Asserts `response` is an RFC 6749 §5.2 error with `status` and `error`,
+/// not cacheable; returns the body.
+pub async fn assert_oauth_error(response: Response, status: u16, error: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_no_store(&response);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    let body: Value = response.json().await.expect("a JSON error body");
+    let fields: Vec<_> = body
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(fields, ["error", "error_description"], "{body}");
+    assert_eq!(body["error"], error, "{body}");
+    body
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
+pub fn assert_no_store(response: &Response) {
+    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    assert_eq!(response.headers()[header::PRAGMA], "no-cache");
 }
 
 pub fn www_authenticate(response: &Response) -> String {

@@ -7,5 +7,7 @@ mod edge;
 mod fakes;
 mod helpers;
 mod input;
+mod limits;
+mod oauth;
 mod orders;
 mod timeouts;

@@ -125,3 +125,33 @@ async fn a_socket_that_does_not_authenticate_in_time_is_closed_1008() {
     assert_eq!(reason, "authentication timeout");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_signed_jwt_that_is_not_an_access_token_is_refused_on_both_paths() {
+    let app = spawn_app().await;
+    let exp = signalbox_platform::tokens::now_secs() + 3600;
+    // Signed by the published key, but typed as a plain JWT (an ID token,
+    // say): the socket must not take it for an access token.
+    let not_access = app.keys.token_typed("alice", exp, Some("JWT"));
+
+    let error = Client::connect(app.request_with_token(0, &not_access))
+        .await
+        .err()
+        .expect("the upgrade is refused");
+    let (status, headers, _) = refusal(error);
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers["www-authenticate"],
+        r#"Bearer error="invalid_token""#
+    );
+
+    let mut client = Client::connect(app.request())
+        .await
+        .expect("upgrade succeeds");
+    client
+        .send_json(json!({"type": "auth", "token": not_access}))
+        .await;
+    assert_eq!(client.next_frame().await["code"], "invalid_token");
+    assert_eq!(client.closed().await.0, 1008);
+    app.cleanup().await;
+}

@@ -72,6 +72,12 @@ impl Keys {
 
     /// An access token for `sub` with `exp` (seconds since the epoch).
     pub fn token_expiring_at(&self, sub: &str, exp: u64) -> String {
+        self.token_typed(sub, exp, Some("at+jwt"))
+    }
+
+    /// A token for `sub` with `exp` and the given JWT `typ` header (access
+    /// tokens are `at+jwt`; anything else must be refused).
+    pub fn token_typed(&self, sub: &str, exp: u64, typ: Option<&str>) -> String {
         #[derive(Serialize)]
         struct Claims<'a> {
             sub: &'a str,
@@ -92,6 +98,7 @@ impl Keys {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
+        header.typ = typ.map(str::to_owned);
         jsonwebtoken::encode(&header, &claims, &self.encoding).expect("token encodes")
     }
 }

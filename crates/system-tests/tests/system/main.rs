@@ -3,4 +3,5 @@
 
 mod edge;
 mod order_saga;
+mod security;
 mod socket_auth;

@@ -1,0 +1,438 @@
+//! The OAuth 2.0 endpoints of the edge: `POST /oauth/token` (RFC 6749 §3.2)
+//! and `POST /oauth/revoke` (RFC 7009), translated to the auth service's
+//! `Token` and `Revoke` calls.
+//!
+//! The gateway does the HTTP half of the protocol: the form body
+//! (`application/x-www-form-urlencoded`, no repeated parameters), client
+//! authentication (HTTP Basic per §2.3.1, or `client_id` / `client_secret`
+//! form fields, never both), and the response format. The auth service does
+//! the grant logic. Every answer, success or error, carries
+//! `Cache-Control: no-store` and `Pragma: no-cache` (§5.1); errors are
+//! exactly the JSON of §5.2, with 401 and a `Basic` challenge when the
+//! client tried to authenticate with the `Authorization` header and failed.
+
+use std::collections::HashSet;
+
+use axum::{
+    extract::{rejection::FormRejection, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Form, Json,
+};
+use base64::{engine::general_purpose::STANDARD, Engine};
+use serde::Serialize;
+use signalbox_platform::ErrorCode;
+use signalbox_proto::auth::v1::{
+    token_grant_response, RevokeRequest, TokenErrorCode, TokenRequest,
+};
+use tonic::Status;
+
+use crate::{
+    error::upstream_problem,
+    upstream::{Clients, Upstream},
+};
+
+/// An error response of the token or revocation endpoint (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    /// Answer with `WWW-Authenticate: Basic` (the client used the header).
+    challenge: bool,
+}
+
+#[derive(Serialize)]
+struct OAuthErrorBody<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            description: description.into(),
+            challenge: false,
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new("invalid_request", description)
+    }
+
+    /// `invalid_client`: 401 with a `Basic` challenge when the client
+    /// authenticated with the `Authorization` header, 400 otherwise.
+    pub fn invalid_client(description: impl Into<String>, used_header: bool) -> Self {
+        Self {
+            status: if used_header {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            challenge: used_header,
+            ..Self::new("invalid_client", description)
+        }
+    }
+
+    /// Throttled (429). `slow_down` is the token-endpoint error registered
+    /// for "ask less often" (RFC 8628 §3.5).
+    pub fn slow_down(description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            ..Self::new("slow_down", description)
+        }
+    }
+
+    /// The auth service could not answer: not a protocol error, but the
+    /// client still gets the endpoint's format (and `no-store`).
+    fn unavailable(status: Status) -> Self {
+        let problem = upstream_problem(Upstream::Auth, status);
+        match problem.code {
+            ErrorCode::Unavailable | ErrorCode::Timeout => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                ..Self::new("temporarily_unavailable", problem.detail)
+            },
+            _ => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                ..Self::new("server_error", problem.detail)
+            },
+        }
+    }
+
+    pub fn error(&self) -> &str {
+        self.error
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = OAuthErrorBody {
+            error: self.error,
+            error_description: &self.description,
+        };
+        let mut response = no_store((self.status, Json(&body)).into_response());
+        if self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(BASIC_CHALLENGE),
+            );
+        }
+        response
+    }
+}
+
+/// The challenge of a failed HTTP Basic client authentication (a test
+/// checks it names `auth::REALM`).
+const BASIC_CHALLENGE: &str = "Basic realm=\"signalbox\"";
+
+/// Tokens must not be stored by any cache on the way (RFC 6749 §5.1).
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize)]
+pub struct TokenBody {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The form parameters, each at most once (§3.2); empty values count as
+/// absent (§3.1).
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Result<Self, OAuthError> {
+        let Form(pairs) = form.map_err(|rejection| match rejection {
+            FormRejection::InvalidFormContentType(_) => {
+                OAuthError::invalid_request("the body must be application/x-www-form-urlencoded")
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                OAuthError::invalid_request("the request body exceeds the size limit")
+            }
+            other => OAuthError::invalid_request(other.body_text()),
+        })?;
+        let mut seen = HashSet::new();
+        for (name, _) in &pairs {
+            if !seen.insert(name.as_str()) {
+                return Err(OAuthError::invalid_request(format!(
+                    "the parameter `{}` is repeated",
+                    name.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the client authenticated, if it did.
+struct ClientAuth {
+    credentials: Option<(String, String)>,
+    /// The `Authorization` header was used (decides 401 vs 400).
+    used_header: bool,
+}
+
+/// Client authentication (RFC 6749 §2.3): HTTP Basic with the id and secret
+/// form-urlencoded, or the `client_id` / `client_secret` parameters.
+fn client_auth(headers: &HeaderMap, params: &Params) -> Result<ClientAuth, OAuthError> {
+    let form_id = params.get("client_id");
+    let form_secret = params.get("client_secret");
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return match (form_id, form_secret) {
+            (Some(id), secret) => Ok(ClientAuth {
+                credentials: Some((id.to_owned(), secret.unwrap_or_default().to_owned())),
+                used_header: false,
+            }),
+            (None, Some(_)) => Err(OAuthError::invalid_request(
+                "client_secret was sent without client_id",
+            )),
+            (None, None) => Ok(ClientAuth {
+                credentials: None,
+                used_header: false,
+            }),
+        };
+    };
+    if form_id.is_some() || form_secret.is_some() {
+        return Err(OAuthError::invalid_request(
+            "use one client authentication method, not the header and the form both",
+        ));
+    }
+    let bad = |why: &str| OAuthError::invalid_client(why, true);
+    let value = value
+        .to_str()
+        .map_err(|_| bad("the Authorization header is not ASCII"))?;
+    let (scheme, encoded) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad("client authentication must use the Basic scheme"));
+    }
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| bad("the Basic credentials are not valid base64"))?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or_else(|| bad("the Basic credentials have no `:`"))?;
+    let (id, secret) = (form_decode(id), form_decode(secret));
+    match (id, secret) {
+        (Some(id), Some(secret)) if !id.is_empty() => Ok(ClientAuth {
+            credentials: Some((id, secret)),
+            used_header: true,
+        }),
+        _ => Err(bad("the Basic credentials are malformed")),
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX`
+/// a byte), as §2.3.1 asks of the Basic user name and password.
+fn form_decode(raw: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut input = raw.bytes();
+    while let Some(b) = input.next() {
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = [input.next()?, input.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            other => bytes.push(other),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// `POST /oauth/token`.
+#[tracing::instrument(skip_all, fields(grant_type))]
+pub async fn token(
+    State(clients): State<Clients>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    match grant(&clients, &headers, form).await {
+        Ok(body) => no_store(Json(body).into_response()),
+        Err(refused) => refused,
+    }
+}
+
+async fn grant(
+    clients: &Clients,
+    headers: &HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<TokenBody, Response> {
+    let params = Params::parse(form).map_err(IntoResponse::into_response)?;
+    let client = client_auth(headers, &params).map_err(IntoResponse::into_response)?;
+    let grant_type = params.get("grant_type").unwrap_or_default();
+    tracing::Span::current().record("grant_type", grant_type);
+    let (client_id, client_secret) = client.credentials.unwrap_or_default();
+    let answer = clients
+        .auth
+        .clone()
+        .token(TokenRequest {
+            grant_type: grant_type.to_owned(),
+            refresh_token: params.get("refresh_token").unwrap_or_default().to_owned(),
+            scope: params.get("scope").unwrap_or_default().to_owned(),
+            client_id,
+            client_secret,
+        })
+        .await
+        .map_err(throttled_or_unavailable)?
+        .into_inner();
+    match answer.result {
+        Some(token_grant_response::Result::Tokens(tokens)) => Ok(TokenBody {
+            access_token: tokens.access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: tokens.expires_in,
+            refresh_token: Some(tokens.refresh_token).filter(|t| !t.is_empty()),
+            scope: Some(tokens.scope).filter(|s| !s.is_empty()),
+        }),
+        Some(token_grant_response::Result::Error(error)) => {
+            let code = TokenErrorCode::try_from(error.code).unwrap_or(TokenErrorCode::Unspecified);
+            tracing::info!(error = code.as_str_name(), "token request refused");
+            let refused = match code {
+                TokenErrorCode::InvalidClient => {
+                    OAuthError::invalid_client(error.description, client.used_header)
+                }
+                TokenErrorCode::InvalidRequest => OAuthError::invalid_request(error.description),
+                TokenErrorCode::InvalidGrant => OAuthError::new("invalid_grant", error.description),
+                TokenErrorCode::UnauthorizedClient => {
+                    OAuthError::new("unauthorized_client", error.description)
+                }
+                TokenErrorCode::UnsupportedGrantType => {
+                    OAuthError::new("unsupported_grant_type", error.description)
+                }
+                TokenErrorCode::InvalidScope => OAuthError::new("invalid_scope", error.description),
+                TokenErrorCode::Unspecified => {
+                    tracing::error!("token refusal without a code");
+                    OAuthError::unavailable(Status::internal("token refusal without a code"))
+                }
+            };
+            Err(refused.into_response())
+        }
+        None => {
+            tracing::error!("token answer without a result");
+            Err(OAuthError::unavailable(Status::internal("empty token answer")).into_response())
+        }
+    }
+}
+
+/// A failed `Token` / `Revoke` call: throttled (429 with `Retry-After`), or
+/// the auth service could not answer.
+fn throttled_or_unavailable(status: Status) -> Response {
+    if status.code() == tonic::Code::ResourceExhausted
+        && std::error::Error::source(&status).is_none()
+    {
+        let mut response = OAuthError::slow_down(status.message()).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after(&status));
+        return response;
+    }
+    OAuthError::unavailable(status).into_response()
+}
+
+/// The `Retry-After` the auth service sent with a throttled answer.
+pub fn retry_after(status: &Status) -> HeaderValue {
+    status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(HeaderValue::from_static("1"), HeaderValue::from)
+}
+
+/// `POST /oauth/revoke` (RFC 7009): revokes the family of a refresh token.
+/// 200 whether or not the token was known (§2.2), so the answer tells a
+/// caller nothing about which tokens exist. Access tokens cannot be revoked
+/// (they are checked offline and live minutes); presenting one is a 200 that
+/// changes nothing, which §2.2 allows.
+#[tracing::instrument(skip_all)]
+pub async fn revoke(
+    State(clients): State<Clients>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let params = match Params::parse(form) {
+        Ok(params) => params,
+        Err(refused) => return refused.into_response(),
+    };
+    let Some(token) = params.get("token") else {
+        return OAuthError::invalid_request("the token parameter is required").into_response();
+    };
+    match clients
+        .auth
+        .clone()
+        .revoke(RevokeRequest {
+            token: token.to_owned(),
+        })
+        .await
+    {
+        Ok(answer) => {
+            tracing::info!(revoked = answer.get_ref().revoked, "revocation");
+            no_store(StatusCode::OK.into_response())
+        }
+        Err(status) => throttled_or_unavailable(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::REALM;
+
+    #[test]
+    fn the_basic_challenge_names_the_realm() {
+        assert_eq!(BASIC_CHALLENGE, format!("Basic realm=\"{REALM}\""));
+    }
+
+    #[test]
+    fn form_decoding_handles_plus_and_percent_escapes() {
+        assert_eq!(form_decode("a+b%3Ac%25").as_deref(), Some("a b:c%"));
+        assert_eq!(form_decode("%zz"), None);
+        assert_eq!(form_decode("%4"), None);
+    }
+
+    #[test]
+    fn basic_credentials_are_base64_of_form_encoded_id_and_secret() {
+        let mut headers = HeaderMap::new();
+        let encoded = STANDARD.encode("svc%2B1:s3cr%3At");
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
+        );
+        let auth = client_auth(&headers, &Params(Vec::new())).unwrap();
+        assert_eq!(
+            auth.credentials,
+            Some(("svc+1".to_owned(), "s3cr:t".to_owned()))
+        );
+        assert!(auth.used_header);
+    }
+
+    #[test]
+    fn header_and_form_credentials_together_are_invalid_request() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YTpi"),
+        );
+        let params = Params(vec![("client_id".into(), "a".into())]);
+        let error = client_auth(&headers, &params).err().unwrap();
+        assert_eq!(error.error(), "invalid_request");
+    }
+}
