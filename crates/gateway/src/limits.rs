@@ -20,9 +20,8 @@ use std::{
 };
 
 use axum::{
-    body::Body,
     extract::{ConnectInfo, Request, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, HeaderValue},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -250,26 +249,13 @@ pub async fn header_size(State(max): State<usize>, request: Request, next: Next)
     next.run(request).await
 }
 
-/// A 431 problem document. The platform's error vocabulary has no code for
-/// it (it never crosses a gRPC hop), so it is written out here.
+/// A 431 problem document.
 fn headers_too_large(max: usize) -> Response {
-    let body = serde_json::json!({
-        "type": "urn:signalbox:problem:request_header_fields_too_large",
-        "title": "Request header fields too large",
-        "status": 431,
-        "detail": format!("the request headers exceed {max} bytes"),
-        "code": "request_header_fields_too_large",
-    });
-    let mut response = (
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        Body::from(body.to_string()),
+    Problem::new(
+        ErrorCode::HeadersTooLarge,
+        format!("the request headers exceed {max} bytes"),
     )
-        .into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
+    .into_response()
 }
 
 #[cfg(test)]

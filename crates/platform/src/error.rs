@@ -13,8 +13,7 @@ use axum::{
 };
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidInput,
     Unauthenticated,
@@ -24,6 +23,7 @@ pub enum ErrorCode {
     Conflict,
     FailedPrecondition,
     PayloadTooLarge,
+    HeadersTooLarge,
     UnsupportedMediaType,
     RateLimited,
     Unimplemented,
@@ -43,6 +43,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::FailedPrecondition => "failed_precondition",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::HeadersTooLarge => "request_header_fields_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited => "rate_limited",
             Self::Unimplemented => "unimplemented",
@@ -62,6 +63,7 @@ impl ErrorCode {
             Self::Conflict => StatusCode::CONFLICT,
             Self::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
@@ -73,9 +75,10 @@ impl ErrorCode {
 
     pub fn grpc_code(self) -> tonic::Code {
         match self {
-            Self::InvalidInput | Self::PayloadTooLarge | Self::UnsupportedMediaType => {
-                tonic::Code::InvalidArgument
-            }
+            Self::InvalidInput
+            | Self::PayloadTooLarge
+            | Self::HeadersTooLarge
+            | Self::UnsupportedMediaType => tonic::Code::InvalidArgument,
             Self::Unauthenticated => tonic::Code::Unauthenticated,
             Self::Forbidden => tonic::Code::PermissionDenied,
             Self::NotFound => tonic::Code::NotFound,
@@ -120,6 +123,7 @@ impl ErrorCode {
             Self::Conflict => "Conflict",
             Self::FailedPrecondition => "The request cannot be carried out",
             Self::PayloadTooLarge => "The request body is too large",
+            Self::HeadersTooLarge => "Request header fields too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::RateLimited => "Too many requests",
             Self::Unimplemented => "Not implemented",
@@ -132,6 +136,13 @@ impl ErrorCode {
     /// A gRPC status with this code.
     pub fn status(self, message: impl Into<String>) -> tonic::Status {
         tonic::Status::new(self.grpc_code(), message)
+    }
+}
+
+/// On the wire a code is its stable string, the one [`ErrorCode::as_str`] gives.
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -187,7 +198,8 @@ impl IntoResponse for Problem {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 14] = [
+    const ALL: [ErrorCode; 15] = [
+        ErrorCode::HeadersTooLarge,
         ErrorCode::InvalidInput,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Unauthenticated,
@@ -209,7 +221,9 @@ mod tests {
         for code in ALL {
             let back = ErrorCode::from_grpc(code.grpc_code());
             match code {
-                ErrorCode::PayloadTooLarge | ErrorCode::UnsupportedMediaType => {
+                ErrorCode::PayloadTooLarge
+                | ErrorCode::HeadersTooLarge
+                | ErrorCode::UnsupportedMediaType => {
                     assert_eq!(back, ErrorCode::InvalidInput)
                 }
                 ErrorCode::MethodNotAllowed => assert_eq!(back, ErrorCode::Unimplemented),
