@@ -1,4 +1,5 @@
 use serde::{Deserialize, Serialize};
+use signalbox_messages::channels::commands;
 use signalbox_platform::config::{
     AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings,
 };
@@ -10,7 +11,29 @@ pub struct Settings {
     pub http: ListenSettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
+    pub commands: CommandSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// The sharded command channel (see `signalbox_messaging::sharding`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandSettings {
+    /// How many shard queues to consume. Must be at least the count the
+    /// publishers hash with (`commands::CATALOG_SHARDS` in orders), or the
+    /// commands for the missing shards find no queue.
+    pub shards: usize,
+    /// How often an instance compares the shards it is busy on with its fair
+    /// share and hands extra ones to the other instances; 0 never does.
+    pub rebalance_secs: u64,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        Self {
+            shards: commands::CATALOG_SHARDS,
+            rebalance_secs: 15,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -20,6 +43,7 @@ impl Default for Settings {
             http: ListenSettings::on_port(8084),
             database: DatabaseSettings::local("catalog"),
             amqp: AmqpSettings::default(),
+            commands: CommandSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

@@ -1,10 +1,26 @@
 //! The catalog's side of the order saga: handling stock commands.
 //!
+//! Two commands, two styles of point-to-point messaging:
+//!
+//! - `catalog.reserve_stock` is **request-reply**: the saga cannot go on
+//!   without the answer, so the command names a `reply_to` queue and catalog
+//!   answers there (through its outbox) with `catalog.reserve_stock.reply`.
+//! - `catalog.release_stock` is a **one-way notification** (a command that
+//!   expects no reply): the saga's compensation. The saga has already
+//!   decided (the order is cancelled) and has nothing to wait for; catalog
+//!   just gives the stock back. It sends no reply, even when the command
+//!   carries a `reply_to`. Being one-way, it must be safe to receive twice,
+//!   or before the reservation it undoes (see [`repo::release`]).
+//!
 //! Each command is handled in one transaction that (1) claims the message id
-//! in `processed_messages`, (2) changes stock, and (3) writes the reply into
-//! the outbox. The consumer loop acks only after the commit. A redelivered
-//! command therefore finds its claim and does nothing, and a reply is never
-//! sent for a reservation that did not commit.
+//! in `processed_messages`, (2) changes stock, and (3) for a reservation,
+//! writes the reply into the outbox. The consumer loop acks only after the
+//! commit. A redelivered command therefore finds its claim and does nothing,
+//! and a reply is never sent for a reservation that did not commit.
+//!
+//! Both commands arrive on shard queues keyed by order id, one active
+//! consumer per shard, so one order's commands are handled in the order the
+//! saga sent them (see `signalbox_messaging::sharding`).
 
 use signalbox_messages::{
     catalog::{ReleaseStock, ReservationOutcome, ReserveStock, ReserveStockReply},
@@ -41,6 +57,7 @@ impl Handler for CommandHandler {
                 let command: ReserveStock = decode(&message.envelope, &message.body)?;
                 reserve(&mut tx, &message.envelope, command).await?;
             }
+            // One-way: no reply is written, whatever the envelope says.
             ReleaseStock::TYPE => {
                 let command: ReleaseStock = decode(&message.envelope, &message.body)?;
                 let released = repo::release(&mut tx, command.order_id).await?;

@@ -1,9 +1,10 @@
 //! The catalog service: products, prices and stock.
 //!
 //! Two ways in: gRPC for synchronous reads (orders prices an order with
-//! `BatchGetProducts`), and the `catalog.commands` queue for the saga's
-//! `catalog.reserve_stock` / `catalog.release_stock` commands, answered
-//! through the outbox on the requester's reply channel.
+//! `BatchGetProducts`), and the sharded `catalog.commands.shard.<i>` queues
+//! for the saga's commands: `catalog.reserve_stock` (request-reply, answered
+//! through the outbox on the requester's reply channel) and
+//! `catalog.release_stock` (one-way, no reply).
 
 pub mod config;
 pub mod domain;

@@ -85,6 +85,11 @@ pub async fn reserve(
 
 /// Puts a reservation's items back into stock. Returns `false` when there was
 /// nothing to release (never reserved, or released before).
+///
+/// Releasing an order that was never reserved leaves a `RELEASED` marker, so
+/// a reservation that arrives *after* its release (it should not, the
+/// commands are sharded by order, but a replayed dead letter can) is refused
+/// instead of holding stock for a cancelled order.
 pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
     let released = sqlx::query(
         "UPDATE reservations SET state = 'RELEASED', updated_at = now()
@@ -94,6 +99,13 @@ pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sq
     .execute(&mut *conn)
     .await?;
     if released.rows_affected() == 0 {
+        sqlx::query(
+            "INSERT INTO reservations (order_id, state) VALUES ($1, 'RELEASED')
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
         return Ok(false);
     }
     sqlx::query(

@@ -1,13 +1,14 @@
 //! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, then serve
-//! gRPC, health, the command consumer, the outbox relay and the retention
+//! gRPC, health, the command consumers, the outbox relay and the retention
 //! purge until shutdown.
 
 use std::{sync::Arc, time::Duration};
 
 use signalbox_messages::channels::{commands, Namespace};
 use signalbox_messaging::{
+    census,
     retention::{self, Retention},
-    Broker, Consumer, OutboxRelay, Source, WorkQueue,
+    Broker, OutboxRelay, ShardConsumers, Shards,
 };
 use signalbox_platform::{health::Health, serve};
 use signalbox_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
@@ -22,7 +23,7 @@ pub struct Application {
     http_listener: TcpListener,
     pool: PgPool,
     broker: Arc<Broker>,
-    consumer: Consumer,
+    consumers: ShardConsumers,
 }
 
 impl Application {
@@ -42,23 +43,47 @@ impl Application {
             Duration::from_secs(settings.amqp.connect_timeout_secs),
         )
         .await?;
-        // The catalog's command queue: point-to-point, one queue for every
-        // catalog instance (competing consumers), retries and dead letters
-        // beside it. Declared now, before anything can send to it; the
-        // consumer declares it again whenever it reconnects.
+        // The catalog's commands arrive on a sharded channel: the saga
+        // routes every command about one order to the same shard queue
+        // (by a hash of the order id), so a `release_stock` can never
+        // overtake its `reserve_stock`. Every instance registers a consumer
+        // on every shard; each shard queue is single-active-consumer, so one
+        // instance handles a shard at a time and the others stand by for
+        // it (see `signalbox_messaging::sharding`). Declared and registered
+        // now, before anything can send to them; each consumer declares its
+        // queue again whenever it reconnects.
         let ns = broker.namespace();
-        let commands = WorkQueue::new(ns.catalog_commands_queue())
-            .bind(ns.commands_exchange(), commands::RESERVE_STOCK)
-            .bind(ns.commands_exchange(), commands::RELEASE_STOCK);
-        let mut consumer = Consumer::new(broker.clone(), Source::Work(commands), "catalog");
-        consumer.attach().await?;
+        if settings.commands.shards < commands::CATALOG_SHARDS {
+            tracing::warn!(
+                shards = settings.commands.shards,
+                published = commands::CATALOG_SHARDS,
+                "fewer command shards than the publishers use; some commands will find no queue"
+            );
+        }
+        let shards = Shards::new(settings.commands.shards);
+        let queues = shards.work_queues(
+            &ns.catalog_commands_queue(),
+            &ns.commands_exchange(),
+            &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
+        );
+        // A random first shard per instance, so instances starting together
+        // become active on different shards.
+        let start = uuid::Uuid::new_v4().as_u128() as usize % shards.count;
+        let rebalance = match settings.commands.rebalance_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
+        let mut consumers = ShardConsumers::new(broker.clone(), queues, "catalog")
+            .start_at(start)
+            .rebalance_every(rebalance);
+        consumers.attach().await?;
 
         Ok(Self {
             grpc_listener,
             http_listener,
             pool,
             broker,
-            consumer,
+            consumers,
         })
     }
 
@@ -82,7 +107,7 @@ impl Application {
             http_listener,
             pool,
             broker,
-            consumer,
+            consumers,
         } = self;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -98,7 +123,7 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
 
-        let attached = consumer.attached();
+        let attached = consumers.attached();
         let health = Health::new()
             .database(pool.clone())
             .flag("broker", {
@@ -107,9 +132,15 @@ impl Application {
             })
             .flag("commands", move || attached.get());
         let http = serve::http(http_listener, health.router(), shutdown.clone());
-        let consuming = consumer.run(CommandHandler::new(pool.clone()), shutdown.clone());
+        // One consumer task per shard queue, all with the same handler.
+        let consuming = consumers.run(
+            Arc::new(CommandHandler::new(pool.clone())),
+            shutdown.clone(),
+        );
         let relay = OutboxRelay::new(pool.clone(), broker.clone()).run(shutdown.clone());
         let purge = retention::run(pool.clone(), Retention::default(), shutdown.clone());
+        let census = census::Responder::new(broker.clone(), "catalog", env!("CARGO_PKG_VERSION"))
+            .run(shutdown.clone());
 
         let result = serve::run_all(
             shutdown.clone(),
@@ -125,6 +156,7 @@ impl Application {
                     purge.await;
                     Ok(())
                 }),
+                serve::task("census", async move { Ok(census.await?) }),
             ],
         )
         .await;

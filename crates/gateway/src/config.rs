@@ -3,7 +3,9 @@
 //! and the like (see `signalbox_platform::config::load`).
 
 use serde::{Deserialize, Serialize};
-use signalbox_platform::config::{comma_list, ListenSettings, TelemetrySettings, VerifierSettings};
+use signalbox_platform::config::{
+    comma_list, AmqpSettings, ListenSettings, TelemetrySettings, VerifierSettings,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -30,7 +32,16 @@ pub struct Settings {
     /// client is always the socket's peer and the header is ignored.
     #[serde(default, deserialize_with = "comma_list")]
     pub trusted_proxies: Vec<String>,
+    /// The broker, used only by the system census (`GET
+    /// /api/system/instances`), connected on the first census and never at
+    /// start-up. `None` (`amqp: ~` in the file): the census answers 503.
+    #[serde(default = "default_amqp")]
+    pub amqp: Option<AmqpSettings>,
     pub telemetry: TelemetrySettings,
+}
+
+fn default_amqp() -> Option<AmqpSettings> {
+    Some(AmqpSettings::default())
 }
 
 /// A token bucket per client IP: `burst` requests at once, refilled at
@@ -88,6 +99,7 @@ impl Default for Settings {
             max_header_bytes: default_max_header_bytes(),
             rate_limit: RateLimitSettings::default(),
             trusted_proxies: Vec::new(),
+            amqp: default_amqp(),
             telemetry: TelemetrySettings::default(),
         }
     }

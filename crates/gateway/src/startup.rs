@@ -133,5 +133,9 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     // The per-client-IP limit of the credential endpoints is a route layer
     // inside the routing table (see `routes::table`): it applies to those
     // routes only, and a refused request is still logged by the trace above.
-    routes::table(state).merge(health).layer(stack)
+    routes::table(state)
+        // → the broker: the system census, with its own lazily connected state.
+        .merge(routes::system::router(settings.amqp.clone()))
+        .merge(health)
+        .layer(stack)
 }

@@ -14,9 +14,28 @@ pub mod events {
 }
 
 /// Routing keys of point-to-point commands on the commands exchange.
+///
+/// Catalog's commands travel on a *sharded* channel: the routing key carries
+/// the shard of the order as a suffix (`catalog.release_stock.2`), computed
+/// by the publisher from the order id (`signalbox_messaging::sharding`), so
+/// every command about one order lands in the same shard queue
+/// `<ns>.catalog.commands.shard.<i>` and is handled in order.
 pub mod commands {
+    /// Request-reply: catalog answers on the `reply_to` queue.
     pub const RESERVE_STOCK: &str = "catalog.reserve_stock";
+    /// One-way: catalog sends no reply.
     pub const RELEASE_STOCK: &str = "catalog.release_stock";
+    /// How many shard queues catalog's commands are spread over. Publishers
+    /// hash with it and catalog consumes that many shards: both sides must
+    /// agree, so it is part of the contract, like a queue name.
+    pub const CATALOG_SHARDS: usize = 4;
+}
+
+/// Routing keys of requests about the system itself, published on the events
+/// exchange so that every instance of every service receives them.
+pub mod system {
+    /// "Who is running?": every instance answers with its identity.
+    pub const CENSUS: &str = "system.census";
 }
 
 /// The namespace every exchange and queue name is built from.
@@ -59,7 +78,9 @@ impl Namespace {
         format!("{}.{name}", self.0)
     }
 
-    /// The command queue catalog consumes.
+    /// The base name of catalog's command shard queues
+    /// (`<base>.shard.<i>`, see [`commands::CATALOG_SHARDS`]). No queue of
+    /// exactly this name is declared any more.
     pub fn catalog_commands_queue(&self) -> String {
         self.queue("catalog.commands")
     }

@@ -3,14 +3,16 @@
 //! Producers and consumers share this crate, so a payload type is defined
 //! exactly once: [`envelope`] holds the metadata that travels with every
 //! message (ids, correlation, causation, trace context), [`channels`] names the
-//! exchanges, queues and routing keys, and [`orders`] / [`catalog`] hold the
-//! payloads. Payloads are JSON so they stay readable in the RabbitMQ
+//! exchanges, queues and routing keys, [`orders`] / [`catalog`] hold the
+//! business payloads and [`system`] those about the running system (the
+//! census). Payloads are JSON so they stay readable in the RabbitMQ
 //! management UI, which matters for a teaching system.
 
 pub mod catalog;
 pub mod channels;
 pub mod envelope;
 pub mod orders;
+pub mod system;
 
 pub use envelope::{Envelope, MessageKind, SCHEMA_VERSION};
 

@@ -82,6 +82,14 @@ pub enum HandleError {
     /// Something around the message failed: retry later.
     #[error("transient failure: {0}")]
     Transient(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The handler stopped without deciding (the service is shutting down
+    /// while it waited): the message goes back to the queue untouched, and
+    /// so does everything prefetched behind it, because the session ends and
+    /// its channel closes. Ordered queues need this (see
+    /// [`crate::sharding::InOrder`]): a retry queue would let later messages
+    /// overtake this one.
+    #[error("interrupted before the message was settled")]
+    Interrupted,
 }
 
 impl HandleError {
@@ -146,6 +154,8 @@ pub enum ConsumeError {
     Nacked(String),
     #[error("the broker did not answer within {0:?}")]
     Stalled(Duration),
+    #[error("the handler gave its message back")]
+    Interrupted,
 }
 
 /// Longest wait for the broker to take an ack or a confirm. An operation on a
@@ -379,6 +389,13 @@ async fn process<H: Handler>(
 
     match handler.handle(incoming).await {
         Ok(()) => settle(channel, delivery.ack(BasicAckOptions::default())).await,
+        Err(HandleError::Interrupted) => {
+            // Neither ack nor nack: closing the channel returns this delivery
+            // and the prefetched ones behind it to the queue, in order.
+            tracing::info!(%queue, %message_id, "handler interrupted; returning the message");
+            close_quietly(channel).await;
+            Err(ConsumeError::Interrupted)
+        }
         Err(HandleError::Reject(reason)) => {
             tracing::warn!(%queue, %message_id, %message_type, %reason, "message rejected; dead-lettering");
             give_up(channel, queue, work, &delivery, &reason).await

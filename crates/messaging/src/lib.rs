@@ -10,7 +10,7 @@
 //! 2. The [`outbox::OutboxRelay`] reads committed rows and publishes them with
 //!    **publisher confirms** ([`publisher::ConfirmedPublisher`]); a row is
 //!    marked published only after the broker confirmed it.
-//! 3. A consumer ([`consumer::run`]) receives the message, runs the handler,
+//! 3. A consumer ([`consumer::Consumer`]) receives the message, runs the handler,
 //!    and acks only after the handler's transaction committed. The handler
 //!    first records the message id in `processed_messages`
 //!    ([`processed::claim`]): a redelivered duplicate finds its id there and is
@@ -18,18 +18,36 @@
 //!
 //! Together this is *at-least-once delivery with idempotent handling*:
 //! messages can be delivered twice, but their effects happen once.
+//!
+//! Where the order of an aggregate's messages matters, a channel is split
+//! into shard queues with one active consumer each ([`sharding`]). What
+//! could not be handled waits in a dead-letter queue, from where an operator
+//! lists and replays it ([`dead_letters`], the `dlq` binary).
+//!
+//! Not every message belongs in the outbox. A caller that *waits* for an
+//! answer (an HTTP request, a WebSocket command) sends it directly with a
+//! [`Requester`]: request/response over a private reply queue, matched by
+//! correlation id, with a deadline and a bound on outstanding requests
+//! ([`request_reply`]). Asking every instance at once and taking the answers
+//! that come in time is the same machinery ([`census`]).
 
 pub mod amqp;
+pub mod census;
 pub mod connection;
 pub mod consumer;
+pub mod dead_letters;
 pub mod outbox;
 pub mod processed;
 pub mod publisher;
+pub mod request_reply;
 pub mod retention;
+pub mod sharding;
 pub mod topology;
 
 pub use connection::Broker;
 pub use consumer::{Consumer, Flag, HandleError, Handler, Incoming, Source};
 pub use outbox::{OutboxRelay, Outgoing};
 pub use publisher::ConfirmedPublisher;
+pub use request_reply::{Reply, RequestError, Requester, RequesterOptions};
+pub use sharding::{InOrder, ShardConsumers, Shards};
 pub use topology::{RetryPolicy, WorkQueue};

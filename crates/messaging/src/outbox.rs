@@ -73,6 +73,23 @@ impl Outgoing {
         )
     }
 
+    /// A command on the commands exchange with an explicit routing key, for
+    /// sharded channels: the key names the shard as well as the command (see
+    /// [`crate::sharding::Shards::routing_key`]).
+    pub fn command_to<M: Message>(
+        ns: &Namespace,
+        routing_key: impl Into<String>,
+        envelope: Envelope,
+        payload: &M,
+    ) -> Self {
+        Self::new(
+            ns.commands_exchange(),
+            routing_key.into(),
+            envelope,
+            payload,
+        )
+    }
+
     /// A reply to the queue named in the request's `reply_to`, through the
     /// default exchange (which routes by queue name).
     pub fn reply<M: Message>(reply_to: &str, envelope: Envelope, payload: &M) -> Self {

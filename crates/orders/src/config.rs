@@ -11,7 +11,32 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub upstreams: Upstreams,
+    /// Deadlines of the order saga.
+    #[serde(default)]
+    pub saga: SagaSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// The saga does not wait forever for catalog: a PENDING order whose stock
+/// reservation has had no reply for `reservation_timeout_secs` is rejected
+/// (see `saga_timeouts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SagaSettings {
+    /// How long an order may wait for catalog's reservation reply.
+    pub reservation_timeout_secs: u64,
+    /// How often the sweeper looks for orders past that deadline, in
+    /// milliseconds. A timed-out order is rejected at most this much late.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            reservation_timeout_secs: 60,
+            sweep_interval_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +58,7 @@ impl Default for Settings {
                 catalog: "http://127.0.0.1:50053".to_owned(),
                 catalog_timeout_ms: 2000,
             },
+            saga: SagaSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

@@ -5,7 +5,8 @@
 //! rows: the `order.created` event and the `catalog.reserve_stock` command.
 //! Catalog answers on the `orders.replies` channel; [`saga`] turns the answer
 //! into APPROVED or REJECTED and publishes that event, which the realtime
-//! service pushes to the user's socket.
+//! service pushes to the user's socket. An order whose reservation has no
+//! reply within the saga's deadline is rejected by [`saga_timeouts`].
 
 pub mod catalog;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod repo;
 pub mod saga;
+pub mod saga_timeouts;
 pub mod startup;
 
 pub use config::Settings;

@@ -16,6 +16,9 @@ pub struct OrderRow {
     pub total_cents: i64,
     pub currency: String,
     pub rejection_reason: Option<String>,
+    /// Rejected by the saga's deadline rather than by catalog: a late
+    /// `reserved` reply must then be compensated (see `saga_timeouts`).
+    pub reservation_timed_out: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -41,8 +44,8 @@ pub struct Order {
     pub items: Vec<ItemRow>,
 }
 
-const ORDER_COLUMNS: &str =
-    "id, user_id, state, total_cents, currency, rejection_reason, created_at, updated_at";
+const ORDER_COLUMNS: &str = "id, user_id, state, total_cents, currency, rejection_reason, \
+     reservation_timed_out, created_at, updated_at";
 
 pub async fn insert_order(
     conn: &mut PgConnection,
@@ -169,5 +172,51 @@ pub async fn set_state(
     .bind(state.as_str())
     .bind(rejection_reason)
     .fetch_one(conn)
+    .await
+}
+
+/// Locks up to `limit` PENDING orders created more than `older_than` ago,
+/// oldest first, for the saga's deadline.
+///
+/// `SKIP LOCKED` lets several orders instances sweep at once: each takes the
+/// rows nobody else holds (another sweeper, or the reply handler deciding the
+/// order right now) instead of queueing behind them, so no order is decided
+/// twice and no sweeper waits.
+pub async fn lock_overdue(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE state = 'PENDING' AND created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Rejects a PENDING order because its reservation had no reply in time,
+/// and marks it so (`reservation_timed_out`). `None` when the order is no
+/// longer PENDING.
+pub async fn reject_timed_out(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE orders
+         SET state = 'REJECTED', rejection_reason = $2, reservation_timed_out = true,
+             updated_at = now()
+         WHERE id = $1 AND state = 'PENDING'
+         RETURNING {ORDER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(reason)
+    .fetch_optional(conn)
     .await
 }

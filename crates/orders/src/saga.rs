@@ -19,13 +19,14 @@
 
 use signalbox_messages::{
     catalog::{ReleaseStock, ReservationOutcome, ReserveStock, ReserveStockReply},
-    channels::Namespace,
+    channels::{commands, Namespace},
     decode,
     orders::{LineItem, OrderApproved, OrderCancelled, OrderCreated, OrderRejected},
-    Envelope,
+    Envelope, Message,
 };
-use signalbox_messaging::{outbox, processed, HandleError, Handler, Incoming, Outgoing};
+use signalbox_messaging::{outbox, processed, HandleError, Handler, Incoming, Outgoing, Shards};
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::{
     domain::OrderState,
@@ -73,8 +74,27 @@ pub async fn start(
     };
     let envelope =
         Envelope::caused_by::<ReserveStock>(&cause).with_reply_to(ns.orders_replies_queue());
-    outbox::enqueue(conn, &Outgoing::command(ns, envelope, &command)).await?;
+    outbox::enqueue(conn, &to_catalog(ns, row.id, envelope, &command)).await?;
     Ok(())
+}
+
+/// A command to catalog, routed to the shard of its order.
+///
+/// Catalog's command channel is sharded by order id (see
+/// `signalbox_messaging::sharding`): `reserve_stock` and `release_stock` of
+/// one order share a shard queue, which one catalog instance at a time
+/// consumes in order, so a release can never overtake the reservation it
+/// undoes. The outbox relay publishes in commit order, so that order is the
+/// order this saga wrote them in.
+fn to_catalog<M: Message>(
+    ns: &Namespace,
+    order_id: Uuid,
+    envelope: Envelope,
+    payload: &M,
+) -> Outgoing {
+    let shards = Shards::new(commands::CATALOG_SHARDS);
+    let routing_key = shards.routing_key(M::TYPE, order_id.to_string());
+    Outgoing::command_to(ns, routing_key, envelope, payload)
 }
 
 /// Cancels an order and, when stock may be held for it, asks catalog to
@@ -110,10 +130,11 @@ async fn release(
     cause: &Envelope,
     order_id: uuid::Uuid,
 ) -> Result<(), sqlx::Error> {
+    // One-way: catalog sends no reply to a release.
     let envelope = Envelope::caused_by::<ReleaseStock>(cause);
     outbox::enqueue(
         conn,
-        &Outgoing::command(ns, envelope, &ReleaseStock { order_id }),
+        &to_catalog(ns, order_id, envelope, &ReleaseStock { order_id }),
     )
     .await
 }
@@ -179,11 +200,47 @@ impl Handler for ReplyHandler {
                 release(&mut tx, &self.ns, &message.envelope, order.id).await?;
                 tracing::info!(order_id = %order.id, "late reservation released");
             }
+            // Rejected by the saga's deadline (see `saga_timeouts`), and
+            // catalog reserved after all: the same compensation. Only for a
+            // timeout: an order catalog itself rejected holds no stock.
+            (OrderState::Rejected, ReservationOutcome::Reserved) if order.reservation_timed_out => {
+                release(&mut tx, &self.ns, &message.envelope, order.id).await?;
+                tracing::info!(order_id = %order.id, "reservation after the deadline released");
+            }
             (state, outcome) => {
                 tracing::info!(order_id = %order.id, state = state.as_str(), ?outcome, "reply after decision; ignored");
             }
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod shard_routing_tests {
+    use super::*;
+
+    #[test]
+    fn reserve_and_release_of_one_order_go_to_the_same_catalog_shard() {
+        let ns = Namespace::new("t1");
+        let order_id = Uuid::parse_str("0193a4c0-0000-7000-8000-000000000004").unwrap();
+        let reserve = to_catalog(
+            &ns,
+            order_id,
+            Envelope::new::<ReserveStock>(),
+            &ReserveStock {
+                order_id,
+                items: Vec::new(),
+            },
+        );
+        let release = to_catalog(
+            &ns,
+            order_id,
+            Envelope::new::<ReleaseStock>(),
+            &ReleaseStock { order_id },
+        );
+        assert_eq!(reserve.exchange, "t1.commands");
+        assert_eq!(reserve.routing_key, "catalog.reserve_stock.3");
+        assert_eq!(release.routing_key, "catalog.release_stock.3");
     }
 }

@@ -1,11 +1,12 @@
 //! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, then serve
-//! gRPC, health, the reply consumer, the outbox relay and the retention purge
-//! until shutdown.
+//! gRPC, health, the reply consumer, the saga's deadline sweeper, the outbox
+//! relay, the retention purge and the census responder until shutdown.
 
 use std::{sync::Arc, time::Duration};
 
 use signalbox_messages::channels::Namespace;
 use signalbox_messaging::{
+    census,
     retention::{self, Retention},
     Broker, Consumer, OutboxRelay, Source, WorkQueue,
 };
@@ -15,7 +16,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{catalog::CatalogClient, grpc::OrdersGrpc, saga::ReplyHandler, Settings};
+use crate::{
+    catalog::CatalogClient, grpc::OrdersGrpc, saga::ReplyHandler, saga_timeouts::DeadlineSweeper,
+    Settings,
+};
 
 pub struct Application {
     grpc_listener: TcpListener,
@@ -24,6 +28,8 @@ pub struct Application {
     broker: Arc<Broker>,
     consumer: Consumer,
     catalog: CatalogClient,
+    /// Rejects orders whose reservation had no reply in time.
+    sweeper: DeadlineSweeper,
 }
 
 impl Application {
@@ -57,6 +63,8 @@ impl Application {
             Duration::from_millis(settings.upstreams.catalog_timeout_ms),
         )?;
 
+        let sweeper = DeadlineSweeper::new(pool.clone(), ns.clone(), &settings.saga);
+
         Ok(Self {
             grpc_listener,
             http_listener,
@@ -64,6 +72,7 @@ impl Application {
             broker,
             consumer,
             catalog,
+            sweeper,
         })
     }
 
@@ -89,6 +98,7 @@ impl Application {
             broker,
             consumer,
             catalog,
+            sweeper,
         } = self;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -123,6 +133,9 @@ impl Application {
         );
         let relay = OutboxRelay::new(pool.clone(), broker.clone()).run(shutdown.clone());
         let purge = retention::run(pool.clone(), Retention::default(), shutdown.clone());
+        let deadlines = sweeper.run(shutdown.clone());
+        let census = census::Responder::new(broker.clone(), "orders", env!("CARGO_PKG_VERSION"))
+            .run(shutdown.clone());
 
         let result = serve::run_all(
             shutdown.clone(),
@@ -138,6 +151,11 @@ impl Application {
                     purge.await;
                     Ok(())
                 }),
+                serve::task("saga-deadlines", async move {
+                    deadlines.await;
+                    Ok(())
+                }),
+                serve::task("census", async move { Ok(census.await?) }),
             ],
         )
         .await;

@@ -11,7 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use signalbox_messages::channels::Namespace;
-use signalbox_messaging::{Broker, Consumer, Source};
+use signalbox_messaging::{census, Broker, Consumer, Source};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -110,12 +110,15 @@ impl Application {
         // The events consumer: one delivery at a time from the instance
         // queue into the hub, acked after the hub took it.
         let events = events.run(EventRouter::new(hub), shutdown.clone());
+        let census = census::Responder::new(broker.clone(), "realtime", env!("CARGO_PKG_VERSION"))
+            .run(shutdown.clone());
 
         let result = serve::run_all(
             shutdown.clone(),
             vec![
                 serve::task("http", async move { Ok(http.await?) }),
                 serve::task("events", async move { Ok(events.await?) }),
+                serve::task("census", async move { Ok(census.await?) }),
             ],
         )
         .await;

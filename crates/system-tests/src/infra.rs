@@ -42,12 +42,30 @@ pub async fn drop_database(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every durable queue the services of one namespace declare.
+/// Every durable queue the services of one namespace declare: catalog's
+/// command shard queues and orders' reply queue, each with its retry queues
+/// and its dead-letter queue.
 pub fn durable_queues(ns: &Namespace) -> Vec<String> {
-    let queues = [ns.catalog_commands_queue(), ns.orders_replies_queue()];
-    queues
-        .iter()
-        .flat_map(|q| [q.clone(), Namespace::dead_letter_queue(q)])
+    use signalbox_messages::channels::commands;
+    use signalbox_messaging::{topology, Shards, WorkQueue};
+
+    let mut work = Shards::new(commands::CATALOG_SHARDS).work_queues(
+        &ns.catalog_commands_queue(),
+        &ns.commands_exchange(),
+        &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
+    );
+    work.push(WorkQueue::new(ns.orders_replies_queue()));
+    work.iter()
+        .flat_map(|queue| {
+            let retries = (0..queue.retry.delays.len())
+                .map(|attempt| topology::retry_queue(&queue.name, attempt));
+            [
+                queue.name.clone(),
+                Namespace::dead_letter_queue(&queue.name),
+            ]
+            .into_iter()
+            .chain(retries)
+        })
         .collect()
 }
 

@@ -159,6 +159,8 @@ impl TestSystem {
                 catalog: catalog_grpc,
             },
             tokens: verifier,
+            // The census asks this system's services, not the default namespace.
+            amqp: Some(amqp.clone()),
             ..Default::default()
         };
         if let Some(configure) = options.gateway {

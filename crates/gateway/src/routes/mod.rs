@@ -7,6 +7,7 @@ pub mod auth;
 pub mod catalog;
 pub mod oauth;
 pub mod orders;
+pub mod system;
 
 use std::sync::Arc;
 

@@ -10,4 +10,5 @@ mod input;
 mod limits;
 mod oauth;
 mod orders;
+mod system;
 mod timeouts;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{Fixture, Tap, DEADLINE};
+use crate::helpers::{Fixture, Tap, AMQP, DEADLINE};
 
 /// What the test handler does on a given attempt.
 #[derive(Clone, Copy)]
@@ -185,8 +185,16 @@ async fn a_handler_interrupted_between_commit_and_ack_has_one_effect() -> anyhow
     let mut fx = Fixture::new().await?;
     let (_, mut running) = start(&mut fx, Behaviour::LoseConnectionAfterCommit).await?;
 
+    // Published over a connection of its own: the handler closes the
+    // fixture's connection, which may happen before this publish's confirm
+    // comes back.
     let message = event(&fx);
-    publish(&fx, &message).await?;
+    let publisher = Broker::connect(AMQP, fx.ns.clone(), "publisher", DEADLINE).await?;
+    ConfirmedPublisher::new(&publisher)
+        .await?
+        .publish(&message)
+        .await?;
+    publisher.close().await;
 
     // First delivery: effect committed, connection lost before the ack.
     assert_eq!(running.next_call().await?.0, message.envelope.message_id);

@@ -6,7 +6,9 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions},
+    options::{
+        BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
     types::FieldTable,
     Channel,
 };
@@ -17,7 +19,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub struct Fixture {
     pub pool: PgPool,
@@ -137,5 +139,32 @@ impl Tap {
             Ok(None) => anyhow::bail!("the consumer was cancelled"),
             Err(_) => anyhow::bail!("nothing arrived within {DEADLINE:?}"),
         }
+    }
+}
+
+/// The number of ready messages in `queue` (a passive declare).
+pub async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue, passive, FieldTable::default())
+        .await?;
+    Ok(declared.message_count())
+}
+
+/// Waits until `queue` holds `expected` ready messages.
+pub async fn await_depth(channel: &Channel, queue: &str, expected: u32) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let current = depth(channel, queue).await?;
+        if current == expected {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{queue} holds {current} messages, not {expected}, after {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

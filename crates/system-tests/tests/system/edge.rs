@@ -61,3 +61,34 @@ async fn an_order_for_an_unknown_product_is_refused_with_a_problem() -> anyhow::
 
     system.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_census_lists_every_instance_of_every_service_on_the_broker() -> anyhow::Result<()> {
+    let system = TestSystem::start().await?;
+    let api = &system.api;
+
+    let census: Value = api
+        .http()
+        .get(api.url("/api/system/instances?deadline_ms=2000"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+
+    // orders, catalog and two realtime instances answer the scatter-gather.
+    let mut services: Vec<&str> = census["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["service"].as_str())
+        .collect();
+    services.sort_unstable();
+    assert_eq!(
+        services,
+        ["catalog", "orders", "realtime", "realtime"],
+        "{census}"
+    );
+
+    system.stop().await
+}

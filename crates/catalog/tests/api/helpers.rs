@@ -1,0 +1,282 @@
+//! `spawn_app()`: a catalog on port 0 with a fresh database and a random
+//! namespace, plus what a test needs to talk to it like the saga does.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use lapin::{
+    options::{
+        BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+    Channel,
+};
+use signalbox_catalog::{Application, Settings};
+use signalbox_messages::{
+    catalog::{ReleaseStock, ReserveStock, ReserveStockReply},
+    channels::{commands, Namespace},
+    decode,
+    orders::LineItem,
+    Envelope, Message,
+};
+use signalbox_messaging::{amqp, Broker, ConfirmedPublisher, Outgoing, Shards};
+use signalbox_platform::config::{AmqpSettings, DatabaseSettings, ListenSettings};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Seeded products (`migrations/catalog/0002_seed_products.sql`).
+pub const LAMP: Uuid = Uuid::from_u128(0x0193a4c0_0000_7000_8000_000000000001);
+pub const TABLET: Uuid = Uuid::from_u128(0x0193a4c0_0000_7000_8000_000000000004);
+
+pub struct TestApp {
+    pub ns: Namespace,
+    /// The catalog's own database.
+    pub pool: PgPool,
+    /// The test's connection to the broker, in the app's namespace.
+    pub broker: Arc<Broker>,
+    pub shards: Shards,
+    replies: Replies,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    database: String,
+}
+
+/// The test's private reply queue: server-named, exclusive, read with a
+/// deadline.
+struct Replies {
+    name: String,
+    _channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+pub async fn spawn_app() -> anyhow::Result<TestApp> {
+    // Logs go through the test harness: shown for failing tests only.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn,sqlx=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let database = format!("{prefix}_catalog");
+    let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+    sqlx::query(&format!(r#"CREATE DATABASE "{database}""#))
+        .execute(&mut admin)
+        .await?;
+    let url = format!("{SERVER}/{database}");
+
+    let settings = Settings {
+        grpc: ListenSettings::ephemeral(),
+        http: ListenSettings::ephemeral(),
+        database: DatabaseSettings {
+            url: url.clone(),
+            max_connections: 4,
+        },
+        amqp: AmqpSettings {
+            url: AMQP.to_owned(),
+            namespace: prefix.clone(),
+            connect_timeout_secs: 10,
+        },
+        ..Settings::default()
+    };
+    let shards = Shards::new(settings.commands.shards);
+    let app = Application::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let ns = Namespace::new(prefix);
+    let broker = Broker::connect(AMQP, ns.clone(), "catalog-test", DEADLINE).await?;
+    let channel = broker.channel().await?;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare("", exclusive, FieldTable::default())
+        .await?;
+    let name = queue.name().as_str().to_owned();
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(&name, "replies", no_ack, FieldTable::default())
+        .await?;
+
+    Ok(TestApp {
+        ns,
+        pool: PgPool::connect(&url).await?,
+        broker,
+        shards,
+        replies: Replies {
+            name,
+            _channel: channel,
+            consumer,
+        },
+        shutdown,
+        task,
+        database,
+    })
+}
+
+impl TestApp {
+    /// Sends a command exactly as the saga does: to the shard of its order.
+    pub async fn send<M: Message>(
+        &self,
+        order_id: Uuid,
+        envelope: Envelope,
+        payload: &M,
+    ) -> anyhow::Result<()> {
+        let key = self.shards.routing_key(M::TYPE, order_id.to_string());
+        let message = Outgoing::command_to(&self.ns, key, envelope, payload);
+        let publisher = ConfirmedPublisher::new(&self.broker).await?;
+        publisher.publish(&message).await?;
+        publisher.close().await;
+        Ok(())
+    }
+
+    /// Asks for `quantity` of `product` for `order_id`, replying to the
+    /// test's queue. Returns the command's message id.
+    pub async fn reserve(
+        &self,
+        order_id: Uuid,
+        product: Uuid,
+        quantity: i64,
+    ) -> anyhow::Result<Uuid> {
+        let command = ReserveStock {
+            order_id,
+            items: vec![LineItem {
+                product_id: product,
+                quantity,
+            }],
+        };
+        let envelope = Envelope::new::<ReserveStock>()
+            .with_correlation_id(order_id.to_string())
+            .with_reply_to(self.replies.name.clone());
+        let id = envelope.message_id;
+        self.send(order_id, envelope, &command).await?;
+        Ok(id)
+    }
+
+    /// Sends `release_stock` for `order_id`, a new message each time. It
+    /// carries a `reply_to` on purpose: a one-way command must not use it.
+    pub async fn release(&self, order_id: Uuid) -> anyhow::Result<Uuid> {
+        let envelope = Envelope::new::<ReleaseStock>()
+            .with_correlation_id(order_id.to_string())
+            .with_reply_to(self.replies.name.clone());
+        let id = envelope.message_id;
+        self.send(order_id, envelope, &ReleaseStock { order_id })
+            .await?;
+        Ok(id)
+    }
+
+    /// The next message on the test's reply queue, as a reservation reply.
+    pub async fn next_reply(&mut self) -> anyhow::Result<ReserveStockReply> {
+        let delivery = match tokio::time::timeout(DEADLINE, self.replies.consumer.next()).await {
+            Ok(Some(delivery)) => delivery?,
+            Ok(None) => anyhow::bail!("the reply consumer was cancelled"),
+            Err(_) => anyhow::bail!("no reply within {DEADLINE:?}"),
+        };
+        let envelope = amqp::from_properties(&delivery.properties)?;
+        Ok(decode(&envelope, &delivery.data)?)
+    }
+
+    pub async fn stock(&self, product: Uuid) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
+                .bind(product)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Waits (polling the database, with a deadline) until `product` has
+    /// `expected` units in stock.
+    pub async fn await_stock(&self, product: Uuid, expected: i64) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let stock = self.stock(product).await?;
+            if stock == expected {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("stock of {product} is {stock}, not {expected}, after {DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until catalog has committed the handling of `message_id` (its
+    /// claim in `processed_messages` commits with the effect).
+    pub async fn await_handled(&self, message_id: Uuid) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let handled: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE message_id = $1)",
+            )
+            .bind(message_id)
+            .fetch_one(&self.pool)
+            .await?;
+            if handled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("message {message_id} not handled within {DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A channel for looking at the broker's queues.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(self.broker.channel().await?)
+    }
+
+    /// Stops the app and removes its database, queues and exchanges.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        let channel = self.broker.channel().await?;
+        for queue in self.shards.queues(&self.ns.catalog_commands_queue()) {
+            for name in [Namespace::dead_letter_queue(&queue), queue] {
+                channel
+                    .queue_delete(&name, QueueDeleteOptions::default())
+                    .await?;
+            }
+        }
+        for exchange in [
+            self.ns.events_exchange(),
+            self.ns.commands_exchange(),
+            self.ns.inbound_exchange(),
+            self.ns.dead_letter_exchange(),
+        ] {
+            channel
+                .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                .await?;
+        }
+        self.broker.close().await;
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+        sqlx::query(&format!(
+            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+            self.database
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The catalog's command shard count, as the publishers use it.
+pub fn published_shards() -> Shards {
+    Shards::new(commands::CATALOG_SHARDS)
+}

@@ -1,0 +1,5 @@
+//! The catalog service against the real PostgreSQL and RabbitMQ: one
+//! process per test, a fresh database and namespace each.
+
+mod commands;
+mod helpers;

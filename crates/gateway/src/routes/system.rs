@@ -1,0 +1,203 @@
+//! `GET /api/system/instances`: which service instances are running, found
+//! by asking them all (publish / async responses).
+//!
+//! The gateway publishes one `system.census` request on the events exchange,
+//! with its own reply queue as `reply_to`; every instance of every service
+//! that has a broker connection (orders, catalog, realtime) answers with its
+//! service name, instance id, version and start time. The gateway collects
+//! what arrives within the deadline (`?deadline_ms=`, 500 ms by default) and
+//! answers with that list; an instance that did not answer in time is simply
+//! not in it. See `signalbox_messaging::census`.
+//!
+//! The gateway is otherwise stateless and broker-free, so the broker is
+//! optional for it: the connection is opened on the first census, never at
+//! start-up, and when the broker cannot be reached this route answers a 503
+//! problem while every other route carries on.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{rejection::QueryRejection, Query, State},
+    routing::get,
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use signalbox_messages::channels::Namespace;
+use signalbox_messaging::{census, Broker, RequestError, Requester, RequesterOptions};
+use signalbox_platform::{config::AmqpSettings, ErrorCode, Problem};
+use tokio::sync::OnceCell;
+
+/// How long a census waits for answers unless the caller asks otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
+
+/// The longest deadline a caller may ask for; well inside the edge's
+/// request budget.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long the first census may spend connecting to the broker; the
+/// connect timeout of the settings (meant for services that cannot work
+/// without a broker) is capped to this.
+const CONNECT_BUDGET: Duration = Duration::from_secs(2);
+
+/// At most this many censuses at once; more are refused with a 503 rather
+/// than queueing up behind a slow broker.
+const MAX_CENSUSES: usize = 32;
+
+/// The census route with its own state, to be merged into the gateway's
+/// router.
+pub fn router(amqp: Option<AmqpSettings>) -> Router {
+    Router::new()
+        .route("/api/system/instances", get(instances))
+        .with_state(Census::new(amqp))
+}
+
+/// The broker side of the census: the settings, and the requester once
+/// connected.
+#[derive(Clone)]
+pub struct Census {
+    amqp: Option<Arc<AmqpSettings>>,
+    /// Set by the first census that reaches the broker; a failed attempt
+    /// leaves it empty, so the next census tries again.
+    requester: Arc<OnceCell<Requester>>,
+}
+
+impl Census {
+    pub fn new(amqp: Option<AmqpSettings>) -> Self {
+        Self {
+            amqp: amqp.map(Arc::new),
+            requester: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// The requester, connecting on first use. Concurrent first censuses
+    /// wait for one connection attempt instead of each making their own.
+    async fn requester(&self) -> Result<&Requester, Problem> {
+        let Some(settings) = self.amqp.as_deref() else {
+            return Err(Problem::new(
+                ErrorCode::Unavailable,
+                "no message broker is configured for the census",
+            ));
+        };
+        self.requester
+            .get_or_try_init(|| connect(settings))
+            .await
+            .map_err(|error| {
+                tracing::warn!(error = format!("{error:#}"), "census: broker unreachable");
+                broker_unavailable()
+            })
+    }
+}
+
+#[tracing::instrument(skip_all, fields(namespace = %settings.namespace))]
+async fn connect(settings: &AmqpSettings) -> anyhow::Result<Requester> {
+    let budget = CONNECT_BUDGET.min(Duration::from_secs(settings.connect_timeout_secs));
+    let attempt = async {
+        let namespace = Namespace::new(&settings.namespace);
+        let broker = Broker::connect(&settings.url, namespace, "gateway", budget).await?;
+        let options = RequesterOptions::new("gateway-census").max_outstanding(MAX_CENSUSES);
+        anyhow::Ok(Requester::start(broker, options).await?)
+    };
+    // `Broker::connect` checks its budget between attempts; this bounds an
+    // attempt that hangs (a host that drops packets instead of refusing).
+    match tokio::time::timeout(budget * 2, attempt).await {
+        Ok(requester) => requester,
+        Err(_) => anyhow::bail!("no broker connection within {:?}", budget * 2),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CensusQuery {
+    /// How long to wait for answers, in milliseconds.
+    deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstancesBody {
+    /// Sorted by service, then instance id.
+    pub instances: Vec<InstanceBody>,
+    /// How long the census waited for answers.
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceBody {
+    pub service: String,
+    pub instance_id: String,
+    pub version: String,
+    /// RFC 3339.
+    pub started_at: String,
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn instances(
+    State(census): State<Census>,
+    query: Result<Query<CensusQuery>, QueryRejection>,
+) -> Result<Json<InstancesBody>, Problem> {
+    let deadline = deadline(query)?;
+    let requester = census.requester().await?;
+    let replies = census::gather(requester, deadline, None)
+        .await
+        .map_err(census_problem)?;
+    tracing::debug!(instances = replies.len(), "census taken");
+    Ok(Json(InstancesBody {
+        instances: replies
+            .into_iter()
+            .map(|reply| InstanceBody {
+                service: reply.service,
+                instance_id: reply.instance_id,
+                version: reply.version,
+                started_at: reply.started_at.to_rfc3339(),
+            })
+            .collect(),
+        deadline_ms: deadline.as_millis() as u64,
+    }))
+}
+
+/// The requested deadline: `?deadline_ms=` between 1 and [`MAX_DEADLINE`],
+/// or [`DEFAULT_DEADLINE`].
+fn deadline(query: Result<Query<CensusQuery>, QueryRejection>) -> Result<Duration, Problem> {
+    let invalid = || {
+        Problem::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "deadline_ms must be a number of milliseconds from 1 to {}",
+                MAX_DEADLINE.as_millis()
+            ),
+        )
+    };
+    let Query(query) = query.map_err(|_| invalid())?;
+    match query.deadline_ms {
+        None => Ok(DEFAULT_DEADLINE),
+        Some(ms) if ms >= 1 && u128::from(ms) <= MAX_DEADLINE.as_millis() => {
+            Ok(Duration::from_millis(ms))
+        }
+        Some(_) => Err(invalid()),
+    }
+}
+
+fn broker_unavailable() -> Problem {
+    Problem::new(ErrorCode::Unavailable, "the message broker is unavailable")
+}
+
+/// A census that could not be taken. (Errors of this route are mapped here,
+/// beside the route, because they come from the broker, which no other
+/// route uses.)
+fn census_problem(error: RequestError) -> Problem {
+    match error {
+        RequestError::Busy { limit } => {
+            tracing::warn!(limit, "census: too many in progress");
+            Problem::new(ErrorCode::Unavailable, "too many censuses are in progress")
+        }
+        RequestError::Timeout { .. } => {
+            tracing::warn!(%error, "census: broker too slow");
+            Problem::new(
+                ErrorCode::Timeout,
+                "the message broker did not take the census request in time",
+            )
+        }
+        error => {
+            tracing::warn!(%error, "census failed");
+            broker_unavailable()
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! Dead-letter tooling: see what failed, and send it back once it can work.
+//!
+//! A message ends in `<queue>.dlq` when its handler rejected it (it cannot be
+//! understood) or kept failing past the retry bound (see [`crate::consumer`]).
+//! The consumer stores the story in the headers: `x-failure-reason`,
+//! `x-retry-count`, `x-original-queue` and `x-failed-at`. Dead letters are
+//! not thrown away because the usual cause is not the message but the
+//! system: a bug that is fixed by the next deploy, a product that did not
+//! exist yet, a database that was down for longer than the retries waited.
+//! After the fix an operator replays them.
+//!
+//! This module is the library behind the `dlq` binary:
+//!
+//! ```text
+//! dlq list   <queue> [--limit N]   # print <queue>.dlq without consuming it
+//! dlq replay <queue> [--limit N]   # move <queue>.dlq back into <queue>
+//! ```
+//!
+//! **Listing without consuming.** AMQP has no "peek". [`list`] takes each
+//! message with `basic.get` *without* acknowledging it and, at the end,
+//! rejects them all with `requeue`, which puts them back at their original
+//! positions. A taken, unacknowledged message is not delivered again while
+//! we hold it, so the loop cannot see one twice; it is still bounded by the
+//! queue's depth when it started (the first `basic.get` reports how many
+//! messages remain behind it), so messages that arrive meanwhile cannot keep
+//! it going forever. If the tool dies midway, its channel closes and the
+//! broker requeues what it held: listing never loses a dead letter.
+//!
+//! (The depth comes from the `basic.get` rather than from a passive
+//! `queue.declare` because the broker answers the declare's statistics query
+//! ahead of work it has queued: right after a listing, while the requeue is
+//! still pending, a declare can report an empty queue. A `get` is handled in
+//! order. For the same reason, a depth read right after [`list`] may show
+//! fewer messages for a moment.)
+//!
+//! **Replaying without losing or looping.** [`replay`] moves one message at
+//! a time: publish a copy to the work queue (through the default exchange,
+//! with a publisher confirm), and only then acknowledge the dead letter. A
+//! crash between the two leaves the message in both queues: a duplicate,
+//! which the idempotent handler absorbs, never a loss. The copy starts
+//! afresh (`x-retry-count` reset to 0) and says when it was replayed
+//! (`x-replayed-at`). The number of messages moved is bounded by the DLQ's
+//! depth at the start, so a message that fails again at once and returns to
+//! the DLQ is not replayed a second time in the same run.
+//!
+//! A replayed message joins the *tail* of its queue. On a sharded channel
+//! (see [`crate::sharding`]) that means it comes after later messages of the
+//! same aggregate: replay is an operator's decision, made knowing that.
+
+use std::fmt;
+
+use chrono::Utc;
+use lapin::{
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    },
+    publisher_confirm::Confirmation,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties,
+};
+
+use crate::{
+    amqp,
+    consumer::{FAILURE_REASON, ORIGINAL_QUEUE, RETRY_COUNT},
+};
+
+/// Header with the time a message was dead-lettered (RFC 3339), written by
+/// the consumer.
+pub const FAILED_AT: &str = "x-failed-at";
+/// Header with the time a dead letter was replayed (RFC 3339).
+pub const REPLAYED_AT: &str = "x-replayed-at";
+/// Where the tool connects unless told otherwise.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// How much of a body [`DeadLetter::body_preview`] keeps.
+const PREVIEW_CHARS: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("cannot open queue `{queue}`: {source}")]
+    NoQueue {
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker refused the replayed copy of message {message_id}")]
+    Nacked { message_id: String },
+    #[error("no queue `{queue}` took the replayed copy of message {message_id}")]
+    Unroutable { queue: String, message_id: String },
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+}
+
+/// One dead letter as an operator needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message_id: Option<String>,
+    pub message_type: Option<String>,
+    /// Why it was dead-lettered (`x-failure-reason`).
+    pub failure_reason: Option<String>,
+    /// How many retries it had (`x-retry-count`).
+    pub retry_count: u32,
+    /// When it was dead-lettered (`x-failed-at`).
+    pub failed_at: Option<String>,
+    /// The queue it failed in (`x-original-queue`).
+    pub original_queue: Option<String>,
+    /// When it was replayed before, if it was (`x-replayed-at`).
+    pub replayed_at: Option<String>,
+    /// The start of the body as text, control characters escaped.
+    pub body_preview: String,
+}
+
+impl DeadLetter {
+    fn from_delivery(delivery: &Delivery) -> Self {
+        let properties = &delivery.properties;
+        let header = |key: &str| amqp::header_str(properties.headers(), key);
+        Self {
+            message_id: properties.message_id().as_ref().map(|id| id.to_string()),
+            message_type: properties.kind().as_ref().map(|kind| kind.to_string()),
+            failure_reason: header(FAILURE_REASON),
+            retry_count: retry_count(properties),
+            failed_at: header(FAILED_AT),
+            original_queue: header(ORIGINAL_QUEUE),
+            replayed_at: header(REPLAYED_AT),
+            body_preview: preview(&delivery.data),
+        }
+    }
+}
+
+impl fmt::Display for DeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+        writeln!(
+            f,
+            "message {}  type {}  retries {}  failed at {}",
+            or_dash(&self.message_id),
+            or_dash(&self.message_type),
+            self.retry_count,
+            or_dash(&self.failed_at),
+        )?;
+        writeln!(f, "  reason: {}", or_dash(&self.failure_reason))?;
+        if let Some(replayed_at) = &self.replayed_at {
+            writeln!(f, "  replayed before at {replayed_at}")?;
+        }
+        write!(f, "  body:   {}", self.body_preview)
+    }
+}
+
+/// The work queue and its dead-letter queue, from either name: `orders.x`
+/// and `orders.x.dlq` both mean the pair (`orders.x`, `orders.x.dlq`).
+pub fn queue_pair(name: &str) -> (String, String) {
+    let work = name.strip_suffix(".dlq").unwrap_or(name);
+    (work.to_owned(), format!("{work}.dlq"))
+}
+
+/// The dead letters of `queue` (a work queue, or its `.dlq`), oldest first,
+/// at most `limit` of them, left in place.
+///
+/// Use a channel of its own: the messages are returned with one
+/// `basic.nack(multiple)`, which would also return the caller's other
+/// unacknowledged deliveries on that channel.
+#[tracing::instrument(skip(channel))]
+pub async fn list(
+    channel: &Channel,
+    queue: &str,
+    limit: Option<usize>,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let (_, dlq) = queue_pair(queue);
+    depth(channel, &dlq).await?; // a clear error when there is no such queue
+    let mut bound = limit.unwrap_or(usize::MAX);
+
+    let mut letters = Vec::new();
+    let mut last_tag = None;
+    let mut failure = None;
+    while letters.len() < bound {
+        match channel
+            .basic_get(&dlq, BasicGetOptions { no_ack: false })
+            .await
+        {
+            Ok(Some(message)) => {
+                if letters.is_empty() {
+                    // The depth at the start: this one and those behind it.
+                    bound = bound.min(1 + message.message_count as usize);
+                }
+                last_tag = Some(message.delivery.delivery_tag);
+                letters.push(DeadLetter::from_delivery(&message.delivery));
+            }
+            // Empty (sooner than the count said, if someone took some).
+            Ok(None) => break,
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    // Put every message back where it was, whatever happened above. (Had the
+    // channel died instead, the broker would have requeued them itself.)
+    if let Some(tag) = last_tag {
+        let back = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        channel.basic_nack(tag, back).await?;
+    }
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(letters),
+    }
+}
+
+/// Moves up to `limit` dead letters of `queue` (a work queue, or its `.dlq`)
+/// back into the work queue, oldest first. Returns how many moved.
+///
+/// Puts the channel into confirm mode; use a channel of its own.
+#[tracing::instrument(skip(channel))]
+pub async fn replay(
+    channel: &Channel,
+    queue: &str,
+    limit: Option<usize>,
+) -> Result<usize, DeadLetterError> {
+    let (work, dlq) = queue_pair(queue);
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    // Fail before taking anything if the way back does not exist.
+    depth(channel, &work).await?;
+    depth(channel, &dlq).await?;
+    let mut bound = limit.unwrap_or(usize::MAX);
+
+    let mut moved = 0;
+    while moved < bound {
+        let Some(message) = channel
+            .basic_get(&dlq, BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        if moved == 0 {
+            // The depth at the start, so that what fails again and comes
+            // back meanwhile is not replayed twice in one run.
+            bound = bound.min(1 + message.message_count as usize);
+        }
+        let delivery = message.delivery;
+        match send_back(channel, &work, &delivery).await {
+            // The copy is safe in the work queue: now the original may go.
+            Ok(()) => {
+                channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .await?;
+                moved += 1;
+            }
+            // Not stored: leave the dead letter where it was.
+            Err(error) => {
+                let back = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                if let Err(nack) = channel.basic_nack(delivery.delivery_tag, back).await {
+                    tracing::debug!(error = %nack, "dead letter nack; the channel close requeues it");
+                }
+                return Err(error);
+            }
+        }
+    }
+    tracing::info!(%work, moved, "dead letters replayed");
+    Ok(moved)
+}
+
+/// Publishes a fresh copy of a dead letter to `work` and waits for the
+/// broker's confirm. `mandatory`, so a missing queue is an error rather than
+/// a silent drop.
+async fn send_back(
+    channel: &Channel,
+    work: &str,
+    delivery: &Delivery,
+) -> Result<(), DeadLetterError> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ShortString::from(RETRY_COUNT), AMQPValue::LongUInt(0));
+    headers.insert(
+        ShortString::from(REPLAYED_AT),
+        AMQPValue::LongString(LongString::from(Utc::now().to_rfc3339())),
+    );
+    let properties = delivery.properties.clone().with_headers(headers);
+    let message_id = properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let confirm = channel
+        .basic_publish(
+            "",
+            work,
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(DeadLetterError::Unroutable {
+            queue: work.to_owned(),
+            message_id,
+        }),
+        Confirmation::Nack(_) => Err(DeadLetterError::Nacked { message_id }),
+    }
+}
+
+/// The number of ready messages in `queue`, by a passive declare (which
+/// fails, closing the channel, when the queue does not exist). Used to check
+/// that the queue exists; its count may lag (see the module documentation).
+async fn depth(channel: &Channel, queue: &str) -> Result<usize, DeadLetterError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue, passive, FieldTable::default())
+        .await
+        .map(|declared| declared.message_count() as usize)
+        .map_err(|source| DeadLetterError::NoQueue {
+            queue: queue.to_owned(),
+            source,
+        })
+}
+
+fn retry_count(properties: &BasicProperties) -> u32 {
+    let value = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(RETRY_COUNT).cloned());
+    match value {
+        Some(AMQPValue::LongUInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
+        Some(AMQPValue::LongLongInt(n)) => n.clamp(0, u32::MAX as i64) as u32,
+        Some(AMQPValue::ShortUInt(n)) => n.into(),
+        Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
+        _ => 0,
+    }
+}
+
+/// The first [`PREVIEW_CHARS`] characters of `body` as text, on one line.
+fn preview(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut preview: String = text
+        .chars()
+        .take(PREVIEW_CHARS)
+        .flat_map(|c| {
+            // Newlines and other control characters would break the layout.
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if text.chars().count() > PREVIEW_CHARS {
+        preview.push('…');
+    }
+    preview
+}
+
+/// A connection for the tool, with its I/O on the tokio runtime.
+pub async fn connect(url: &str) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name("dlq".into());
+    Connection::connect(url, properties).await
+}
+
+/// What the `dlq` binary was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    List { queue: String, limit: Option<usize> },
+    Replay { queue: String, limit: Option<usize> },
+    Help,
+}
+
+/// The parsed command line of the `dlq` binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cli {
+    pub command: Command,
+    pub amqp_url: String,
+}
+
+pub const USAGE: &str = "\
+usage: dlq list   <queue> [--limit N] [--amqp-url URL]
+       dlq replay <queue> [--limit N] [--amqp-url URL]
+
+  list     print the dead letters of <queue> (that is, <queue>.dlq) with
+           their failure reason, retry count and a body preview; nothing is
+           consumed
+  replay   move dead letters from <queue>.dlq back to <queue>, oldest first,
+           with the retry count reset
+
+  <queue>      the full queue name, e.g. signalbox.orders.replies
+  --limit N    at most N messages
+  --amqp-url   broker URL (default: $APP__AMQP__URL, else
+               amqp://guest:guest@127.0.0.1:5672/%2f)";
+
+/// Parses the arguments after the program name. `env_url` is the value of
+/// `APP__AMQP__URL`, if set.
+pub fn parse_args(
+    args: impl IntoIterator<Item = String>,
+    env_url: Option<String>,
+) -> Result<Cli, String> {
+    let mut amqp_url = env_url.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+    let mut limit = None;
+    let mut positional = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "help" => {
+                return Ok(Cli {
+                    command: Command::Help,
+                    amqp_url,
+                })
+            }
+            "--limit" => {
+                let value = args.next().ok_or("--limit needs a number")?;
+                let n = value
+                    .parse()
+                    .map_err(|_| format!("--limit needs a number, not `{value}`"))?;
+                limit = Some(n);
+            }
+            "--amqp-url" => amqp_url = args.next().ok_or("--amqp-url needs a URL")?,
+            flag if flag.starts_with("--") => return Err(format!("unknown option `{flag}`")),
+            _ => positional.push(arg),
+        }
+    }
+    let command = match positional.as_slice() {
+        [verb, queue] if verb == "list" => Command::List {
+            queue: queue.clone(),
+            limit,
+        },
+        [verb, queue] if verb == "replay" => Command::Replay {
+            queue: queue.clone(),
+            limit,
+        },
+        [] => return Err("missing command".to_owned()),
+        [verb, ..] if verb != "list" && verb != "replay" => {
+            return Err(format!("unknown command `{verb}`"))
+        }
+        _ => return Err("expected exactly one queue name".to_owned()),
+    };
+    Ok(Cli { command, amqp_url })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_command_line_names_the_queue_the_limit_and_the_broker() {
+        let cli = parse_args(args("replay q.x --limit 5 --amqp-url amqp://b"), None).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Replay {
+                queue: "q.x".into(),
+                limit: Some(5)
+            }
+        );
+        assert_eq!(cli.amqp_url, "amqp://b");
+    }
+
+    #[test]
+    fn the_broker_url_comes_from_the_environment_then_the_default() {
+        let cli = parse_args(args("list q.x"), Some("amqp://env".into())).unwrap();
+        assert_eq!(cli.amqp_url, "amqp://env");
+        let cli = parse_args(args("list q.x"), None).unwrap();
+        assert_eq!(cli.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(
+            cli.command,
+            Command::List {
+                queue: "q.x".into(),
+                limit: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_wrong_command_line_is_refused_with_a_reason() {
+        for (line, reason) in [
+            ("", "missing command"),
+            ("purge q", "unknown command"),
+            ("list", "exactly one queue"),
+            ("list a b", "exactly one queue"),
+            ("list q --limit x", "needs a number"),
+            ("list q --force", "unknown option"),
+        ] {
+            let error = parse_args(args(line), None).unwrap_err();
+            assert!(error.contains(reason), "{line:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn either_name_of_the_pair_means_the_pair() {
+        let pair = (
+            "t1.orders.replies".to_owned(),
+            "t1.orders.replies.dlq".to_owned(),
+        );
+        assert_eq!(queue_pair("t1.orders.replies"), pair);
+        assert_eq!(queue_pair("t1.orders.replies.dlq"), pair);
+    }
+
+    #[test]
+    fn a_preview_is_one_bounded_line() {
+        assert_eq!(preview(b"{\"a\":\n1}"), "{\"a\":\\n1}");
+        let long = "x".repeat(PREVIEW_CHARS + 10);
+        let shown = preview(long.as_bytes());
+        assert_eq!(shown.chars().count(), PREVIEW_CHARS + 1);
+        assert!(shown.ends_with('…'));
+    }
+}

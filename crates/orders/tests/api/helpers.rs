@@ -1,0 +1,400 @@
+//! Test harness: an orders service on port 0 with a fresh database and a
+//! random AMQP namespace, a fake catalog for pricing (gRPC), and NO catalog
+//! consumer: nothing answers `reserve_stock` unless the test does.
+//!
+//! The test watches the broker through two private queues declared before
+//! the first order: one bound to the order events, one bound to the catalog
+//! commands. The second also makes the saga's commands routable (the relay
+//! publishes them `mandatory`), standing in for catalog's command queue.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeleteOptions},
+    types::FieldTable,
+    Channel,
+};
+use signalbox_messages::{
+    catalog::{ReservationOutcome, ReserveStockReply},
+    channels::{commands, Namespace},
+    Envelope,
+};
+use signalbox_messaging::{amqp, topology, Broker, ConfirmedPublisher, Outgoing, RetryPolicy};
+use signalbox_orders::{
+    config::{SagaSettings, Upstreams},
+    Application, Settings,
+};
+use signalbox_platform::config::{AmqpSettings, DatabaseSettings, ListenSettings};
+use signalbox_proto::{
+    catalog::v1::{
+        catalog_service_server::{CatalogService, CatalogServiceServer},
+        BatchGetProductsRequest, BatchGetProductsResponse, GetProductRequest, ListProductsRequest,
+        ListProductsResponse, Product,
+    },
+    orders::v1::{
+        order_service_client::OrderServiceClient, CreateOrderRequest, GetOrderRequest, LineItem,
+        Order,
+    },
+};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{transport::Channel as GrpcChannel, Request, Response, Status};
+use uuid::Uuid;
+
+/// The longest any awaited event may take.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The price the fake catalog quotes for every product.
+pub const UNIT_PRICE_CENTS: i64 = 250;
+
+/// The most shards the command observer listens on. The saga may route
+/// commands to sharded keys (`<type>.<shard>`, see
+/// `signalbox_messaging::sharding`); the observer binds the plain key and
+/// every shard key up to this bound, so it sees the commands either way.
+const MAX_SHARDS: usize = 32;
+
+/// Settings for a saga whose deadline passes quickly.
+pub fn quick_deadline() -> SagaSettings {
+    SagaSettings {
+        reservation_timeout_secs: 1,
+        sweep_interval_ms: 100,
+    }
+}
+
+/// Settings for a saga whose deadline never passes during a test; tests
+/// then call `saga_timeouts::sweep` themselves.
+pub fn distant_deadline() -> SagaSettings {
+    SagaSettings {
+        reservation_timeout_secs: 3600,
+        sweep_interval_ms: 100,
+    }
+}
+
+pub struct TestApp {
+    pub orders: OrderServiceClient<GrpcChannel>,
+    /// The orders database, for assertions and for running sweeps directly.
+    pub pool: PgPool,
+    pub ns: Namespace,
+    /// Order events (`order.*`) as the broker routes them.
+    pub events: Tap,
+    /// Catalog commands (`reserve_stock`, `release_stock`).
+    pub commands: Tap,
+    /// The test's own connection (observers, replies it publishes).
+    broker: Arc<Broker>,
+    /// Keeps the observers' channel open.
+    _channel: Channel,
+    database: String,
+    shutdown: CancellationToken,
+    app: JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
+    // Logs go through the test harness: shown for failing tests only.
+    let _ = tracing_subscriber_init();
+    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let ns = Namespace::new(prefix.clone());
+    let database = format!("{prefix}_orders");
+    let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+    sqlx::query(&format!(r#"CREATE DATABASE "{database}""#))
+        .execute(&mut admin)
+        .await?;
+    let database_url = format!("{SERVER}/{database}");
+
+    let shutdown = CancellationToken::new();
+    let catalog = serve_fake_catalog(shutdown.clone()).await?;
+
+    // The observers first: the saga's first command must find a queue.
+    let broker = Broker::connect(AMQP, ns.clone(), "orders-test", DEADLINE).await?;
+    let channel = broker.channel().await?;
+    let events_queue = topology::declare_instance_queue(&channel, &ns, &["order.*"]).await?;
+    let commands_queue = topology::declare_instance_queue(&channel, &ns, &[]).await?;
+    for key in command_keys() {
+        channel
+            .queue_bind(
+                &commands_queue,
+                &ns.commands_exchange(),
+                &key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let events = Tap::open(&channel, &events_queue, "test-events").await?;
+    let commands = Tap::open(&channel, &commands_queue, "test-commands").await?;
+
+    let amqp = AmqpSettings {
+        url: AMQP.to_owned(),
+        namespace: prefix,
+        connect_timeout_secs: 15,
+    };
+    let settings = Settings {
+        grpc: ListenSettings::ephemeral(),
+        http: ListenSettings::ephemeral(),
+        database: DatabaseSettings {
+            url: database_url.clone(),
+            max_connections: 5,
+        },
+        amqp,
+        upstreams: Upstreams {
+            catalog,
+            catalog_timeout_ms: 2_000,
+        },
+        saga,
+        ..Settings::default()
+    };
+    let app = Application::build(settings).await?;
+    let grpc_port = app.grpc_port();
+    let app = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let orders = OrderServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))?
+            .connect()
+            .await?,
+    );
+    let pool = PgPool::connect(&database_url).await?;
+
+    Ok(TestApp {
+        orders,
+        pool,
+        ns,
+        events,
+        commands,
+        broker,
+        _channel: channel,
+        database,
+        shutdown,
+        app,
+    })
+}
+
+fn tracing_subscriber_init() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn,sqlx=warn".into()),
+        )
+        .with_test_writer()
+        .try_init()
+}
+
+/// Every routing key a catalog command may carry: plain, or sharded.
+fn command_keys() -> Vec<String> {
+    [commands::RESERVE_STOCK, commands::RELEASE_STOCK]
+        .into_iter()
+        .flat_map(|command| {
+            std::iter::once(command.to_owned())
+                .chain((0..MAX_SHARDS).map(move |shard| format!("{command}.{shard}")))
+        })
+        .collect()
+}
+
+impl TestApp {
+    /// Places an order of two units of one (fake) product for `user_id`.
+    pub async fn place_order(&self, user_id: &str) -> anyhow::Result<Order> {
+        let request = CreateOrderRequest {
+            user_id: user_id.to_owned(),
+            items: vec![LineItem {
+                product_id: Uuid::now_v7().to_string(),
+                quantity: 2,
+            }],
+        };
+        Ok(self
+            .orders
+            .clone()
+            .create_order(request)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn get_order(&self, user_id: &str, order_id: &str) -> anyhow::Result<Order> {
+        let request = GetOrderRequest {
+            user_id: user_id.to_owned(),
+            order_id: order_id.to_owned(),
+        };
+        Ok(self.orders.clone().get_order(request).await?.into_inner())
+    }
+
+    /// Publishes catalog's answer to the order's reservation onto the
+    /// orders reply channel, as catalog's relay would.
+    pub async fn reply(
+        &self,
+        order_id: Uuid,
+        outcome: ReservationOutcome,
+    ) -> anyhow::Result<Envelope> {
+        let envelope =
+            Envelope::new::<ReserveStockReply>().with_correlation_id(order_id.to_string());
+        let reply = ReserveStockReply { order_id, outcome };
+        let message = Outgoing::reply(&self.ns.orders_replies_queue(), envelope.clone(), &reply);
+        let publisher = ConfirmedPublisher::new(&self.broker).await?;
+        publisher.publish(&message).await?;
+        publisher.close().await;
+        Ok(envelope)
+    }
+
+    /// The test's own broker connection, in the service's namespace.
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Messages waiting in the dead-letter queue of the orders reply channel.
+    pub async fn dead_replies(&self) -> anyhow::Result<u32> {
+        let channel = self.broker.channel().await?;
+        let declared = channel
+            .queue_declare(
+                &Namespace::dead_letter_queue(&self.ns.orders_replies_queue()),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
+    }
+
+    /// Stops the service and removes everything the test created.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.app.await??;
+        let channel = self.broker.channel().await?;
+        let replies = self.ns.orders_replies_queue();
+        let mut queues = vec![replies.clone(), Namespace::dead_letter_queue(&replies)];
+        queues.extend(
+            (0..RetryPolicy::default().delays.len())
+                .map(|attempt| topology::retry_queue(&replies, attempt)),
+        );
+        for queue in &queues {
+            channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [
+            self.ns.events_exchange(),
+            self.ns.commands_exchange(),
+            self.ns.inbound_exchange(),
+            self.ns.dead_letter_exchange(),
+        ] {
+            channel
+                .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                .await?;
+        }
+        self.broker.close().await;
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+        sqlx::query(&format!(
+            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+            self.database
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Reads a queue as a test observer: an auto-ack consumer whose deliveries
+/// are awaited with a deadline.
+pub struct Tap {
+    consumer: lapin::Consumer,
+}
+
+impl Tap {
+    async fn open(channel: &Channel, queue: &str, tag: &str) -> anyhow::Result<Self> {
+        let consumer = channel
+            .basic_consume(
+                queue,
+                tag,
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { consumer })
+    }
+
+    pub async fn next(&mut self) -> anyhow::Result<(Envelope, Delivery)> {
+        match tokio::time::timeout(DEADLINE, self.consumer.next()).await {
+            Ok(Some(delivery)) => {
+                let delivery = delivery?;
+                Ok((amqp::from_properties(&delivery.properties)?, delivery))
+            }
+            Ok(None) => anyhow::bail!("the observer was cancelled"),
+            Err(_) => anyhow::bail!("nothing arrived within {DEADLINE:?}"),
+        }
+    }
+
+    /// The next message of type `message_type`, skipping others.
+    pub async fn next_of(
+        &mut self,
+        message_type: &str,
+    ) -> anyhow::Result<(Envelope, serde_json::Value)> {
+        loop {
+            let (envelope, delivery) = self.next().await?;
+            if envelope.message_type == message_type {
+                return Ok((envelope, serde_json::from_slice(&delivery.data)?));
+            }
+        }
+    }
+}
+
+/// Serves a catalog that quotes every product it is asked about at
+/// [`UNIT_PRICE_CENTS`]; returns its URL.
+async fn serve_fake_catalog(shutdown: CancellationToken) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let incoming = signalbox_platform::serve::grpc_incoming(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(CatalogServiceServer::new(FakeCatalog))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
+    // The fake catalog: answers pricing calls until the test ends.
+    tokio::spawn(server);
+    Ok(url)
+}
+
+struct FakeCatalog;
+
+#[tonic::async_trait]
+impl CatalogService for FakeCatalog {
+    async fn get_product(
+        &self,
+        _request: Request<GetProductRequest>,
+    ) -> Result<Response<Product>, Status> {
+        Err(Status::unimplemented("the fake catalog only prices"))
+    }
+
+    async fn list_products(
+        &self,
+        _request: Request<ListProductsRequest>,
+    ) -> Result<Response<ListProductsResponse>, Status> {
+        Ok(Response::new(ListProductsResponse::default()))
+    }
+
+    async fn batch_get_products(
+        &self,
+        request: Request<BatchGetProductsRequest>,
+    ) -> Result<Response<BatchGetProductsResponse>, Status> {
+        let products = request
+            .into_inner()
+            .ids
+            .into_iter()
+            .map(|id| Product {
+                sku: format!("SKU-{id}"),
+                name: "Thing".to_owned(),
+                id,
+                price_cents: UNIT_PRICE_CENTS,
+                currency: "EUR".to_owned(),
+                stock: 100,
+            })
+            .collect();
+        Ok(Response::new(BatchGetProductsResponse {
+            products,
+            missing: Vec::new(),
+        }))
+    }
+}

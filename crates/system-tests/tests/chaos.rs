@@ -1,0 +1,259 @@
+//! Chaos: orders keep flowing while the broker misbehaves, and afterwards
+//! everything adds up.
+//!
+//! At least 200 orders are placed through the gateway while broker
+//! connections are force-closed several times (`rabbitmqctl
+//! close_all_connections`) and the broker application is restarted
+//! (`rabbitmqctl stop_app` / `start_app`). Then every accepted order must end
+//! APPROVED or REJECTED, each product's stock must equal its initial stock
+//! minus exactly the approved quantities, and every dead-letter queue must be
+//! empty.
+//!
+//! This test disturbs every other user of the broker, so it is `#[ignore]`d
+//! and `scripts/test` runs it alone, after everything else:
+//! `cargo test -p signalbox-system-tests --test chaos -- --ignored --nocapture`.
+//! `SIGNALBOX_RABBITMQCTL` names the control command (default `rabbitmqctl`).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::Value;
+use signalbox_messages::channels::Namespace;
+use signalbox_system_tests::{api::User, infra, products, Api, TestSystem};
+use tokio::{sync::Semaphore, task::JoinSet};
+
+const ORDERS: usize = 200;
+const USERS: usize = 8;
+/// Orders in flight at once, like a handful of busy browsers.
+const CONCURRENCY: usize = 8;
+/// The orders are spread over this long, so that they are placed before,
+/// during and after every fault (the faults take about nine seconds).
+const WORKLOAD_SPAN: Duration = Duration::from_secs(10);
+/// How long the system may take to settle after the last fault.
+const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(180);
+
+const ALL_PRODUCTS: [&str; 5] = [
+    products::LAMP,
+    "0193a4c0-0000-7000-8000-000000000002",
+    "0193a4c0-0000-7000-8000-000000000003",
+    products::TABLET,
+    products::FLAG,
+];
+
+#[derive(Debug, Clone)]
+struct Placed {
+    user: usize,
+    order_id: String,
+    product: &'static str,
+    quantity: i64,
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let program = std::env::var("SIGNALBOX_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let output = std::process::Command::new(&program).args(args).output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The faults, spread over the time the orders are being placed. Returns
+/// when the last fault is over (the broker is running again).
+async fn inject_faults() -> anyhow::Result<Instant> {
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    pause(500).await;
+    for round in 1..=2 {
+        println!("chaos: close_all_connections (round {round})");
+        tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "chaos test"]))
+            .await??;
+        pause(1500).await;
+    }
+    println!("chaos: stop_app");
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await??;
+    pause(3000).await;
+    println!("chaos: start_app");
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"])).await??;
+    pause(2000).await;
+    println!("chaos: close_all_connections (round 3)");
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "chaos test"])).await??;
+    Ok(Instant::now())
+}
+
+/// Places one order; `None` when the gateway did not accept it.
+async fn place(
+    api: &Api,
+    users: &[User],
+    rng_seed: u64,
+    index: usize,
+) -> anyhow::Result<Option<Placed>> {
+    let mut rng = StdRng::seed_from_u64(rng_seed.wrapping_add(index as u64));
+    let user = rng.gen_range(0..users.len());
+    let product = ALL_PRODUCTS[rng.gen_range(0..ALL_PRODUCTS.len())];
+    let quantity = rng.gen_range(1..=3);
+    let response = api
+        .place_order(&users[user], &[(product, quantity)])
+        .await?;
+    if response.status() != StatusCode::ACCEPTED {
+        println!("chaos: order {index} not accepted: {}", response.status());
+        return Ok(None);
+    }
+    let body: Value = response.json().await?;
+    let order_id = body["order_id"].as_str().unwrap_or_default().to_owned();
+    Ok(Some(Placed {
+        user,
+        order_id,
+        product,
+        quantity,
+    }))
+}
+
+/// The state of every order of every user, by order id.
+async fn states(api: &Api, users: &[User]) -> anyhow::Result<HashMap<String, String>> {
+    let mut states = HashMap::new();
+    for user in users {
+        let listed: Value = api
+            .http()
+            .get(api.url("/api/orders"))
+            .bearer_auth(&user.access_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for order in listed["orders"].as_array().into_iter().flatten() {
+            states.insert(
+                order["id"].as_str().unwrap_or_default().to_owned(),
+                order["state"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    Ok(states)
+}
+
+/// Every dead-letter and retry queue of the namespace, with its depth.
+async fn dead_letters(ns: &Namespace) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut depths = Vec::new();
+    for queue in infra::durable_queues(ns) {
+        if queue.ends_with(".dlq") {
+            depths.push((queue.clone(), infra::queue_depth(&queue).await?));
+        }
+    }
+    Ok(depths)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "restarts the broker: run alone, after the other tests (scripts/test does)"]
+async fn every_accepted_order_settles_and_stock_adds_up_despite_broker_faults() -> anyhow::Result<()>
+{
+    let system = TestSystem::start().await?;
+    let api = system.api.clone();
+    let seed: u64 = rand::thread_rng().gen();
+    println!("chaos: seed {seed}");
+
+    let mut users = Vec::new();
+    for _ in 0..USERS {
+        users.push(api.new_user().await?);
+    }
+    let users = Arc::new(users);
+    let mut initial = HashMap::new();
+    for product in ALL_PRODUCTS {
+        initial.insert(product, api.stock(product).await?);
+    }
+
+    // Act: the workload and the faults run side by side.
+    let started = tokio::time::Instant::now();
+    let faults = tokio::spawn(inject_faults());
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut workload = JoinSet::new();
+    for index in 0..ORDERS {
+        // A schedule, not a synchronisation: order `index` is due at its
+        // slot of the span.
+        tokio::time::sleep_until(started + WORKLOAD_SPAN * index as u32 / ORDERS as u32).await;
+        let permit = limit.clone().acquire_owned().await?;
+        let (api, users) = (api.clone(), users.clone());
+        workload.spawn(async move {
+            let _permit = permit;
+            place(&api, &users, seed, index).await
+        });
+    }
+    let mut accepted = Vec::new();
+    while let Some(placed) = workload.join_next().await {
+        if let Some(placed) = placed?? {
+            accepted.push(placed);
+        }
+    }
+    println!(
+        "chaos: {} orders accepted in {:.1} s",
+        accepted.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let last_fault = faults.await??;
+
+    // Await convergence: no accepted order left PENDING (polling the public
+    // API with a deadline, as a client would).
+    let settled = loop {
+        let states = states(&api, &users).await?;
+        let pending = accepted
+            .iter()
+            .filter(|p| states.get(&p.order_id).is_none_or(|s| s == "PENDING"))
+            .count();
+        if pending == 0 {
+            break states;
+        }
+        anyhow::ensure!(
+            last_fault.elapsed() < CONVERGENCE_DEADLINE,
+            "{pending} orders still pending {CONVERGENCE_DEADLINE:?} after the last fault"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let converged_after = last_fault.elapsed();
+
+    // Assert: every order decided, stock = initial - approved, no dead letters.
+    let approved: Vec<&Placed> = accepted
+        .iter()
+        .filter(|p| settled[&p.order_id] == "APPROVED")
+        .collect();
+    let rejected = accepted
+        .iter()
+        .filter(|p| settled[&p.order_id] == "REJECTED")
+        .count();
+    let lost = accepted.len() - approved.len() - rejected;
+    println!(
+        "chaos: accepted {} / approved {} / rejected {} / lost {lost}; converged {:.1} s after the last fault",
+        accepted.len(),
+        approved.len(),
+        rejected,
+        converged_after.as_secs_f64()
+    );
+    assert!(
+        accepted.len() >= ORDERS,
+        "every order was accepted (202) even while the broker was down"
+    );
+    assert_eq!(lost, 0);
+    for product in ALL_PRODUCTS {
+        let taken: i64 = approved
+            .iter()
+            .filter(|p| p.product == product)
+            .map(|p| p.quantity)
+            .sum();
+        let stock = api.stock(product).await?;
+        assert_eq!(stock, initial[product] - taken, "stock of {product}");
+    }
+    let users_with_orders = accepted
+        .iter()
+        .map(|p| p.user)
+        .collect::<std::collections::HashSet<_>>();
+    assert!(users_with_orders.len() > 1);
+    for (queue, depth) in dead_letters(&system.namespace).await? {
+        assert_eq!(depth, 0, "{queue} holds dead letters");
+    }
+
+    system.stop().await
+}
