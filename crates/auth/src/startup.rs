@@ -54,17 +54,11 @@ impl Application {
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc_listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(0)
+        serve::port(&self.grpc_listener)
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http_listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(0)
+        serve::port(&self.http_listener)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -81,18 +75,12 @@ impl Application {
             jwks,
         } = self;
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<AuthServiceServer<AuthGrpc>>()
-            .await;
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(serve::reflection(signalbox_proto::FILE_DESCRIPTOR_SET)?)
-            .add_service(AuthServiceServer::new(AuthGrpc::new(auth, jwks.clone())))
-            .serve_with_incoming_shutdown(
-                serve::grpc_incoming(grpc_listener),
-                shutdown.clone().cancelled_owned(),
-            );
+        let grpc = serve::grpc(
+            grpc_listener,
+            AuthServiceServer::new(AuthGrpc::new(auth, jwks.clone())),
+            signalbox_proto::FILE_DESCRIPTOR_SET,
+            shutdown.clone(),
+        );
 
         let router = http::router(jwks).merge(Health::new().database(pool.clone()).router());
         let http = serve::http(http_listener, router, shutdown.clone());
@@ -102,7 +90,7 @@ impl Application {
             vec![
                 // Register, Login, Refresh, Token, Revoke, GetJwks for the
                 // gateway, plus the gRPC health protocol and reflection.
-                serve::task("grpc", async move { Ok(grpc.await?) }),
+                serve::task("grpc", grpc),
                 // The JWKS for token verifiers, and liveness / readiness.
                 serve::task("http", async move { Ok(http.await?) }),
             ],

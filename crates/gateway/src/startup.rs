@@ -57,7 +57,7 @@ impl Application {
     }
 
     pub fn http_port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        serve::port(&self.listener)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {

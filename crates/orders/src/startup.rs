@@ -77,17 +77,11 @@ impl Application {
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc_listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(0)
+        serve::port(&self.grpc_listener)
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http_listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(0)
+        serve::port(&self.http_listener)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -101,22 +95,16 @@ impl Application {
             sweeper,
         } = self;
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<OrderServiceServer<OrdersGrpc>>()
-            .await;
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(serve::reflection(signalbox_proto::FILE_DESCRIPTOR_SET)?)
-            .add_service(OrderServiceServer::new(OrdersGrpc::new(
+        let grpc = serve::grpc(
+            grpc_listener,
+            OrderServiceServer::new(OrdersGrpc::new(
                 pool.clone(),
                 catalog,
                 broker.namespace().clone(),
-            )))
-            .serve_with_incoming_shutdown(
-                serve::grpc_incoming(grpc_listener),
-                shutdown.clone().cancelled_owned(),
-            );
+            )),
+            signalbox_proto::FILE_DESCRIPTOR_SET,
+            shutdown.clone(),
+        );
 
         let attached = consumer.attached();
         let health = Health::new()
@@ -140,7 +128,7 @@ impl Application {
         let result = serve::run_all(
             shutdown.clone(),
             vec![
-                serve::task("grpc", async move { Ok(grpc.await?) }),
+                serve::task("grpc", grpc),
                 serve::task("http", async move { Ok(http.await?) }),
                 serve::task("replies", async move { Ok(consuming.await?) }),
                 serve::task("outbox-relay", async move {

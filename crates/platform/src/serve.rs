@@ -35,6 +35,46 @@ pub async fn http(
     .await
 }
 
+/// The port a listener is bound to (the real one when port 0 was asked for).
+pub fn port(listener: &TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or(0)
+}
+
+/// Serves one gRPC service until `shutdown`, together with what every
+/// Signalbox gRPC server offers: the standard health protocol
+/// (`grpc.health.v1`, reporting the service SERVING) and reflection over
+/// `file_descriptor_set`.
+pub async fn grpc<S>(
+    listener: TcpListener,
+    service: S,
+    file_descriptor_set: &'static [u8],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection(file_descriptor_set)?)
+        .add_service(service)
+        .serve_with_incoming_shutdown(grpc_incoming(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
 /// A pre-bound listener as the incoming-connection stream tonic serves from.
 pub fn grpc_incoming(listener: TcpListener) -> TcpListenerStream {
     TcpListenerStream::new(listener)

@@ -67,10 +67,7 @@ impl Application {
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http_listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(0)
+        serve::port(&self.http_listener)
     }
 
     /// The instance's random epoch (the prefix of every stream position it
