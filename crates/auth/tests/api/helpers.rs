@@ -10,13 +10,12 @@ use signalbox_proto::auth::v1::{
     RegisterRequest, RegisterResponse, RevokeRequest, TokenError, TokenGrantResponse, TokenRequest,
     TokenResponse,
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use signalbox_testkit::{broker::random_namespace, db};
+use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
-
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -44,21 +43,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         telemetry::init("auth-test", Default::default());
     }
 
-    let db_name = format!("auth_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&format!("{SERVER}/postgres"))
-        .await
-        .expect("connect to postgres");
-    admin
-        .execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
+    let database = db::TestDatabase::create(format!("{}_auth", random_namespace()))
         .await
         .expect("create test database");
-    admin.close().await.ok();
 
     let mut settings = Settings {
         grpc: ListenSettings::ephemeral(),
         http: ListenSettings::ephemeral(),
         database: DatabaseSettings {
-            url: format!("{SERVER}/{db_name}"),
+            url: database.url,
             max_connections: 10,
         },
         ..Settings::default()
@@ -84,7 +77,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         settings,
         client,
         db,
-        db_name,
+        db_name: database.name,
         shutdown,
         server: Some(server),
     }
@@ -195,24 +188,10 @@ impl Drop for TestApp {
         }
         let db_name = std::mem::take(&mut self.db_name);
         // `Drop` cannot await; a separate thread with its own runtime can.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for cleanup");
-            runtime.block_on(async move {
-                let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
-                admin
-                    .execute(
-                        format!(r#"DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)"#).as_str(),
-                    )
-                    .await?;
-                admin.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test database: {dropped:?}");
+        let dropped =
+            signalbox_testkit::block_on_thread(async move { db::drop_database(&db_name).await });
+        if let Err(error) = dropped {
+            eprintln!("could not drop the test database: {error:#}");
         }
     }
 }

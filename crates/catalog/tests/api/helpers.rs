@@ -3,14 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
-use lapin::{
-    options::{
-        BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-    },
-    types::FieldTable,
-    Channel,
-};
+use lapin::{options::QueueDeclareOptions, types::FieldTable, Channel};
 use signalbox_catalog::{Application, Settings};
 use signalbox_messages::{
     catalog::{ReleaseStock, ReserveStock, ReserveStockReply},
@@ -21,15 +14,16 @@ use signalbox_messages::{
 };
 use signalbox_messaging::{amqp, Broker, ConfirmedPublisher, Outgoing, Shards};
 use signalbox_platform::config::{AmqpSettings, DatabaseSettings, ListenSettings};
-use sqlx::{Connection, PgConnection, PgPool};
+use signalbox_testkit::{
+    broker::{self, amqp_url, Tap},
+    db::TestDatabase,
+};
+use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const DEADLINE: Duration = Duration::from_secs(15);
-
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub use signalbox_testkit::DEADLINE;
 
 /// Seeded products (`migrations/catalog/0002_seed_products.sql`).
 pub const LAMP: Uuid = Uuid::from_u128(0x0193a4c0_0000_7000_8000_000000000001);
@@ -45,7 +39,7 @@ pub struct TestApp {
     replies: Replies,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
-    database: String,
+    database: TestDatabase,
 }
 
 /// The test's private reply queue: server-named, exclusive, read with a
@@ -53,35 +47,24 @@ pub struct TestApp {
 struct Replies {
     name: String,
     _channel: Channel,
-    consumer: lapin::Consumer,
+    tap: Tap,
 }
 
 pub async fn spawn_app() -> anyhow::Result<TestApp> {
     // Logs go through the test harness: shown for failing tests only.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn,sqlx=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let database = format!("{prefix}_catalog");
-    let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
-    sqlx::query(&format!(r#"CREATE DATABASE "{database}""#))
-        .execute(&mut admin)
-        .await?;
-    let url = format!("{SERVER}/{database}");
+    signalbox_platform::telemetry::init_for_tests();
+    let prefix = broker::random_namespace();
+    let database = TestDatabase::create(format!("{prefix}_catalog")).await?;
 
     let settings = Settings {
         grpc: ListenSettings::ephemeral(),
         http: ListenSettings::ephemeral(),
         database: DatabaseSettings {
-            url: url.clone(),
+            url: database.url.clone(),
             max_connections: 4,
         },
         amqp: AmqpSettings {
-            url: AMQP.to_owned(),
+            url: amqp_url(),
             namespace: prefix.clone(),
             connect_timeout_secs: 10,
         },
@@ -93,7 +76,7 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     let ns = Namespace::new(prefix);
-    let broker = Broker::connect(AMQP, ns.clone(), "catalog-test", DEADLINE).await?;
+    let broker = Broker::connect(&amqp_url(), ns.clone(), "catalog-test", DEADLINE).await?;
     let channel = broker.channel().await?;
     let exclusive = QueueDeclareOptions {
         exclusive: true,
@@ -104,23 +87,17 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
         .queue_declare("", exclusive, FieldTable::default())
         .await?;
     let name = queue.name().as_str().to_owned();
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let consumer = channel
-        .basic_consume(&name, "replies", no_ack, FieldTable::default())
-        .await?;
+    let tap = Tap::open(&channel, &name).await?;
 
     Ok(TestApp {
         ns,
-        pool: PgPool::connect(&url).await?,
+        pool: PgPool::connect(&database.url).await?,
         broker,
         shards,
         replies: Replies {
             name,
             _channel: channel,
-            consumer,
+            tap,
         },
         shutdown,
         task,
@@ -181,11 +158,7 @@ impl TestApp {
 
     /// The next message on the test's reply queue, as a reservation reply.
     pub async fn next_reply(&mut self) -> anyhow::Result<ReserveStockReply> {
-        let delivery = match tokio::time::timeout(DEADLINE, self.replies.consumer.next()).await {
-            Ok(Some(delivery)) => delivery?,
-            Ok(None) => anyhow::bail!("the reply consumer was cancelled"),
-            Err(_) => anyhow::bail!("no reply within {DEADLINE:?}"),
-        };
+        let delivery = self.replies.tap.next().await?;
         let envelope = amqp::from_properties(&delivery.properties)?;
         Ok(decode(&envelope, &delivery.data)?)
     }
@@ -245,34 +218,16 @@ impl TestApp {
     pub async fn cleanup(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.await??;
-        let channel = self.broker.channel().await?;
-        for queue in self.shards.queues(&self.ns.catalog_commands_queue()) {
-            for name in [Namespace::dead_letter_queue(&queue), queue] {
-                channel
-                    .queue_delete(&name, QueueDeleteOptions::default())
-                    .await?;
-            }
-        }
-        for exchange in [
-            self.ns.events_exchange(),
-            self.ns.commands_exchange(),
-            self.ns.inbound_exchange(),
-            self.ns.dead_letter_exchange(),
-        ] {
-            channel
-                .exchange_delete(&exchange, ExchangeDeleteOptions::default())
-                .await?;
-        }
+        let queues: Vec<String> = self
+            .shards
+            .queues(&self.ns.catalog_commands_queue())
+            .into_iter()
+            .flat_map(|queue| [Namespace::dead_letter_queue(&queue), queue])
+            .collect();
+        broker::delete_namespace(&self.ns, &queues).await?;
         self.broker.close().await;
         self.pool.close().await;
-        let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
-        sqlx::query(&format!(
-            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
-            self.database
-        ))
-        .execute(&mut admin)
-        .await?;
-        Ok(())
+        self.database.drop().await
     }
 }
 

@@ -4,7 +4,7 @@ use serde_json::json;
 use signalbox_platform::tokens::now_secs;
 
 use crate::helpers::{
-    assert_problem, claims, spawn_app, spawn_app_with, www_authenticate, TestKeys, World,
+    assert_problem, claims, spawn_app, spawn_app_with, www_authenticate, TestKey, World,
 };
 
 #[tokio::test]
@@ -109,7 +109,7 @@ async fn a_token_for_another_audience_is_a_401_invalid_token() {
 #[tokio::test]
 async fn a_token_signed_by_an_unpublished_key_is_a_401_invalid_token() {
     let app = spawn_app().await;
-    let impostor = TestKeys::generate();
+    let impostor = TestKey::generate();
 
     let response = app
         .get_as("/api/orders", &impostor.sign(&claims("user-1")))

@@ -4,26 +4,20 @@
 
 use std::time::Duration;
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use ed25519_dalek::{pkcs8::EncodePrivateKey, SigningKey};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{header, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 use signalbox_gateway::{
     config::{Timeouts, Upstreams},
     Application, Settings,
 };
-use signalbox_platform::{
-    config::{ListenSettings, VerifierSettings},
-    tokens::{now_secs, AccessClaims},
-};
+use signalbox_platform::config::{ListenSettings, VerifierSettings};
+use signalbox_testkit::tokens::{serve_jwks, AUDIENCE, ISSUER};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::fakes;
 
-pub const ISSUER: &str = "signalbox-auth";
-pub const AUDIENCE: &str = "signalbox";
+pub use signalbox_testkit::tokens::{claims, TestKey};
 
 /// Which parts of the world around the gateway are up.
 pub struct World {
@@ -64,7 +58,7 @@ impl World {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    pub keys: TestKeys,
+    pub keys: TestKey,
     /// Stops the gateway, the fakes and the JWKS server when the test ends.
     _stop: DropGuard,
 }
@@ -81,10 +75,12 @@ pub async fn spawn_app_with(world: World) -> TestApp {
 /// Like [`spawn_app_with`], with the gateway's settings adjusted last.
 pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let stop = CancellationToken::new();
-    let keys = TestKeys::generate();
+    let keys = TestKey::generate();
 
     let jwks_url = if world.jwks {
-        serve_jwks(keys.jwks(), stop.clone()).await
+        serve_jwks(keys.jwks(), stop.clone())
+            .await
+            .expect("serve the JWKS")
     } else {
         format!("http://{}/.well-known/jwks.json", closed_address().await)
     };
@@ -142,86 +138,6 @@ async fn closed_address() -> String {
     let address = listener.local_addr().expect("address").to_string();
     drop(listener);
     address
-}
-
-/// Serves `jwks` the way the auth service's HTTP side does; returns its URL.
-async fn serve_jwks(jwks: Value, stop: CancellationToken) -> String {
-    let router = axum::Router::new().route(
-        "/.well-known/jwks.json",
-        axum::routing::get(move || {
-            let jwks = jwks.clone();
-            async move { axum::Json(jwks) }
-        }),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind jwks");
-    let url = format!(
-        "http://{}/.well-known/jwks.json",
-        listener.local_addr().expect("jwks address")
-    );
-    // The JWKS server: answers the verifier until the test ends.
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
-    url
-}
-
-/// An Ed25519 signing key, published as a JWKS, that mints access tokens.
-pub struct TestKeys {
-    pub kid: String,
-    signing: SigningKey,
-}
-
-impl TestKeys {
-    pub fn generate() -> Self {
-        Self {
-            kid: format!("test-{}", uuid::Uuid::new_v4().simple()),
-            signing: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
-    }
-
-    pub fn jwks(&self) -> Value {
-        json!({"keys": [{
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": URL_SAFE_NO_PAD.encode(self.signing.verifying_key().to_bytes()),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        }]})
-    }
-
-    /// Signs `claims` as an access token (`typ: at+jwt`) with this key,
-    /// under this key's `kid`.
-    pub fn sign(&self, claims: &AccessClaims) -> String {
-        self.sign_typed(claims, Some("at+jwt"))
-    }
-
-    /// Signs `claims` with the given `typ` header.
-    pub fn sign_typed(&self, claims: &AccessClaims, typ: Option<&str>) -> String {
-        let der = self.signing.to_pkcs8_der().expect("pkcs8 der");
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        header.typ = typ.map(str::to_owned);
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
-            .expect("sign token")
-    }
-}
-
-/// Valid claims for `user_id` with a user's scopes, expiring in five minutes.
-pub fn claims(user_id: &str) -> AccessClaims {
-    let now = now_secs();
-    AccessClaims {
-        sub: user_id.to_owned(),
-        iss: ISSUER.to_owned(),
-        aud: AUDIENCE.to_owned(),
-        exp: now + 300,
-        iat: now,
-        jti: uuid::Uuid::new_v4().to_string(),
-        scope: "orders:read orders:write".to_owned(),
-        client_id: None,
-    }
 }
 
 impl TestApp {

@@ -1,18 +1,17 @@
 //! `GET /api/system/instances`: the census through the gateway, against the
 //! real broker (census responders run in the test), and without one.
 
-use std::time::Duration;
-
-use lapin::options::ExchangeDeleteOptions;
 use serde_json::Value;
 use signalbox_messages::channels::Namespace;
 use signalbox_messaging::{census::Responder, Broker};
 use signalbox_platform::config::AmqpSettings;
+use signalbox_testkit::{
+    broker::{amqp_url, delete_namespace, random_namespace},
+    DEADLINE,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{assert_problem, spawn_app_configured, World};
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn amqp(url: &str, namespace: &str) -> AmqpSettings {
     AmqpSettings {
@@ -26,9 +25,9 @@ fn amqp(url: &str, namespace: &str) -> AmqpSettings {
 async fn the_census_lists_every_instance_that_answers_within_the_deadline() -> anyhow::Result<()> {
     // Two service instances with census responders, in a namespace of
     // their own.
-    let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let namespace = random_namespace();
     let ns = Namespace::new(namespace.clone());
-    let broker = Broker::connect(AMQP, ns.clone(), "test", Duration::from_secs(15)).await?;
+    let broker = Broker::connect(&amqp_url(), ns.clone(), "test", DEADLINE).await?;
     let shutdown = CancellationToken::new();
     let mut identities = Vec::new();
     let mut responders = Vec::new();
@@ -39,7 +38,7 @@ async fn the_census_lists_every_instance_that_answers_within_the_deadline() -> a
         responders.push(tokio::spawn(responder.run(shutdown.clone())));
     }
     let app = spawn_app_configured(World::all_down(), |settings| {
-        settings.amqp = Some(amqp(AMQP, &namespace));
+        settings.amqp = Some(amqp(&amqp_url(), &namespace));
     })
     .await;
 
@@ -80,17 +79,7 @@ async fn the_census_lists_every_instance_that_answers_within_the_deadline() -> a
     for responder in responders {
         responder.await??;
     }
-    let channel = broker.channel().await?;
-    for exchange in [
-        ns.events_exchange(),
-        ns.commands_exchange(),
-        ns.inbound_exchange(),
-        ns.dead_letter_exchange(),
-    ] {
-        channel
-            .exchange_delete(&exchange, ExchangeDeleteOptions::default())
-            .await?;
-    }
+    delete_namespace(&ns, &[]).await?;
     broker.close().await;
     Ok(())
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{Fixture, Tap, AMQP, DEADLINE};
+use crate::helpers::{amqp_url, Fixture, Tap, DEADLINE};
 
 /// What the test handler does on a given attempt.
 #[derive(Clone, Copy)]
@@ -189,7 +189,7 @@ async fn a_handler_interrupted_between_commit_and_ack_has_one_effect() -> anyhow
     // fixture's connection, which may happen before this publish's confirm
     // comes back.
     let message = event(&fx);
-    let publisher = Broker::connect(AMQP, fx.ns.clone(), "publisher", DEADLINE).await?;
+    let publisher = Broker::connect(&amqp_url(), fx.ns.clone(), "publisher", DEADLINE).await?;
     ConfirmedPublisher::new(&publisher)
         .await?
         .publish(&message)

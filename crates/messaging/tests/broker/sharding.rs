@@ -22,7 +22,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{await_depth, Fixture, AMQP, DEADLINE};
+use crate::helpers::{amqp_url, await_depth, Fixture, DEADLINE};
 
 /// A numbered step of one aggregate: the test's command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,8 +161,13 @@ impl Instance {
         seen: mpsc::UnboundedSender<Seen>,
         setup: impl FnOnce(&Arc<Broker>) -> Setup,
     ) -> anyhow::Result<Self> {
-        let broker =
-            Broker::connect(AMQP, fx.ns.clone(), &format!("instance-{id}"), DEADLINE).await?;
+        let broker = Broker::connect(
+            &amqp_url(),
+            fx.ns.clone(),
+            &format!("instance-{id}"),
+            DEADLINE,
+        )
+        .await?;
         let setup = setup(&broker);
         let mut consumers = ShardConsumers::new(broker.clone(), queues.to_vec(), format!("i{id}"))
             .start_at(setup.start)

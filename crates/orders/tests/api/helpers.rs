@@ -7,15 +7,9 @@
 //! commands. The second also makes the saga's commands routable (the relay
 //! publishes them `mandatory`), standing in for catalog's command queue.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use futures::StreamExt;
-use lapin::{
-    message::Delivery,
-    options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeleteOptions},
-    types::FieldTable,
-    Channel,
-};
+use lapin::{message::Delivery, options::QueueBindOptions, types::FieldTable, Channel};
 use signalbox_messages::{
     catalog::{ReservationOutcome, ReserveStockReply},
     channels::{commands, Namespace},
@@ -38,17 +32,18 @@ use signalbox_proto::{
         Order,
     },
 };
-use sqlx::{Connection, PgConnection, PgPool};
+use signalbox_testkit::{
+    broker::{self, amqp_url, Tap},
+    db::TestDatabase,
+};
+use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{transport::Channel as GrpcChannel, Request, Response, Status};
 use uuid::Uuid;
 
 /// The longest any awaited event may take.
-pub const DEADLINE: Duration = Duration::from_secs(15);
-
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub use signalbox_testkit::DEADLINE;
 
 /// The price the fake catalog quotes for every product.
 pub const UNIT_PRICE_CENTS: i64 = 250;
@@ -82,35 +77,30 @@ pub struct TestApp {
     pub pool: PgPool,
     pub ns: Namespace,
     /// Order events (`order.*`) as the broker routes them.
-    pub events: Tap,
+    pub events: Observer,
     /// Catalog commands (`reserve_stock`, `release_stock`).
-    pub commands: Tap,
+    pub commands: Observer,
     /// The test's own connection (observers, replies it publishes).
     broker: Arc<Broker>,
     /// Keeps the observers' channel open.
     _channel: Channel,
-    database: String,
+    database: TestDatabase,
     shutdown: CancellationToken,
     app: JoinHandle<anyhow::Result<()>>,
 }
 
 pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
     // Logs go through the test harness: shown for failing tests only.
-    let _ = tracing_subscriber_init();
-    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    signalbox_platform::telemetry::init_for_tests();
+    let prefix = broker::random_namespace();
     let ns = Namespace::new(prefix.clone());
-    let database = format!("{prefix}_orders");
-    let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
-    sqlx::query(&format!(r#"CREATE DATABASE "{database}""#))
-        .execute(&mut admin)
-        .await?;
-    let database_url = format!("{SERVER}/{database}");
+    let database = TestDatabase::create(format!("{prefix}_orders")).await?;
 
     let shutdown = CancellationToken::new();
     let catalog = serve_fake_catalog(shutdown.clone()).await?;
 
     // The observers first: the saga's first command must find a queue.
-    let broker = Broker::connect(AMQP, ns.clone(), "orders-test", DEADLINE).await?;
+    let broker = Broker::connect(&amqp_url(), ns.clone(), "orders-test", DEADLINE).await?;
     let channel = broker.channel().await?;
     let events_queue = topology::declare_instance_queue(&channel, &ns, &["order.*"]).await?;
     let commands_queue = topology::declare_instance_queue(&channel, &ns, &[]).await?;
@@ -125,11 +115,11 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
             )
             .await?;
     }
-    let events = Tap::open(&channel, &events_queue, "test-events").await?;
-    let commands = Tap::open(&channel, &commands_queue, "test-commands").await?;
+    let events = Observer(Tap::open(&channel, &events_queue).await?);
+    let commands = Observer(Tap::open(&channel, &commands_queue).await?);
 
     let amqp = AmqpSettings {
-        url: AMQP.to_owned(),
+        url: amqp_url(),
         namespace: prefix,
         connect_timeout_secs: 15,
     };
@@ -137,7 +127,7 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
         grpc: ListenSettings::ephemeral(),
         http: ListenSettings::ephemeral(),
         database: DatabaseSettings {
-            url: database_url.clone(),
+            url: database.url.clone(),
             max_connections: 5,
         },
         amqp,
@@ -156,7 +146,7 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
             .connect()
             .await?,
     );
-    let pool = PgPool::connect(&database_url).await?;
+    let pool = PgPool::connect(&database.url).await?;
 
     Ok(TestApp {
         orders,
@@ -170,16 +160,6 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
         shutdown,
         app,
     })
-}
-
-fn tracing_subscriber_init() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn,sqlx=warn".into()),
-        )
-        .with_test_writer()
-        .try_init()
 }
 
 /// Every routing key a catalog command may carry: plain, or sharded.
@@ -244,89 +224,35 @@ impl TestApp {
     /// Messages waiting in the dead-letter queue of the orders reply channel.
     pub async fn dead_replies(&self) -> anyhow::Result<u32> {
         let channel = self.broker.channel().await?;
-        let declared = channel
-            .queue_declare(
-                &Namespace::dead_letter_queue(&self.ns.orders_replies_queue()),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(declared.message_count())
+        let dead_letters = Namespace::dead_letter_queue(&self.ns.orders_replies_queue());
+        broker::queue_depth(&channel, &dead_letters).await
     }
 
     /// Stops the service and removes everything the test created.
     pub async fn cleanup(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.app.await??;
-        let channel = self.broker.channel().await?;
         let replies = self.ns.orders_replies_queue();
         let mut queues = vec![replies.clone(), Namespace::dead_letter_queue(&replies)];
         queues.extend(
             (0..RetryPolicy::default().delays.len())
                 .map(|attempt| topology::retry_queue(&replies, attempt)),
         );
-        for queue in &queues {
-            channel
-                .queue_delete(queue, QueueDeleteOptions::default())
-                .await?;
-        }
-        for exchange in [
-            self.ns.events_exchange(),
-            self.ns.commands_exchange(),
-            self.ns.inbound_exchange(),
-            self.ns.dead_letter_exchange(),
-        ] {
-            channel
-                .exchange_delete(&exchange, ExchangeDeleteOptions::default())
-                .await?;
-        }
+        broker::delete_namespace(&self.ns, &queues).await?;
         self.broker.close().await;
         self.pool.close().await;
-        let mut admin = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
-        sqlx::query(&format!(
-            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
-            self.database
-        ))
-        .execute(&mut admin)
-        .await?;
-        Ok(())
+        self.database.drop().await
     }
 }
 
-/// Reads a queue as a test observer: an auto-ack consumer whose deliveries
-/// are awaited with a deadline.
-pub struct Tap {
-    consumer: lapin::Consumer,
-}
+/// An observer of order events or catalog commands: a [`Tap`] that reads
+/// each delivery's envelope.
+pub struct Observer(Tap);
 
-impl Tap {
-    async fn open(channel: &Channel, queue: &str, tag: &str) -> anyhow::Result<Self> {
-        let consumer = channel
-            .basic_consume(
-                queue,
-                tag,
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Self { consumer })
-    }
-
+impl Observer {
     pub async fn next(&mut self) -> anyhow::Result<(Envelope, Delivery)> {
-        match tokio::time::timeout(DEADLINE, self.consumer.next()).await {
-            Ok(Some(delivery)) => {
-                let delivery = delivery?;
-                Ok((amqp::from_properties(&delivery.properties)?, delivery))
-            }
-            Ok(None) => anyhow::bail!("the observer was cancelled"),
-            Err(_) => anyhow::bail!("nothing arrived within {DEADLINE:?}"),
-        }
+        let delivery = self.0.next().await?;
+        Ok((amqp::from_properties(&delivery.properties)?, delivery))
     }
 
     /// The next message of type `message_type`, skipping others.

@@ -4,20 +4,19 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{routing::get, Json, Router};
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use ed25519_dalek::{pkcs8::EncodePrivateKey, SigningKey};
 use futures::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use lapin::{
-    options::{BasicPublishOptions, ExchangeDeleteOptions},
-    Connection, ConnectionProperties,
-};
-use serde::Serialize;
+use lapin::{options::BasicPublishOptions, Connection};
 use serde_json::{json, Value};
-use signalbox_messages::{Envelope, Message as _};
-use signalbox_platform::{config::ListenSettings, tokens::now_secs};
+use signalbox_messages::{channels::Namespace, Envelope, Message as _};
+use signalbox_platform::{
+    config::ListenSettings,
+    tokens::{now_secs, AccessClaims},
+};
 use signalbox_realtime::{Application, Settings};
+use signalbox_testkit::{
+    broker::{self, amqp_url, random_namespace},
+    tokens::{self, serve_jwks, TestKey},
+};
 use tokio::{
     net::{TcpSocket, TcpStream},
     task::JoinHandle,
@@ -27,42 +26,21 @@ use tokio_tungstenite::{
     tungstenite::{self, client::IntoClientRequest, handshake::client::Request, Message},
     MaybeTlsStream, WebSocketStream,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The browser origin the test instances allow.
 pub const ALLOWED_ORIGIN: &str = "https://app.signalbox.test";
 /// How long a test waits for something that should happen.
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
-/// A signing key the way the auth service would hold it, and its JWKS.
-pub struct Keys {
-    kid: String,
-    encoding: EncodingKey,
-    jwks: Value,
-}
+/// The test's signing key, minting the tokens realtime checks: the
+/// Signalbox claims without scopes (realtime asks for none), by lifetime.
+pub struct Keys(TestKey);
 
 impl Keys {
     pub fn generate() -> Self {
-        let signing = SigningKey::from_bytes(&rand::random());
-        let der = signing
-            .to_pkcs8_der()
-            .expect("an Ed25519 key encodes as PKCS#8");
-        let kid = format!("k-{}", Uuid::new_v4().simple());
-        let jwks = json!({"keys": [{
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
-            "kid": kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        }]});
-        Self {
-            kid,
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            jwks,
-        }
+        Self(TestKey::generate())
     }
 
     /// An access token for `sub` that expires `ttl` from now.
@@ -78,48 +56,13 @@ impl Keys {
     /// A token for `sub` with `exp` and the given JWT `typ` header (access
     /// tokens are `at+jwt`; anything else must be refused).
     pub fn token_typed(&self, sub: &str, exp: u64, typ: Option<&str>) -> String {
-        #[derive(Serialize)]
-        struct Claims<'a> {
-            sub: &'a str,
-            iss: &'a str,
-            aud: &'a str,
-            exp: u64,
-            iat: u64,
-            jti: String,
-        }
-        let now = now_secs();
-        let claims = Claims {
-            sub,
-            iss: "signalbox-auth",
-            aud: "signalbox",
+        let claims = AccessClaims {
             exp,
-            iat: now,
-            jti: Uuid::new_v4().to_string(),
+            scope: String::new(),
+            ..tokens::claims(sub)
         };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        header.typ = typ.map(str::to_owned);
-        jsonwebtoken::encode(&header, &claims, &self.encoding).expect("token encodes")
+        self.0.sign_typed(&claims, typ)
     }
-}
-
-/// Serves `keys` as a JWK Set on port 0, like the auth service's
-/// `/.well-known/jwks.json`.
-async fn spawn_jwks(keys: &Keys) -> SocketAddr {
-    let jwks = keys.jwks.clone();
-    let router = Router::new().route(
-        "/.well-known/jwks.json",
-        get(move || {
-            let jwks = jwks.clone();
-            async move { Json(jwks) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind JWKS server");
-    let addr = listener.local_addr().expect("JWKS address");
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
 }
 
 /// One running realtime instance.
@@ -138,6 +81,8 @@ pub struct TestApp {
     /// The publishing connection, kept open for the life of the test.
     _amqp: Connection,
     publisher: lapin::Channel,
+    /// Stops the JWKS server when the test ends.
+    _jwks: DropGuard,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -150,23 +95,24 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         signalbox_platform::telemetry::init("realtime-tests", Default::default());
     }
     let keys = Arc::new(Keys::generate());
-    let jwks = spawn_jwks(&keys).await;
-    let namespace = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let jwks = CancellationToken::new();
+    let jwks_url = serve_jwks(keys.0.jwks(), jwks.clone())
+        .await
+        .expect("serve the JWKS");
+    let namespace = random_namespace();
 
     let mut settings = Settings {
         http: ListenSettings::ephemeral(),
         ..Settings::default()
     };
-    settings.amqp.url = AMQP_URL.to_owned();
+    settings.amqp.url = amqp_url();
     settings.amqp.namespace = namespace.clone();
     settings.amqp.connect_timeout_secs = 10;
-    settings.tokens.jwks_url = format!("http://{jwks}/.well-known/jwks.json");
+    settings.tokens.jwks_url = jwks_url;
     settings.ws.allowed_origins = vec![ALLOWED_ORIGIN.to_owned()];
     configure(&mut settings);
 
-    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
+    let amqp = broker::connect().await.expect("connect to RabbitMQ");
     let publisher = amqp.create_channel().await.expect("AMQP channel");
 
     let mut app = TestApp {
@@ -176,6 +122,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         instances: Vec::new(),
         _amqp: amqp,
         publisher,
+        _jwks: jwks.drop_guard(),
     };
     app.add_instance().await;
     app
@@ -296,26 +243,14 @@ impl Drop for TestApp {
     /// (the instance queues are exclusive and go with their connections).
     /// Drop cannot await, so a helper thread does it with its own executor.
     fn drop(&mut self) {
-        let namespace = self.namespace.clone();
-        let deleted = std::thread::spawn(move || {
-            futures::executor::block_on(async move {
-                let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
-                let channel = amqp.create_channel().await?;
-                for suffix in ["events", "commands", "inbound", "dlx"] {
-                    channel
-                        .exchange_delete(
-                            &format!("{namespace}.{suffix}"),
-                            ExchangeDeleteOptions::default(),
-                        )
-                        .await?;
-                }
-                amqp.close(200, "test done").await
-            })
-        })
-        .join();
-        if !matches!(deleted, Ok(Ok(()))) {
+        let ns = Namespace::new(self.namespace.clone());
+        let deleted =
+            signalbox_testkit::block_on_thread(
+                async move { broker::delete_namespace(&ns, &[]).await },
+            );
+        if let Err(error) = deleted {
             eprintln!(
-                "could not delete the exchanges of {}: {deleted:?}",
+                "could not delete the exchanges of {}: {error:#}",
                 self.namespace
             );
         }
@@ -332,12 +267,21 @@ pub struct Client {
 impl Client {
     pub async fn connect(request: Request) -> Result<Self, tungstenite::Error> {
         let (stream, response) = connect_async(request).await?;
+        Ok(Self::upgraded(stream, &response))
+    }
+
+    /// The client over an upgraded `stream`, with the protocol the server
+    /// chose.
+    fn upgraded(
+        stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        response: &tungstenite::handshake::client::Response,
+    ) -> Self {
         let protocol = response
             .headers()
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok(Self { stream, protocol })
+        Self { stream, protocol }
     }
 
     /// Connects with a small, fixed TCP receive buffer (which also switches
@@ -353,12 +297,7 @@ impl Client {
             .connect(SocketAddr::from(([127, 0, 0, 1], port)))
             .await?;
         let (stream, response) = client_async(request, MaybeTlsStream::Plain(tcp)).await?;
-        let protocol = response
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Ok(Self { stream, protocol })
+        Ok(Self::upgraded(stream, &response))
     }
 
     pub async fn send_json(&mut self, frame: Value) {

@@ -1,0 +1,55 @@
+//! Fresh databases on the shared PostgreSQL server, one per service under
+//! test, created and dropped through the server's `postgres` database.
+
+use sqlx::{Connection, PgConnection};
+
+/// The server's URL without a database: `SIGNALBOX_TEST_DATABASE_URL`, or
+/// the local server.
+pub fn server_url() -> String {
+    std::env::var("SIGNALBOX_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A database a test created, and the URL to reach it.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates the (empty) database `name`. Make the name unique: the test's
+    /// random namespace and the service, `<namespace>_<service>`.
+    pub async fn create(name: impl Into<String>) -> anyhow::Result<Self> {
+        let name = name.into();
+        let mut admin = admin().await?;
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let url = format!("{}/{name}", server_url());
+        Ok(Self { name, url })
+    }
+
+    /// Drops the database, closing whatever connections are still open.
+    pub async fn drop(self) -> anyhow::Result<()> {
+        drop_database(&self.name).await
+    }
+}
+
+/// Drops the database `name` if it exists, `WITH (FORCE)`: connections a
+/// stopped service left open do not keep it alive.
+pub async fn drop_database(name: &str) -> anyhow::Result<()> {
+    let mut admin = admin().await?;
+    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    Ok(())
+}
+
+/// A connection to the server's `postgres` database, for creating and
+/// dropping the others.
+async fn admin() -> anyhow::Result<PgConnection> {
+    Ok(PgConnection::connect(&format!("{}/postgres", server_url())).await?)
+}
