@@ -249,18 +249,13 @@ impl Drop for TestSystem {
         self.shutdown.cancel();
         let namespace = self.namespace.clone();
         let databases = std::mem::take(&mut self.databases);
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                for name in &databases {
-                    infra::drop_database(name).await?;
-                }
-                infra::delete_broker_objects(&namespace).await
-            })
+        let cleanup = signalbox_testkit::block_on_thread(async move {
+            for name in &databases {
+                infra::drop_database(name).await?;
+            }
+            infra::delete_broker_objects(&namespace).await
         });
-        if let Ok(Err(error)) = cleanup.join() {
+        if let Err(error) = cleanup {
             eprintln!("test system cleanup failed: {error:#}");
         }
     }
