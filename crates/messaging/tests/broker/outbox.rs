@@ -86,3 +86,106 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     relay.await?;
     fx.cleanup().await
 }
+
+#[tokio::test]
+async fn several_relays_publish_in_outbox_order_without_duplicates() -> anyhow::Result<()> {
+    let mut fx = Fixture::new().await?;
+    let queue = fx.queue("observer", "order.*").await?;
+    let channel = fx.broker.channel().await?;
+    let mut tap = Tap::open(&channel, &queue).await?;
+
+    // Three relays, each with its own connection, as three service
+    // instances would have, all racing for the same outbox.
+    let shutdown = CancellationToken::new();
+    let mut relays = Vec::new();
+    for instance in 0..3 {
+        let broker = signalbox_messaging::Broker::connect(
+            &signalbox_testkit::broker::amqp_url(),
+            fx.ns.clone(),
+            &format!("relay-{instance}"),
+            crate::helpers::DEADLINE,
+        )
+        .await?;
+        let relay = OutboxRelay::new(fx.pool.clone(), broker);
+        relays.push(tokio::spawn(relay.run(shutdown.clone())));
+    }
+
+    // One writer, many small transactions: every commit wakes every relay.
+    let messages: Vec<Outgoing> = (0..150).map(|_| cancelled(&fx.ns)).collect();
+    for chunk in messages.chunks(3) {
+        let mut tx = fx.pool.begin().await?;
+        for message in chunk {
+            outbox::enqueue(&mut tx, message).await?;
+        }
+        tx.commit().await?;
+    }
+
+    // The broker sees exactly the outbox order: the lease lets one relay
+    // publish at a time.
+    for (index, message) in messages.iter().enumerate() {
+        let envelope = amqp::from_properties(&tap.next().await?.properties)?;
+        assert_eq!(
+            envelope.message_id, message.envelope.message_id,
+            "message {index} out of order"
+        );
+    }
+    shutdown.cancel();
+    for relay in relays {
+        relay.await?;
+    }
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn retention_purges_old_published_rows_and_old_processed_ids_only() -> anyhow::Result<()> {
+    use signalbox_messaging::retention::{purge, Retention};
+    use std::time::Duration;
+
+    let fx = Fixture::new().await?;
+    let mut tx = fx.pool.begin().await?;
+    let (old, recent, pending) = (cancelled(&fx.ns), cancelled(&fx.ns), cancelled(&fx.ns));
+    for message in [&old, &recent, &pending] {
+        outbox::enqueue(&mut tx, message).await?;
+    }
+    tx.commit().await?;
+    sqlx::query(
+        "UPDATE outbox SET published_at = now() - interval '2 days' WHERE message_id = $1;",
+    )
+    .bind(old.envelope.message_id)
+    .execute(&fx.pool)
+    .await?;
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE message_id = $1")
+        .bind(recent.envelope.message_id)
+        .execute(&fx.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO processed_messages (consumer, message_id, processed_at)
+         VALUES ('test', $1, now() - interval '2 days'), ('test', $2, now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(Uuid::now_v7())
+    .execute(&fx.pool)
+    .await?;
+
+    let day = Duration::from_secs(24 * 3600);
+    let purged = purge(
+        &fx.pool,
+        &Retention {
+            outbox: day,
+            processed: day,
+            interval: day,
+        },
+    )
+    .await?;
+
+    assert_eq!((purged.outbox, purged.processed), (1, 1));
+    // The unpublished row is never purged, however old.
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM outbox ORDER BY seq")
+        .fetch_all(&fx.pool)
+        .await?;
+    assert_eq!(
+        left,
+        vec![recent.envelope.message_id, pending.envelope.message_id]
+    );
+    fx.cleanup().await
+}
