@@ -20,8 +20,8 @@ pub struct TestSystem {
     /// `ws://127.0.0.1:<port>/ws` of each realtime instance.
     pub realtime: Vec<String>,
     databases: Vec<String>,
-    /// HTTP ports of every service, for `/health/ready`.
-    health: Vec<u16>,
+    /// Every service's name and HTTP port, for `/health/ready`.
+    health: Vec<(&'static str, u16)>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     cleaned: bool,
@@ -100,7 +100,7 @@ impl TestSystem {
             ),
             ..VerifierSettings::default()
         };
-        system.health.push(auth.http_port());
+        system.health.push(("auth", auth.http_port()));
         system.spawn(auth.run_until_stopped(shutdown.child_token()));
 
         // catalog
@@ -113,7 +113,7 @@ impl TestSystem {
         };
         let catalog = signalbox_catalog::Application::build(settings).await?;
         let catalog_grpc = format!("http://127.0.0.1:{}", catalog.grpc_port());
-        system.health.push(catalog.http_port());
+        system.health.push(("catalog", catalog.http_port()));
         system.spawn(catalog.run_until_stopped(shutdown.child_token()));
 
         // orders
@@ -131,7 +131,7 @@ impl TestSystem {
         };
         let orders = signalbox_orders::Application::build(settings).await?;
         let orders_grpc = format!("http://127.0.0.1:{}", orders.grpc_port());
-        system.health.push(orders.http_port());
+        system.health.push(("orders", orders.http_port()));
         system.spawn(orders.run_until_stopped(shutdown.child_token()));
 
         // realtime, twice: each instance has its own queue on the events exchange
@@ -146,7 +146,7 @@ impl TestSystem {
             system
                 .realtime
                 .push(format!("ws://127.0.0.1:{}/ws", realtime.http_port()));
-            system.health.push(realtime.http_port());
+            system.health.push(("realtime", realtime.http_port()));
             system.spawn(realtime.run_until_stopped(shutdown.child_token()));
         }
 
@@ -168,7 +168,7 @@ impl TestSystem {
         }
         let gateway = signalbox_gateway::Application::build(settings).await?;
         system.api = Api::new(format!("http://127.0.0.1:{}", gateway.http_port()));
-        system.health.push(gateway.http_port());
+        system.health.push(("gateway", gateway.http_port()));
         system.spawn(gateway.run_until_stopped(shutdown.child_token()));
 
         system.wait_until_ready().await?;
@@ -179,7 +179,7 @@ impl TestSystem {
     /// load balancer would before sending traffic.
     pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
-        for port in &self.health {
+        for (_, port) in &self.health {
             let url = format!("http://127.0.0.1:{port}/health/ready");
             tokio::time::timeout(crate::DEADLINE, async {
                 loop {
@@ -202,6 +202,14 @@ impl TestSystem {
         self.databases
             .contains(&name)
             .then(|| format!("{}/{name}", infra::database_server_url()))
+    }
+
+    /// The readiness URL of the (first) instance of `service`.
+    pub fn ready_url(&self, service: &str) -> Option<String> {
+        self.health
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, port)| format!("http://127.0.0.1:{port}/health/ready"))
     }
 
     fn spawn<F>(&mut self, service: F)

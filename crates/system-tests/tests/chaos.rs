@@ -24,7 +24,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::Value;
 use signalbox_messages::channels::Namespace;
-use signalbox_system_tests::{api::User, infra, products, Api, TestSystem};
+use signalbox_system_tests::{api::User, infra, products, Api, Socket, TestSystem, DEADLINE};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 const ORDERS: usize = 200;
@@ -64,9 +64,26 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The faults, spread over the time the orders are being placed. Returns
-/// when the last fault is over (the broker is running again).
-async fn inject_faults() -> anyhow::Result<Instant> {
+/// Waits until `url` answers with `wanted` (polling with a deadline, as a
+/// load balancer's probe would).
+async fn await_readiness(url: &str, wanted: StatusCode) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = http.get(url).send().await {
+            if response.status() == wanted {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{url} never answered {wanted}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The faults, spread over the time the orders are being placed. While the
+/// broker is stopped, orders must report not-ready, and ready again once it
+/// is back. Returns when the last fault is over.
+async fn inject_faults(orders_ready: String) -> anyhow::Result<Instant> {
     let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
     pause(500).await;
     for round in 1..=2 {
@@ -77,10 +94,14 @@ async fn inject_faults() -> anyhow::Result<Instant> {
     }
     println!("chaos: stop_app");
     tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await??;
+    await_readiness(&orders_ready, StatusCode::SERVICE_UNAVAILABLE).await?;
+    println!("chaos: orders reports not ready while the broker is down");
     pause(3000).await;
     println!("chaos: start_app");
     tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"])).await??;
-    pause(2000).await;
+    await_readiness(&orders_ready, StatusCode::OK).await?;
+    println!("chaos: orders is ready again");
+    pause(1000).await;
     println!("chaos: close_all_connections (round 3)");
     tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "chaos test"])).await??;
     Ok(Instant::now())
@@ -169,7 +190,10 @@ async fn every_accepted_order_settles_and_stock_adds_up_despite_broker_faults() 
 
     // Act: the workload and the faults run side by side.
     let started = tokio::time::Instant::now();
-    let faults = tokio::spawn(inject_faults());
+    let orders_ready = system
+        .ready_url("orders")
+        .ok_or_else(|| anyhow::anyhow!("no orders instance"))?;
+    let faults = tokio::spawn(inject_faults(orders_ready));
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
     let mut workload = JoinSet::new();
     for index in 0..ORDERS {
@@ -254,6 +278,35 @@ async fn every_accepted_order_settles_and_stock_adds_up_despite_broker_faults() 
     for (queue, depth) in dead_letters(&system.namespace).await? {
         assert_eq!(depth, 0, "{queue} holds dead letters");
     }
+
+    // Every realtime instance lost its private queue with the broker; each
+    // must have declared a new one and push events again.
+    system.wait_until_ready().await?;
+    let watcher = &users[0];
+    let mut sockets = Vec::new();
+    for url in &system.realtime {
+        let mut socket = Socket::connect(url, Some(&watcher.access_token)).await?;
+        socket.expect("welcome", DEADLINE).await?;
+        let answer = socket
+            .subscribe(&format!("user:{}", watcher.id), DEADLINE)
+            .await?;
+        assert_eq!(answer["type"], "subscribed", "{answer}");
+        sockets.push(socket);
+    }
+    let placed = api.place_order(watcher, &[(products::LAMP, 1)]).await?;
+    assert_eq!(placed.status(), StatusCode::ACCEPTED);
+    let order_id = placed.json::<Value>().await?["order_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for socket in &mut sockets {
+        socket
+            .wait_for(DEADLINE, |frame| {
+                frame["type"] == "event" && frame["data"]["order_id"] == order_id.as_str()
+            })
+            .await?;
+    }
+    println!("chaos: every realtime instance pushes events again");
 
     system.stop().await
 }
