@@ -23,6 +23,7 @@ use tracing::Level;
 use crate::{
     error,
     limits::{self, RateLimiter, TrustedProxies},
+    routes::system::Census,
     routes::{self, AppState},
     upstream::Clients,
     Settings,
@@ -33,6 +34,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    /// The census's lazily opened broker connection, closed at shutdown.
+    census: Census,
 }
 
 impl Application {
@@ -50,9 +53,11 @@ impl Application {
             limiter: Arc::new(RateLimiter::new(&settings.rate_limit)),
             proxies: Arc::new(proxies),
         };
+        let census = Census::new(settings.amqp.clone());
         Ok(Self {
             listener,
-            router: router(state, &settings),
+            router: router(state, census.clone(), &settings),
+            census,
         })
     }
 
@@ -61,20 +66,26 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, router } = self;
+        let Self {
+            listener,
+            router,
+            census,
+        } = self;
         tracing::info!(port = listener.local_addr()?.port(), "gateway listening");
-        serve::run_all(
+        let result = serve::run_all(
             shutdown.clone(),
             vec![serve::task("http", async move {
                 Ok(serve::http(listener, router, shutdown).await?)
             })],
         )
-        .await
+        .await;
+        census.close().await;
+        result
     }
 }
 
 /// The routing table and health endpoints behind the edge's tower stack.
-pub fn router(state: AppState, settings: &Settings) -> Router {
+pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
     // Readiness has no checks on purpose: the gateway can serve as soon as it
     // listens. Checking the upstreams here would take every gateway out of
     // the load balancer when one service is down, turning a partial outage
@@ -135,7 +146,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     // routes only, and a refused request is still logged by the trace above.
     routes::table(state)
         // → the broker: the system census, with its own lazily connected state.
-        .merge(routes::system::router(settings.amqp.clone()))
+        .merge(routes::system::router(census))
         .merge(health)
         .layer(stack)
 }

@@ -37,7 +37,7 @@ use futures::StreamExt;
 use lapin::{
     message::Delivery,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
         BasicQosOptions, ConfirmSelectOptions,
     },
     publisher_confirm::Confirmation,
@@ -337,9 +337,15 @@ impl Consumer {
             let delivery = tokio::select! {
                 // Stop taking new deliveries; the one being handled (if any)
                 // has already finished, because handling happens below, not
-                // here. Closing the channel returns unacked prefetched
-                // deliveries to the queue at once, for another instance.
+                // here. Cancelling the consumer first stops the broker
+                // sending more; closing the channel then returns unacked
+                // prefetched deliveries to the queue at once, for another
+                // instance.
                 _ = shutdown.cancelled() => {
+                    let cancel = channel.basic_cancel(&self.tag, BasicCancelOptions::default());
+                    if let Err(error) = settle(&channel, cancel).await {
+                        tracing::debug!(%error, "consumer cancel");
+                    }
                     close_quietly(&channel).await;
                     return Ok(());
                 }

@@ -508,6 +508,12 @@ impl Requester {
     /// Stops the router task and closes the reply queue. Requests still
     /// waiting fail with [`RequestError::ReplyChannelLost`]; later ones with
     /// [`RequestError::Closed`].
+    /// The broker connection this requester uses (to close it at shutdown
+    /// when the requester owns it).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.inner.broker
+    }
+
     pub async fn close(&self) {
         self.inner.stop.cancel();
         let router = self

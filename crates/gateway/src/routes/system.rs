@@ -45,10 +45,10 @@ const MAX_CENSUSES: usize = 32;
 
 /// The census route with its own state, to be merged into the gateway's
 /// router.
-pub fn router(amqp: Option<AmqpSettings>) -> Router {
+pub fn router(census: Census) -> Router {
     Router::new()
         .route("/api/system/instances", get(instances))
-        .with_state(Census::new(amqp))
+        .with_state(census)
 }
 
 /// The broker side of the census: the settings, and the requester once
@@ -66,6 +66,15 @@ impl Census {
         Self {
             amqp: amqp.map(Arc::new),
             requester: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Closes the broker connection if a census opened one (at shutdown, so
+    /// the broker sees a clean close rather than a dropped socket).
+    pub async fn close(&self) {
+        if let Some(requester) = self.requester.get() {
+            requester.close().await;
+            requester.broker().close().await;
         }
     }
 
