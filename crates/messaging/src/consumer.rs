@@ -37,8 +37,8 @@ use futures::StreamExt;
 use lapin::{
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     },
     publisher_confirm::Confirmation,
     types::{AMQPValue, FieldTable, LongString, ShortString},
