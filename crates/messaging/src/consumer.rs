@@ -37,8 +37,8 @@ use futures::StreamExt;
 use lapin::{
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions,
     },
     publisher_confirm::Confirmation,
     types::{AMQPValue, FieldTable, LongString, ShortString},
@@ -337,15 +337,12 @@ impl Consumer {
             let delivery = tokio::select! {
                 // Stop taking new deliveries; the one being handled (if any)
                 // has already finished, because handling happens below, not
-                // here. Cancelling the consumer first stops the broker
-                // sending more; closing the channel then returns unacked
-                // prefetched deliveries to the queue at once, for another
-                // instance.
+                // here. Closing the channel returns unacked prefetched
+                // deliveries to the queue at once, for another instance.
+                // (No basic.cancel first: in our tests on RabbitMQ 3.10,
+                // cancelling during single-active-consumer handovers made the
+                // broker crash the queue.)
                 _ = shutdown.cancelled() => {
-                    let cancel = channel.basic_cancel(&self.tag, BasicCancelOptions::default());
-                    if let Err(error) = settle(&channel, cancel).await {
-                        tracing::debug!(%error, "consumer cancel");
-                    }
                     close_quietly(&channel).await;
                     return Ok(());
                 }
