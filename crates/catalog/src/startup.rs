@@ -136,14 +136,8 @@ impl Application {
                 serve::task("grpc", grpc),
                 serve::task("http", async move { Ok(http.await?) }),
                 serve::task("commands", async move { Ok(consuming.await?) }),
-                serve::task("outbox-relay", async move {
-                    relay.await;
-                    Ok(())
-                }),
-                serve::task("retention", async move {
-                    purge.await;
-                    Ok(())
-                }),
+                serve::background("outbox-relay", relay),
+                serve::background("retention", purge),
                 serve::task("census", async move { Ok(census.await?) }),
             ],
         )

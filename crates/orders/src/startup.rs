@@ -131,18 +131,9 @@ impl Application {
                 serve::task("grpc", grpc),
                 serve::task("http", async move { Ok(http.await?) }),
                 serve::task("replies", async move { Ok(consuming.await?) }),
-                serve::task("outbox-relay", async move {
-                    relay.await;
-                    Ok(())
-                }),
-                serve::task("retention", async move {
-                    purge.await;
-                    Ok(())
-                }),
-                serve::task("saga-deadlines", async move {
-                    deadlines.await;
-                    Ok(())
-                }),
+                serve::background("outbox-relay", relay),
+                serve::background("retention", purge),
+                serve::background("saga-deadlines", deadlines),
                 serve::task("census", async move { Ok(census.await?) }),
             ],
         )

@@ -117,6 +117,18 @@ where
     (name, Box::pin(future))
 }
 
+/// Names a task that cannot fail (it logs and retries its own errors, like
+/// the outbox relay), for [`run_all`].
+pub fn background<F>(name: &'static str, future: F) -> (&'static str, Task)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    task(name, async move {
+        future.await;
+        Ok(())
+    })
+}
+
 /// Runs every task of a service until all have stopped.
 ///
 /// Each task receives (a clone of) `shutdown` from its caller. When one task
