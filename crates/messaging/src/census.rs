@@ -51,9 +51,14 @@ pub const CONSUMER_TAG: &str = "census";
 
 /// Answers census requests for one service instance. A service spawns one:
 ///
-/// ```ignore
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use signalbox_messaging::{census, Broker};
+/// # async fn service(broker: Arc<Broker>, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
 /// let census = census::Responder::new(broker.clone(), "orders", env!("CARGO_PKG_VERSION"));
-/// serve::task("census", async move { Ok(census.run(shutdown).await?) })
+/// census.run(shutdown).await?; // one of the service's tasks
+/// # Ok(())
+/// # }
 /// ```
 pub struct Responder {
     consumer: Consumer,

@@ -178,19 +178,9 @@ impl TestSystem {
     /// Waits until every service answers `/health/ready` with 200, as a
     /// load balancer would before sending traffic.
     pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
         for (_, port) in &self.health {
             let url = format!("http://127.0.0.1:{port}/health/ready");
-            tokio::time::timeout(crate::DEADLINE, async {
-                loop {
-                    match http.get(&url).send().await {
-                        Ok(response) if response.status().is_success() => return,
-                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("{url} not ready within {:?}", crate::DEADLINE))?;
+            await_status(&url, reqwest::StatusCode::OK).await?;
         }
         Ok(())
     }
@@ -267,4 +257,25 @@ impl Drop for TestSystem {
             eprintln!("test system cleanup failed: {error:#}");
         }
     }
+}
+
+/// Waits until `url` answers with `status` (probing it, with a deadline, as
+/// a load balancer's health check does).
+pub async fn await_status(url: &str, status: reqwest::StatusCode) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    signalbox_testkit::probe::until(
+        &format!("{url} answering {status}"),
+        crate::DEADLINE,
+        || {
+            let request = http.get(url).send();
+            async move {
+                Ok(match request.await {
+                    Ok(response) if response.status() == status => Ok(()),
+                    Ok(response) => Err(format!("answered {}", response.status())),
+                    Err(error) => Err(error.to_string()),
+                })
+            }
+        },
+    )
+    .await
 }

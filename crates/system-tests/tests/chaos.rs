@@ -1,13 +1,16 @@
 //! Chaos: orders keep flowing while the broker misbehaves, and afterwards
 //! everything adds up.
 //!
-//! At least 200 orders are placed through the gateway while broker
-//! connections are force-closed several times (`rabbitmqctl
-//! close_all_connections`) and the broker application is restarted
-//! (`rabbitmqctl stop_app` / `start_app`). Then every accepted order must end
-//! APPROVED or REJECTED, each product's stock must equal its initial stock
-//! minus exactly the approved quantities, and every dead-letter queue must be
-//! empty.
+//! 200 orders are placed through the gateway in five waves of 40, with a
+//! broker fault after each of the first four: connections force-closed
+//! (`rabbitmqctl close_all_connections`) twice, then the broker application
+//! stopped (`rabbitmqctl stop_app`) — the fourth wave is placed while it is
+//! down — and started again, then connections force-closed once more. Each
+//! wave starts as soon as the fault before it has happened, while the
+//! services are reconnecting. Then every accepted order must end APPROVED or REJECTED, each
+//! product's stock must equal its initial stock minus exactly the approved
+//! quantities, every dead-letter queue must be empty, and both realtime
+//! instances must push events again.
 //!
 //! This test disturbs every other user of the broker, so it is `#[ignore]`d
 //! and `scripts/test` runs it alone, after everything else:
@@ -24,16 +27,19 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::Value;
 use signalbox_messages::channels::Namespace;
-use signalbox_system_tests::{api::User, infra, products, Api, Socket, TestSystem, DEADLINE};
+use signalbox_system_tests::{
+    api::User, infra, products, system::await_status, Api, Socket, TestSystem, DEADLINE,
+};
+use signalbox_testkit::probe;
 use tokio::{sync::Semaphore, task::JoinSet};
 
-const ORDERS: usize = 200;
+/// Five waves of 40 orders.
+const WAVES: usize = 5;
+const WAVE: usize = 40;
+const ORDERS: usize = WAVES * WAVE;
 const USERS: usize = 8;
 /// Orders in flight at once, like a handful of busy browsers.
 const CONCURRENCY: usize = 8;
-/// The orders are spread over this long, so that they are placed before,
-/// during and after every fault (the faults take about nine seconds).
-const WORKLOAD_SPAN: Duration = Duration::from_secs(10);
 /// How long the system may take to settle after the last fault.
 const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(180);
 
@@ -64,47 +70,55 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until `url` answers with `wanted` (polling with a deadline, as a
-/// load balancer's probe would).
-async fn await_readiness(url: &str, wanted: StatusCode) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(response) = http.get(url).send().await {
-            if response.status() == wanted {
-                return Ok(());
-            }
+async fn ctl(args: &'static [&'static str]) -> anyhow::Result<()> {
+    println!("chaos: rabbitmqctl {}", args.join(" "));
+    tokio::task::spawn_blocking(move || rabbitmqctl(args)).await?
+}
+
+/// The fault that follows wave `wave` (none after the last). While the
+/// broker is stopped orders must report not-ready; the next wave is placed
+/// in that state, and the broker is started again after it.
+async fn fault_after(wave: usize, orders_ready: &str) -> anyhow::Result<()> {
+    match wave {
+        0 | 1 => ctl(&["close_all_connections", "chaos test"]).await,
+        2 => {
+            ctl(&["stop_app"]).await?;
+            await_status(orders_ready, StatusCode::SERVICE_UNAVAILABLE).await?;
+            println!("chaos: orders reports not ready while the broker is down");
+            Ok(())
         }
-        anyhow::ensure!(Instant::now() < deadline, "{url} never answered {wanted}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        3 => {
+            ctl(&["start_app"]).await?;
+            await_status(orders_ready, StatusCode::OK).await?;
+            println!("chaos: orders is ready again");
+            ctl(&["close_all_connections", "chaos test"]).await
+        }
+        _ => Ok(()),
     }
 }
 
-/// The faults, spread over the time the orders are being placed. While the
-/// broker is stopped, orders must report not-ready, and ready again once it
-/// is back. Returns when the last fault is over.
-async fn inject_faults(orders_ready: String) -> anyhow::Result<Instant> {
-    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-    pause(500).await;
-    for round in 1..=2 {
-        println!("chaos: close_all_connections (round {round})");
-        tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "chaos test"]))
-            .await??;
-        pause(1500).await;
+/// Places one wave of orders, [`CONCURRENCY`] at a time.
+async fn wave(
+    api: &Api,
+    users: &Arc<Vec<User>>,
+    seed: u64,
+    indices: std::ops::Range<usize>,
+) -> anyhow::Result<Vec<Placed>> {
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut workload = JoinSet::new();
+    for index in indices {
+        let permit = limit.clone().acquire_owned().await?;
+        let (api, users) = (api.clone(), users.clone());
+        workload.spawn(async move {
+            let _permit = permit;
+            place(&api, &users, seed, index).await
+        });
     }
-    println!("chaos: stop_app");
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await??;
-    await_readiness(&orders_ready, StatusCode::SERVICE_UNAVAILABLE).await?;
-    println!("chaos: orders reports not ready while the broker is down");
-    pause(3000).await;
-    println!("chaos: start_app");
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"])).await??;
-    await_readiness(&orders_ready, StatusCode::OK).await?;
-    println!("chaos: orders is ready again");
-    pause(1000).await;
-    println!("chaos: close_all_connections (round 3)");
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "chaos test"])).await??;
-    Ok(Instant::now())
+    let mut accepted = Vec::new();
+    while let Some(placed) = workload.join_next().await {
+        accepted.extend(placed??);
+    }
+    Ok(accepted)
 }
 
 /// Places one order; `None` when the gateway did not accept it.
@@ -188,55 +202,38 @@ async fn every_accepted_order_settles_and_stock_adds_up_despite_broker_faults() 
         initial.insert(product, api.stock(product).await?);
     }
 
-    // Act: the workload and the faults run side by side.
-    let started = tokio::time::Instant::now();
+    // Act: waves of orders, each followed by a fault; every wave after the
+    // first starts while the services reconnect after the fault before it
+    // (the fourth while the broker is down).
     let orders_ready = system
         .ready_url("orders")
         .ok_or_else(|| anyhow::anyhow!("no orders instance"))?;
-    let faults = tokio::spawn(inject_faults(orders_ready));
-    let limit = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut workload = JoinSet::new();
-    for index in 0..ORDERS {
-        // A schedule, not a synchronisation: order `index` is due at its
-        // slot of the span.
-        tokio::time::sleep_until(started + WORKLOAD_SPAN * index as u32 / ORDERS as u32).await;
-        let permit = limit.clone().acquire_owned().await?;
-        let (api, users) = (api.clone(), users.clone());
-        workload.spawn(async move {
-            let _permit = permit;
-            place(&api, &users, seed, index).await
-        });
-    }
     let mut accepted = Vec::new();
-    while let Some(placed) = workload.join_next().await {
-        if let Some(placed) = placed?? {
-            accepted.push(placed);
+    let mut last_fault = Instant::now();
+    for number in 0..WAVES {
+        accepted.extend(wave(&api, &users, seed, number * WAVE..(number + 1) * WAVE).await?);
+        if number + 1 < WAVES {
+            fault_after(number, &orders_ready).await?;
+            last_fault = Instant::now();
         }
     }
-    println!(
-        "chaos: {} orders accepted in {:.1} s",
-        accepted.len(),
-        started.elapsed().as_secs_f64()
-    );
-    let last_fault = faults.await??;
+    println!("chaos: {} orders accepted", accepted.len());
 
-    // Await convergence: no accepted order left PENDING (polling the public
+    // Await convergence: no accepted order left PENDING (probing the public
     // API with a deadline, as a client would).
-    let settled = loop {
+    let settled = probe::until("every order decided", CONVERGENCE_DEADLINE, || async {
         let states = states(&api, &users).await?;
         let pending = accepted
             .iter()
             .filter(|p| states.get(&p.order_id).is_none_or(|s| s == "PENDING"))
             .count();
-        if pending == 0 {
-            break states;
-        }
-        anyhow::ensure!(
-            last_fault.elapsed() < CONVERGENCE_DEADLINE,
-            "{pending} orders still pending {CONVERGENCE_DEADLINE:?} after the last fault"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        Ok(if pending == 0 {
+            Ok(states)
+        } else {
+            Err(format!("{pending} pending"))
+        })
+    })
+    .await?;
     let converged_after = last_fault.elapsed();
 
     // Assert: every order decided, stock = initial - approved, no dead letters.

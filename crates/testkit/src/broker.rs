@@ -1,8 +1,6 @@
 //! The shared RabbitMQ broker: a random namespace per test, removing what it
 //! declared, and reading queues as an observer.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
@@ -100,18 +98,16 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> 
     Ok(declared.message_count())
 }
 
-/// Waits until `queue` holds `expected` ready messages, reading its depth
-/// every 50 ms; an error if it does not within [`DEADLINE`].
+/// Waits until `queue` holds `expected` ready messages; an error if it does
+/// not within [`DEADLINE`].
 pub async fn await_depth(channel: &Channel, queue: &str, expected: u32) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    crate::probe::until(&format!("{queue} holding {expected}"), DEADLINE, || async {
         let current = queue_depth(channel, queue).await?;
-        if current == expected {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("{queue} holds {current} messages, not {expected}, after {DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(if current == expected {
+            Ok(())
+        } else {
+            Err(format!("{current} messages"))
+        })
+    })
+    .await
 }

@@ -21,7 +21,8 @@
 //!   [`block_on_thread`].
 //!
 //! Nothing here sleeps to synchronise: whatever a test waits for, it awaits
-//! against [`DEADLINE`] ([`broker::Tap`], [`broker::await_depth`]).
+//! against [`DEADLINE`] — an event where there is one ([`broker::Tap`]), a
+//! probe of the state where there is none ([`probe::until`]).
 //!
 //! Environment: `SIGNALBOX_TEST_DATABASE_URL` (the server, without a
 //! database; default `postgres://postgres@127.0.0.1:5432`) and
@@ -32,6 +33,7 @@
 
 pub mod broker;
 pub mod db;
+pub mod probe;
 pub mod tokens;
 
 use std::{future::Future, time::Duration};

@@ -1,7 +1,7 @@
 //! `spawn_app()`: a catalog on port 0 with a fresh database and a random
 //! namespace, plus what a test needs to talk to it like the saga does.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use lapin::{options::QueueDeclareOptions, types::FieldTable, Channel};
 use signalbox_catalog::{Application, Settings};
@@ -17,6 +17,7 @@ use signalbox_platform::config::{AmqpSettings, DatabaseSettings, ListenSettings}
 use signalbox_testkit::{
     broker::{self, amqp_url, Tap},
     db::TestDatabase,
+    probe,
 };
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -172,41 +173,45 @@ impl TestApp {
         )
     }
 
-    /// Waits (polling the database, with a deadline) until `product` has
+    /// Waits (probing the database, with a deadline) until `product` has
     /// `expected` units in stock.
     pub async fn await_stock(&self, product: Uuid, expected: i64) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let stock = self.stock(product).await?;
-            if stock == expected {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("stock of {product} is {stock}, not {expected}, after {DEADLINE:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        probe::until(
+            &format!("stock of {product} at {expected}"),
+            DEADLINE,
+            || async {
+                let stock = self.stock(product).await?;
+                Ok(if stock == expected {
+                    Ok(())
+                } else {
+                    Err(format!("stock {stock}"))
+                })
+            },
+        )
+        .await
     }
 
     /// Waits until catalog has committed the handling of `message_id` (its
     /// claim in `processed_messages` commits with the effect).
     pub async fn await_handled(&self, message_id: Uuid) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let handled: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE message_id = $1)",
-            )
-            .bind(message_id)
-            .fetch_one(&self.pool)
-            .await?;
-            if handled {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("message {message_id} not handled within {DEADLINE:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        probe::until(
+            &format!("message {message_id} handled"),
+            DEADLINE,
+            || async {
+                let handled: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE message_id = $1)",
+                )
+                .bind(message_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(if handled {
+                    Ok(())
+                } else {
+                    Err("not yet".to_owned())
+                })
+            },
+        )
+        .await
     }
 
     /// A channel for looking at the broker's queues.

@@ -4,7 +4,7 @@
 //! order) and nothing more; the real services are exercised by the system
 //! tests.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use signalbox_proto::{
     auth::v1::{
@@ -74,9 +74,9 @@ pub fn catalog() -> tonic::transport::server::Router {
     tonic::transport::Server::builder().add_service(CatalogServiceServer::new(FakeCatalog))
 }
 
-pub fn orders(delay: Duration) -> tonic::transport::server::Router {
+pub fn orders(stuck: bool) -> tonic::transport::server::Router {
     tonic::transport::Server::builder().add_service(OrderServiceServer::new(FakeOrders {
-        delay,
+        stuck,
         orders: Arc::default(),
     }))
 }
@@ -249,15 +249,18 @@ impl CatalogService for FakeCatalog {
 }
 
 struct FakeOrders {
-    /// How long each call takes, to exercise the gateway's timeouts.
-    delay: Duration,
+    /// Reads of an order never answer, to exercise the gateway's timeouts.
+    stuck: bool,
     orders: Arc<Mutex<HashMap<String, Order>>>,
 }
 
 impl FakeOrders {
     /// The order `id` if `user_id` owns it; NOT_FOUND otherwise, like orders.
     async fn owned(&self, user_id: &str, id: &str) -> Result<Order, Status> {
-        tokio::time::sleep(self.delay).await;
+        if self.stuck {
+            // Accepts the call and never answers: only a timeout ends it.
+            std::future::pending::<()>().await;
+        }
         self.orders
             .lock()
             .await

@@ -2,8 +2,6 @@
 //! (the service is down) or in-process fakes, a local JWKS endpoint, and
 //! EdDSA tokens minted with a key generated per test.
 
-use std::time::Duration;
-
 use reqwest::{header, Response};
 use serde_json::Value;
 use signalbox_gateway::{
@@ -26,8 +24,8 @@ pub struct World {
     pub catalog: bool,
     /// Whether the JWKS endpoint the verifier fetches answers.
     pub jwks: bool,
-    /// How long each read of an order takes in the fake orders service.
-    pub orders_delay: Duration,
+    /// Whether reads of an order in the fake orders service never answer.
+    pub orders_stuck: bool,
     pub timeouts: Timeouts,
 }
 
@@ -39,7 +37,7 @@ impl World {
             orders: false,
             catalog: false,
             jwks: true,
-            orders_delay: Duration::ZERO,
+            orders_stuck: false,
             timeouts: Timeouts::default(),
         }
     }
@@ -90,7 +88,7 @@ pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Sett
         format!("http://{}", closed_address().await)
     };
     let orders = if world.orders {
-        fakes::serve(fakes::orders(world.orders_delay), stop.clone()).await
+        fakes::serve(fakes::orders(world.orders_stuck), stop.clone()).await
     } else {
         format!("http://{}", closed_address().await)
     };

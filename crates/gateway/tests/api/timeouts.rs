@@ -10,7 +10,7 @@ use crate::helpers::{assert_problem, spawn_app_with, World};
 
 async fn slow_order_world(timeouts: Timeouts) -> (crate::helpers::TestApp, String, String) {
     let app = spawn_app_with(World {
-        orders_delay: Duration::from_secs(3),
+        orders_stuck: true,
         timeouts,
         ..World::all_up()
     })

@@ -16,6 +16,7 @@ use signalbox_messaging::{
     consumer::ConsumeError, dead_letters, Broker, ConfirmedPublisher, HandleError, Handler,
     Incoming, Outgoing, RetryPolicy, ShardConsumers, Shards, WorkQueue,
 };
+use sqlx::PgPool;
 use tokio::{
     sync::{mpsc, Notify},
     task::JoinHandle,
@@ -69,7 +70,9 @@ struct Recorder {
     seen: mpsc::UnboundedSender<Seen>,
     attempts: Arc<Mutex<HashMap<u32, u32>>>,
     fault: Fault,
-    pace: Duration,
+    /// Where the handler does real work (a committed insert), as a real
+    /// handler would; `None` to do none.
+    work: Option<PgPool>,
 }
 
 impl Handler for Recorder {
@@ -94,8 +97,15 @@ impl Handler for Recorder {
             }
             _ => {}
         }
-        // The work itself (a database transaction, in a real handler).
-        tokio::time::sleep(self.pace).await;
+        // The work itself: a database transaction, as in a real handler.
+        if let Some(pool) = &self.work {
+            sqlx::query("INSERT INTO handled_steps (aggregate, seq, instance) VALUES ($1, $2, $3)")
+                .bind(&step.aggregate)
+                .bind(step.seq as i32)
+                .bind(self.instance as i32)
+                .execute(pool)
+                .await?;
+        }
         let _ = self.seen.send(Seen {
             instance: self.instance,
             shard: self.shards.shard_of(&step.aggregate),
@@ -137,8 +147,8 @@ struct Setup {
     fault: Fault,
     retry: RetryPolicy,
     rebalance: Option<Duration>,
-    /// Time each message takes to handle.
-    pace: Duration,
+    /// The database the handler writes to (see [`Recorder::work`]).
+    work: Option<PgPool>,
 }
 
 impl Default for Setup {
@@ -148,7 +158,7 @@ impl Default for Setup {
             fault: Fault::None,
             retry: quick_retries(),
             rebalance: None,
-            pace: Duration::ZERO,
+            work: None,
         }
     }
 }
@@ -180,7 +190,7 @@ impl Instance {
             seen,
             attempts: Arc::default(),
             fault: setup.fault,
-            pace: setup.pace,
+            work: setup.work,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(consumers.run(Arc::new(recorder), shutdown.clone()));
@@ -293,12 +303,16 @@ async fn each_aggregate_is_handled_in_order_while_instances_share_the_shards() -
     // first registers first on every shard, so the broker makes it active
     // everywhere and the others stand by, until the first notices that it
     // is busy on more than its share and hands shards over.
+    sqlx::query("CREATE TABLE handled_steps (aggregate TEXT, seq INT, instance INT)")
+        .execute(&fx.pool)
+        .await?;
     let mut instances = Vec::new();
     for id in 0..3 {
+        let pool = fx.pool.clone();
         let setup = |_: &Arc<Broker>| Setup {
             start: id,
             rebalance: Some(Duration::from_millis(100)),
-            pace: Duration::from_millis(2),
+            work: Some(pool),
             ..Setup::default()
         };
         instances.push(Instance::start(&fx, id, &queues, seen_tx.clone(), setup).await?);

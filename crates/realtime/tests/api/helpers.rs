@@ -2,7 +2,16 @@
 //! on port 0 in a random AMQP namespace, WebSocket clients, and a publisher
 //! that puts events on the namespace's events exchange.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use futures::{SinkExt, StreamExt};
 use lapin::{options::BasicPublishOptions, Connection};
@@ -18,6 +27,7 @@ use signalbox_testkit::{
     tokens::{self, serve_jwks, TestKey},
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpSocket, TcpStream},
     task::JoinHandle,
 };
@@ -257,31 +267,81 @@ impl Drop for TestApp {
     }
 }
 
-/// A WebSocket client speaking `signalbox.v1`.
-pub struct Client {
-    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket client speaking `signalbox.v1`, over a plain TCP stream or a
+/// [`Muted`] one.
+pub struct Client<S = MaybeTlsStream<TcpStream>> {
+    pub stream: WebSocketStream<S>,
     /// The handshake's `Sec-WebSocket-Protocol` answer.
     pub protocol: Option<String>,
+}
+
+/// A TCP stream whose writes can be switched off after the upgrade: the
+/// client goes on reading, but nothing it sends — in particular the pongs
+/// its WebSocket library answers pings with — reaches the server. That is a
+/// client that has gone silent, without the test having to stop reading.
+pub struct Muted {
+    inner: TcpStream,
+    muted: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Muted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Muted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.muted.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl Client<Muted> {
+    /// A socket on instance 0, authenticated as `user` and past its
+    /// `welcome`, that then goes silent (see [`Muted`]).
+    pub async fn silent(app: &TestApp, user: &str) -> Self {
+        let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], app.instances[0].port)))
+            .await
+            .expect("connect");
+        let muted = Arc::new(AtomicBool::new(false));
+        let stream = Muted {
+            inner: tcp,
+            muted: muted.clone(),
+        };
+        let request = app.request_with_token(0, &app.token(user));
+        let (stream, response) = client_async(request, stream).await.expect("upgrade");
+        let mut client = Self::upgraded(stream, &response);
+        let welcome = client.next_frame().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        muted.store(true, Ordering::Release);
+        client
+    }
 }
 
 impl Client {
     pub async fn connect(request: Request) -> Result<Self, tungstenite::Error> {
         let (stream, response) = connect_async(request).await?;
         Ok(Self::upgraded(stream, &response))
-    }
-
-    /// The client over an upgraded `stream`, with the protocol the server
-    /// chose.
-    fn upgraded(
-        stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
-        response: &tungstenite::handshake::client::Response,
-    ) -> Self {
-        let protocol = response
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Self { stream, protocol }
     }
 
     /// Connects with a small, fixed TCP receive buffer (which also switches
@@ -298,6 +358,22 @@ impl Client {
             .await?;
         let (stream, response) = client_async(request, MaybeTlsStream::Plain(tcp)).await?;
         Ok(Self::upgraded(stream, &response))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// The client over an upgraded `stream`, with the protocol the server
+    /// chose.
+    fn upgraded(
+        stream: WebSocketStream<S>,
+        response: &tungstenite::handshake::client::Response,
+    ) -> Self {
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Self { stream, protocol }
     }
 
     pub async fn send_json(&mut self, frame: Value) {

@@ -6,7 +6,7 @@ use futures::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{spawn_app, spawn_app_with, Client};
 
 #[tokio::test]
 async fn ping_is_answered_with_pong() {
@@ -89,14 +89,12 @@ async fn shutdown_closes_open_sockets_with_1001() {
 #[tokio::test]
 async fn a_client_that_stays_silent_for_three_heartbeats_is_closed() {
     let app = spawn_app_with(|s| s.ws.heartbeat_secs = 1).await;
-    let mut client = app.client("alice").await;
-
-    // Silence is the behaviour under test: not reading means the client's
-    // WebSocket library does not answer the server's pings either.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Its pongs never reach the server; three silent intervals later the
+    // server closes it, which the client reads.
+    let mut client = Client::silent(&app, "alice").await;
 
     assert_eq!(
-        client.closed().await,
+        client.closed_within(Duration::from_secs(10)).await,
         (1008, "heartbeat timeout".to_owned())
     );
     app.cleanup().await;
