@@ -1,5 +1,4 @@
 use serde::{Deserialize, Serialize};
-use signalbox_messages::channels::commands;
 use signalbox_platform::config::{
     AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings,
 };
@@ -15,13 +14,12 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
 }
 
-/// The sharded command channel (see `signalbox_messaging::sharding`).
+/// The sharded command channel (see `signalbox_messaging::sharding`). The
+/// number of shards is not a setting: it is what the publishers hash with,
+/// `commands::CATALOG_SHARDS`, and a consumer with a different count would
+/// leave commands without a queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandSettings {
-    /// How many shard queues to consume. Must be at least the count the
-    /// publishers hash with (`commands::CATALOG_SHARDS` in orders), or the
-    /// commands for the missing shards find no queue.
-    pub shards: usize,
     /// How often an instance compares the shards it is busy on with its fair
     /// share and hands extra ones to the other instances; 0 never does.
     pub rebalance_secs: u64,
@@ -29,10 +27,7 @@ pub struct CommandSettings {
 
 impl Default for CommandSettings {
     fn default() -> Self {
-        Self {
-            shards: commands::CATALOG_SHARDS,
-            rebalance_secs: 15,
-        }
+        Self { rebalance_secs: 15 }
     }
 }
 

@@ -53,14 +53,7 @@ impl Application {
         // now, before anything can send to them; each consumer declares its
         // queue again whenever it reconnects.
         let ns = broker.namespace();
-        if settings.commands.shards < commands::CATALOG_SHARDS {
-            tracing::warn!(
-                shards = settings.commands.shards,
-                published = commands::CATALOG_SHARDS,
-                "fewer command shards than the publishers use; some commands will find no queue"
-            );
-        }
-        let shards = Shards::new(settings.commands.shards);
+        let shards = Shards::new(commands::CATALOG_SHARDS);
         let queues = shards.work_queues(
             &ns.catalog_commands_queue(),
             &ns.commands_exchange(),

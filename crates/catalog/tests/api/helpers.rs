@@ -71,7 +71,7 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
         },
         ..Settings::default()
     };
-    let shards = Shards::new(settings.commands.shards);
+    let shards = Shards::new(commands::CATALOG_SHARDS);
     let app = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
