@@ -27,10 +27,7 @@ pub enum EnvelopeError {
 pub fn to_properties(envelope: &Envelope) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |key: &str, value: String| {
-        headers.insert(
-            ShortString::from(key.to_owned()),
-            AMQPValue::LongString(LongString::from(value)),
-        );
+        headers.insert(ShortString::from(key), AMQPValue::LongString(value.into()));
     };
     put("kind", kind_str(envelope.kind).to_owned());
     put("occurred_at", envelope.occurred_at.to_rfc3339());
@@ -126,6 +123,12 @@ pub fn header_str(headers: &Option<FieldTable>, key: &str) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
+}
+
+/// A header value as an AMQP long string (the type other clients expect for
+/// text).
+pub(crate) fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
 }
 
 fn kind_str(kind: MessageKind) -> &'static str {

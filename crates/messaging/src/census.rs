@@ -128,13 +128,7 @@ struct Answerer {
 impl Answerer {
     async fn publish(&self, reply: &Outgoing) -> Result<(), PublishError> {
         let mut publisher = self.publisher.lock().await;
-        let open = publisher.as_ref().is_some_and(ConfirmedPublisher::is_open);
-        if !open {
-            *publisher = Some(ConfirmedPublisher::new(&self.broker).await?);
-        }
-        let Some(current) = publisher.as_ref() else {
-            return Ok(());
-        };
+        let current = ConfirmedPublisher::reuse_or_open(&mut publisher, &self.broker).await?;
         let published = current.publish(reply).await;
         if published.is_err() {
             // Start over with a fresh channel next time.

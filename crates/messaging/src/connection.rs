@@ -193,7 +193,7 @@ impl Broker {
 
 /// Runs lapin's socket I/O and callbacks on the tokio runtime the service
 /// already has, instead of a second thread pool.
-fn connection_properties() -> ConnectionProperties {
+pub(crate) fn connection_properties() -> ConnectionProperties {
     ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
@@ -209,4 +209,14 @@ pub(crate) fn next_delay(delay: Duration) -> Duration {
 pub(crate) fn jitter(delay: Duration) -> Duration {
     let millis = delay.as_millis().max(1) as u64;
     Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
+}
+
+/// Closes a channel on the way out; it may already be closed (the connection
+/// went first), which is fine.
+pub(crate) async fn close_quietly(channel: &Channel) {
+    if channel.status().connected() {
+        if let Err(error) = channel.close(200, "stopping").await {
+            tracing::debug!(%error, "channel close");
+        }
+    }
 }

@@ -40,16 +40,16 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
         BasicQosOptions, ConfirmSelectOptions,
     },
-    publisher_confirm::Confirmation,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    publisher_confirm::{Confirmation, PublisherConfirm},
+    types::{AMQPValue, FieldTable, ShortString},
     BasicProperties, Channel,
 };
 use signalbox_messages::{channels::Namespace, Envelope};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    amqp,
-    connection::{jitter, next_delay},
+    amqp::{self, long_string},
+    connection::{close_quietly, jitter, next_delay},
     topology::{self, WorkQueue},
     Broker,
 };
@@ -476,22 +476,16 @@ async fn republish(
     delivery: &Delivery,
     extra: &[(&str, AMQPValue)],
 ) -> Result<(), ConsumeError> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    for (key, value) in extra {
-        headers.insert(ShortString::from((*key).to_owned()), value.clone());
-    }
-    let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
     let confirm = settle(channel, async {
-        channel
-            .basic_publish(
-                "",
-                queue,
-                BasicPublishOptions::default(),
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await
+        publish_copy(
+            channel,
+            queue,
+            delivery,
+            extra,
+            BasicPublishOptions::default(),
+        )
+        .await?
+        .await
     })
     .await?;
     if let Confirmation::Nack(_) = confirm {
@@ -503,7 +497,30 @@ async fn republish(
     Ok(())
 }
 
-fn retry_count(properties: &BasicProperties) -> u32 {
+/// Publishes a copy of `delivery`, its headers extended by `extra`, to
+/// `queue` through the default exchange; the caller awaits the confirm. The
+/// one way a message is moved between queues: to a retry queue or the DLQ
+/// here, back to its work queue by [`crate::dead_letters::replay`].
+pub(crate) async fn publish_copy(
+    channel: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    extra: &[(&str, AMQPValue)],
+    options: BasicPublishOptions,
+) -> Result<PublisherConfirm, lapin::Error> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    for (key, value) in extra {
+        headers.insert(ShortString::from(*key), value.clone());
+    }
+    let properties = delivery.properties.clone().with_headers(headers);
+    channel
+        .basic_publish("", queue, options, &delivery.data, properties)
+        .await
+}
+
+/// The `x-retry-count` header, whichever integer type the sender used; 0
+/// when there is none.
+pub(crate) fn retry_count(properties: &BasicProperties) -> u32 {
     let value = properties
         .headers()
         .as_ref()
@@ -512,21 +529,8 @@ fn retry_count(properties: &BasicProperties) -> u32 {
         Some(AMQPValue::LongUInt(n)) => n,
         Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
         Some(AMQPValue::LongLongInt(n)) => n.clamp(0, u32::MAX as i64) as u32,
+        Some(AMQPValue::ShortUInt(n)) => n.into(),
         Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
         _ => 0,
-    }
-}
-
-fn long_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.to_owned()))
-}
-
-/// Closes a channel on the way out; it may already be closed (the connection
-/// went first), which is fine.
-pub(crate) async fn close_quietly(channel: &Channel) {
-    if channel.status().connected() {
-        if let Err(error) = channel.close(200, "stopping").await {
-            tracing::debug!(%error, "channel close");
-        }
     }
 }

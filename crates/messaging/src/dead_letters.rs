@@ -57,13 +57,14 @@ use lapin::{
         ConfirmSelectOptions, QueueDeclareOptions,
     },
     publisher_confirm::Confirmation,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    types::{AMQPValue, FieldTable},
+    Channel, Connection,
 };
 
 use crate::{
-    amqp,
-    consumer::{FAILURE_REASON, ORIGINAL_QUEUE, RETRY_COUNT},
+    amqp::{self, long_string},
+    connection::connection_properties,
+    consumer::{publish_copy, retry_count, FAILURE_REASON, ORIGINAL_QUEUE, RETRY_COUNT},
 };
 
 /// Header with the time a message was dead-lettered (RFC 3339), written by
@@ -275,29 +276,21 @@ async fn send_back(
     work: &str,
     delivery: &Delivery,
 ) -> Result<(), DeadLetterError> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(ShortString::from(RETRY_COUNT), AMQPValue::LongUInt(0));
-    headers.insert(
-        ShortString::from(REPLAYED_AT),
-        AMQPValue::LongString(LongString::from(Utc::now().to_rfc3339())),
-    );
-    let properties = delivery.properties.clone().with_headers(headers);
-    let message_id = properties
+    let message_id = delivery
+        .properties
         .message_id()
         .as_ref()
         .map(|id| id.to_string())
         .unwrap_or_default();
-    let confirm = channel
-        .basic_publish(
-            "",
-            work,
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &delivery.data,
-            properties,
-        )
+    let headers = [
+        (RETRY_COUNT, AMQPValue::LongUInt(0)),
+        (REPLAYED_AT, long_string(&Utc::now().to_rfc3339())),
+    ];
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirm = publish_copy(channel, work, delivery, &headers, mandatory)
         .await?
         .await?;
     match confirm {
@@ -328,21 +321,6 @@ async fn depth(channel: &Channel, queue: &str) -> Result<usize, DeadLetterError>
         })
 }
 
-fn retry_count(properties: &BasicProperties) -> u32 {
-    let value = properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(RETRY_COUNT).cloned());
-    match value {
-        Some(AMQPValue::LongUInt(n)) => n,
-        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
-        Some(AMQPValue::LongLongInt(n)) => n.clamp(0, u32::MAX as i64) as u32,
-        Some(AMQPValue::ShortUInt(n)) => n.into(),
-        Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
-        _ => 0,
-    }
-}
-
 /// The first [`PREVIEW_CHARS`] characters of `body` as text, on one line.
 fn preview(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -367,10 +345,7 @@ fn preview(body: &[u8]) -> String {
 
 /// A connection for the tool, with its I/O on the tokio runtime.
 pub async fn connect(url: &str) -> Result<Connection, lapin::Error> {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name("dlq".into());
+    let properties = connection_properties().with_connection_name("dlq".into());
     Connection::connect(url, properties).await
 }
 

@@ -225,15 +225,13 @@ impl OutboxRelay {
         loop {
             // Open the channel before the transaction: waiting for a broker
             // reconnect must not hold a database transaction open.
-            let open = publisher.as_ref().is_some_and(ConfirmedPublisher::is_open);
-            if !open {
-                *publisher = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    opened = ConfirmedPublisher::new(&self.broker) => Some(opened?),
-                };
-            }
-            let Some(current) = publisher.as_ref() else {
-                return Ok(());
+            let current = tokio::select! {
+                biased;
+                // The open channel at once, or a new one once the broker
+                // is back.
+                current = ConfirmedPublisher::reuse_or_open(publisher, &self.broker) => current?,
+                // Shutdown wins over a broker that never returns.
+                _ = shutdown.cancelled() => return Ok(()),
             };
             if self.publish_batch(current).await? < self.batch_size as usize {
                 return Ok(());

@@ -26,9 +26,17 @@ pub enum PublishError {
         message_id: uuid::Uuid,
         kind: MessageKind,
     },
+    #[error("no confirms within {0:?}")]
+    Unconfirmed(std::time::Duration),
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
 }
+
+/// Longest wait for a batch's confirms. A confirm on a connection that died
+/// underneath it may never come, and the outbox relay waits inside a
+/// database transaction holding the publishing lease: past this it gives up,
+/// rolls back, and publishes the batch again on a new channel.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A channel in confirm mode.
 #[derive(Clone)]
@@ -43,6 +51,27 @@ impl ConfirmedPublisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self { channel })
+    }
+
+    /// The publisher in `slot` while its channel is open, otherwise a new one,
+    /// stored in `slot`. Long-lived publishers keep theirs this way: a
+    /// channel that closed (its broker session ended) is replaced on the
+    /// next use, reconnecting first if need be.
+    pub(crate) async fn reuse_or_open<'a>(
+        slot: &'a mut Option<Self>,
+        broker: &Broker,
+    ) -> Result<&'a Self, lapin::Error> {
+        let publisher = match slot.take() {
+            Some(publisher) if publisher.is_open() => publisher,
+            _ => Self::new(broker).await?,
+        };
+        Ok(slot.insert(publisher))
+    }
+
+    /// The confirm-mode channel, for publishes that need options of their
+    /// own (the [`crate::Requester`]'s expiration and mandatory flag).
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
     }
 
     /// Publishes one message and waits for the broker's confirm.
@@ -89,16 +118,18 @@ impl ConfirmedPublisher {
                 }
             });
         }
-        try_join_all(pending).await?;
-        Ok(())
+        match tokio::time::timeout(CONFIRM_TIMEOUT, try_join_all(pending)).await {
+            Ok(confirmed) => confirmed.map(|_| ()),
+            Err(_) => Err(PublishError::Unconfirmed(CONFIRM_TIMEOUT)),
+        }
     }
 
     /// Closes the channel (pending confirms have been awaited by then).
     pub async fn close(&self) {
-        crate::consumer::close_quietly(&self.channel).await;
+        crate::connection::close_quietly(&self.channel).await;
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.channel.status().connected()
     }
 }

@@ -74,7 +74,7 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicConsumeOptions, BasicPublishOptions},
     publisher_confirm::Confirmation,
     types::{FieldTable, ShortString},
     Channel,
@@ -90,9 +90,8 @@ use uuid::Uuid;
 
 use crate::{
     amqp,
-    connection::{jitter, next_delay},
-    consumer::close_quietly,
-    topology, Broker, Outgoing,
+    connection::{close_quietly, jitter, next_delay},
+    topology, Broker, ConfirmedPublisher, Outgoing,
 };
 
 /// How many requests may wait for their replies at once, unless configured.
@@ -202,7 +201,7 @@ struct Inner {
     /// The confirm-mode channel requests are published on; opened on first
     /// use and again whenever it was closed. A tokio mutex, because opening
     /// a channel awaits the broker.
-    publisher: tokio::sync::Mutex<Option<Channel>>,
+    publisher: tokio::sync::Mutex<Option<ConfirmedPublisher>>,
     /// Tells the router task to stop: cancelled by `close()`, or when the
     /// last handle is dropped.
     stop: CancellationToken,
@@ -505,15 +504,15 @@ impl Requester {
         Ok(replies)
     }
 
-    /// Stops the router task and closes the reply queue. Requests still
-    /// waiting fail with [`RequestError::ReplyChannelLost`]; later ones with
-    /// [`RequestError::Closed`].
     /// The broker connection this requester uses (to close it at shutdown
     /// when the requester owns it).
     pub fn broker(&self) -> &Arc<Broker> {
         &self.inner.broker
     }
 
+    /// Stops the router task and closes the reply queue. Requests still
+    /// waiting fail with [`RequestError::ReplyChannelLost`]; later ones with
+    /// [`RequestError::Closed`].
     pub async fn close(&self) {
         self.inner.stop.cancel();
         let router = self
@@ -527,8 +526,8 @@ impl Requester {
                 tracing::warn!(%error, "reply router ended abnormally");
             }
         }
-        if let Some(channel) = self.inner.publisher.lock().await.take() {
-            close_quietly(&channel).await;
+        if let Some(publisher) = self.inner.publisher.lock().await.take() {
+            publisher.close().await;
         }
     }
 
@@ -637,17 +636,8 @@ impl Requester {
     /// or the last one closed.
     async fn publisher(&self) -> Result<Channel, lapin::Error> {
         let mut publisher = self.inner.publisher.lock().await;
-        if let Some(channel) = publisher.as_ref() {
-            if channel.status().connected() {
-                return Ok(channel.clone());
-            }
-        }
-        let channel = self.inner.broker.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        *publisher = Some(channel.clone());
-        Ok(channel)
+        let current = ConfirmedPublisher::reuse_or_open(&mut publisher, &self.inner.broker).await?;
+        Ok(current.channel().clone())
     }
 }
 

@@ -140,15 +140,11 @@ use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    consumer::{
-        close_quietly, ConsumeError, Consumer, Flag, HandleError, Handler, Incoming, Source,
-    },
+    connection::close_quietly,
+    consumer::{ConsumeError, Consumer, Flag, HandleError, Handler, Incoming, Source},
     topology::{RetryPolicy, WorkQueue},
     Broker,
 };
-
-/// How many shards a channel has unless configured otherwise.
-pub const DEFAULT_SHARDS: usize = 4;
 
 /// The shards of one sharded channel: how many there are, and which one an
 /// aggregate belongs to.
@@ -156,12 +152,6 @@ pub const DEFAULT_SHARDS: usize = 4;
 pub struct Shards {
     /// At least 1.
     pub count: usize,
-}
-
-impl Default for Shards {
-    fn default() -> Self {
-        Self::new(DEFAULT_SHARDS)
-    }
 }
 
 impl Shards {

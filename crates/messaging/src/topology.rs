@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString},
+    types::{AMQPValue, FieldTable},
     Channel, ExchangeKind,
 };
 use signalbox_messages::channels::Namespace;
+
+use crate::amqp::long_string;
 
 /// Declares the exchanges shared by every service.
 pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), lapin::Error> {
@@ -176,8 +178,8 @@ pub async fn declare_work_queue(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(delay.as_millis() as i64),
         );
-        args.insert("x-dead-letter-exchange".into(), string(""));
-        args.insert("x-dead-letter-routing-key".into(), string(queue));
+        args.insert("x-dead-letter-exchange".into(), long_string(""));
+        args.insert("x-dead-letter-routing-key".into(), long_string(queue));
         channel
             .queue_declare(&retry_queue(queue, attempt), durable, args)
             .await?;
@@ -186,9 +188,9 @@ pub async fn declare_work_queue(
     let mut args = FieldTable::default();
     args.insert(
         "x-dead-letter-exchange".into(),
-        string(&ns.dead_letter_exchange()),
+        long_string(&ns.dead_letter_exchange()),
     );
-    args.insert("x-dead-letter-routing-key".into(), string(queue));
+    args.insert("x-dead-letter-routing-key".into(), long_string(queue));
     if work.single_active_consumer {
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
@@ -205,10 +207,6 @@ pub async fn declare_work_queue(
             .await?;
     }
     Ok(())
-}
-
-fn string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.to_owned()))
 }
 
 /// Declares this instance's private queue for fan-out: server-named,
