@@ -125,6 +125,13 @@ impl Broker {
         self.live().is_some()
     }
 
+    /// [`Broker::is_connected`] as a readiness probe
+    /// (`Health::flag("broker", broker.probe())`).
+    pub fn probe(self: &Arc<Self>) -> impl Fn() -> bool + Send + Sync + 'static {
+        let broker = self.clone();
+        move || broker.is_connected()
+    }
+
     /// Closes the connection politely (the broker then releases exclusive
     /// queues at once instead of waiting for a heartbeat timeout).
     pub async fn close(&self) {

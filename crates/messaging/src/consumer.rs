@@ -138,6 +138,12 @@ impl Flag {
         self.0.load(Ordering::Acquire)
     }
 
+    /// The flag as a readiness probe (`Health::flag("events", flag.probe())`).
+    pub fn probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let flag = self.clone();
+        move || flag.get()
+    }
+
     fn set(&self, value: bool) {
         self.0.store(value, Ordering::Release);
     }
@@ -152,6 +158,8 @@ pub enum ConsumeError {
     Cancelled(String),
     #[error("the broker refused to store a copy of message {0}")]
     Nacked(String),
+    #[error("no queue `{0}` to take a copy of message {1}")]
+    Unroutable(String, String),
     #[error("the broker did not answer within {0:?}")]
     Stalled(Duration),
     #[error("the handler gave its message back")]
@@ -353,7 +361,13 @@ impl Consumer {
                     None => return Err(ConsumeError::Cancelled(queue)),
                 },
             };
-            process(&channel, &queue, work, handler, delivery).await?;
+            if let Err(error) = process(&channel, &queue, work, handler, delivery).await {
+                // A channel that is still open keeps its unacked deliveries
+                // until it closes; close it so they return to the queue now,
+                // for the next session (or another instance).
+                close_quietly(&channel).await;
+                return Err(error);
+            }
         }
     }
 }
@@ -476,25 +490,29 @@ async fn republish(
     delivery: &Delivery,
     extra: &[(&str, AMQPValue)],
 ) -> Result<(), ConsumeError> {
+    // Mandatory: if the retry queue or DLQ is gone (deleted by hand), the
+    // broker hands the copy back instead of dropping it; the session then
+    // ends without acking the original, and the next session declares the
+    // queues again before the message is redelivered.
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
     let confirm = settle(channel, async {
-        publish_copy(
-            channel,
-            queue,
-            delivery,
-            extra,
-            BasicPublishOptions::default(),
-        )
-        .await?
-        .await
+        publish_copy(channel, queue, delivery, extra, mandatory)
+            .await?
+            .await
     })
     .await?;
-    if let Confirmation::Nack(_) = confirm {
+    let id = || {
         let id = delivery.properties.message_id().as_ref();
-        return Err(ConsumeError::Nacked(
-            id.map(|m| m.to_string()).unwrap_or_default(),
-        ));
+        id.map(|m| m.to_string()).unwrap_or_default()
+    };
+    match confirm {
+        Confirmation::Nack(_) => Err(ConsumeError::Nacked(id())),
+        Confirmation::Ack(Some(_)) => Err(ConsumeError::Unroutable(queue.to_owned(), id())),
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
     }
-    Ok(())
 }
 
 /// Publishes a copy of `delivery`, its headers extended by `extra`, to

@@ -342,6 +342,12 @@ impl AllAttached {
             .map(|flags| flags.iter().all(Flag::get))
             .unwrap_or(false)
     }
+
+    /// As a readiness probe (`Health::flag("commands", attached.probe())`).
+    pub fn probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let all = self.clone();
+        move || all.get()
+    }
 }
 
 /// How often an instance checks its share unless told otherwise.

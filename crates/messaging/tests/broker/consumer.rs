@@ -329,3 +329,35 @@ async fn the_consumer_and_the_relay_resume_after_the_connection_is_lost() -> any
     assert_eq!(effects(&fx.pool).await?, 2);
     fx.cleanup().await
 }
+
+#[tokio::test]
+async fn a_retry_queue_deleted_by_hand_loses_nothing() -> anyhow::Result<()> {
+    let mut fx = Fixture::new().await?;
+    let (queue, mut running) = start(&mut fx, Behaviour::FailFirst).await?;
+    // An operator deletes the first retry queue while the consumer runs.
+    fx.broker
+        .channel()
+        .await?
+        .queue_delete(
+            &signalbox_messaging::topology::retry_queue(&queue, 0),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await?;
+
+    let message = event(&fx);
+    publish(&fx, &message).await?;
+
+    // The copy for the retry finds no queue: the broker returns it, the
+    // original is not acked, and the next session declares the retry queue
+    // again before the message comes back; it then retries and succeeds.
+    let attempt = running.call_for(message.envelope.message_id).await?;
+    assert_eq!(attempt, 0);
+    loop {
+        if running.call_for(message.envelope.message_id).await? == 1 {
+            break;
+        }
+    }
+    running.stop().await?;
+    assert_eq!(effects(&fx.pool).await?, 1);
+    fx.cleanup().await
+}
