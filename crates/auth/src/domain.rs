@@ -2,7 +2,7 @@
 //! validate. Code that holds an [`Email`] or a [`Password`] knows it is
 //! acceptable and never checks again.
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 /// RFC 5321 bounds a forward path to 256 octets, two of them the angle
 /// brackets.
@@ -80,10 +80,6 @@ impl Password {
             ));
         }
         Ok(Self(SecretString::from(raw)))
-    }
-
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
     }
 }
 

@@ -187,12 +187,9 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = value
         .to_str()
         .map_err(|_| malformed("the Authorization header is not visible ASCII"))?;
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    // Auth schemes are case-insensitive (RFC 9110 §11.1).
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::UnsupportedScheme);
-    }
-    let token = token.trim_matches(' ');
+    let token = credentials(value, "Bearer")
+        .ok_or(AuthError::UnsupportedScheme)?
+        .trim_matches(' ');
     if token.is_empty() {
         return Err(malformed("the bearer token is empty"));
     }
@@ -200,6 +197,14 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
         return Err(malformed("the bearer token contains a space"));
     }
     Ok(token)
+}
+
+/// What follows the scheme in an `Authorization` value, when the scheme is
+/// `scheme` (auth schemes are case-insensitive, RFC 9110 §11.1); `None` for
+/// any other scheme.
+pub fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (name, rest) = value.split_once(' ').unwrap_or((value, ""));
+    name.eq_ignore_ascii_case(scheme).then_some(rest)
 }
 
 fn malformed(reason: &str) -> AuthError {

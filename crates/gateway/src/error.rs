@@ -8,7 +8,7 @@
 //! and [`crate::auth`].
 
 use axum::{
-    http::{Method, Uri},
+    http::{HeaderValue, Method, Uri},
     response::{IntoResponse, Response},
     BoxError,
 };
@@ -48,6 +48,23 @@ pub fn upstream_problem(upstream: Upstream, status: Status) -> Problem {
         tracing::debug!(upstream = name, code = ?status.code(), "upstream refused");
     }
     Problem::from(status)
+}
+
+/// The `Retry-After` of an upstream's own throttled answer: a
+/// `ResourceExhausted` it sent (not one tonic made up for a failed call),
+/// with the seconds to wait in its `retry-after` metadata, 1 when it names
+/// none. `None` for any other failure.
+pub fn throttled(status: &Status) -> Option<HeaderValue> {
+    if status.code() != Code::ResourceExhausted || std::error::Error::source(status).is_some() {
+        return None;
+    }
+    let wait = status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(HeaderValue::from_static("1"), HeaderValue::from);
+    Some(wait)
 }
 
 /// `outer: inner: innermost`, the whole story of a transport failure.

@@ -21,15 +21,13 @@
 //!   service; the set is also refetched once its `Cache-Control: max-age`
 //!   has passed, so a key the auth service retired stops verifying here.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use jsonwebtoken::{
-    decode,
-    errors::ErrorKind,
-    jwk::{Jwk, JwkSet},
-    Algorithm, DecodingKey, Validation,
-};
+use jsonwebtoken::{decode, errors::ErrorKind, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -71,11 +69,6 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
-    /// Seconds until the token expires (0 when already expired).
-    pub fn expires_in(&self) -> u64 {
-        self.exp.saturating_sub(now_secs())
-    }
-
     /// The individual scopes of the `scope` claim.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scope.split(' ').filter(|s| !s.is_empty())
@@ -118,8 +111,10 @@ pub struct TokenVerifier {
 
 /// The last key set fetched, and when to ask again.
 struct KeyCache {
-    set: JwkSet,
-    /// Until when `set` is fresh; `None` until a fetch has succeeded.
+    /// The keys of the set by `kid`, parsed once per fetch rather than on
+    /// every verification.
+    keys: HashMap<String, DecodingKey>,
+    /// Until when `keys` are fresh; `None` until a fetch has succeeded.
     fresh_until: Option<Instant>,
     /// The last fetch attempt, successful or not (rate limit).
     last_attempt: Option<Instant>,
@@ -135,7 +130,7 @@ impl TokenVerifier {
             settings,
             http,
             keys: Mutex::new(KeyCache {
-                set: JwkSet { keys: Vec::new() },
+                keys: HashMap::new(),
                 fresh_until: None,
                 last_attempt: None,
             }),
@@ -148,8 +143,7 @@ impl TokenVerifier {
             return Err(TokenError::Malformed);
         }
         let kid = check_header(token)?;
-        let jwk = self.key(&kid).await?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|_| TokenError::UnknownKey)?;
+        let key = self.key(&kid).await?;
 
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[&self.settings.audience]);
@@ -177,24 +171,24 @@ impl TokenVerifier {
 
     /// The key for `kid`: from the cache while it is fresh; otherwise the set
     /// is refetched, at most once per [`MIN_REFRESH_INTERVAL`].
-    async fn key(&self, kid: &str) -> Result<Jwk, TokenError> {
+    async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
         // Holding the lock across the fetch makes concurrent requests with the
         // same new kid wait for one fetch instead of each starting their own.
         let mut cache = self.keys.lock().await;
-        let cached = cache.set.find(kid).cloned();
         let fresh = cache
             .fresh_until
             .is_some_and(|until| Instant::now() < until);
-        if let (Some(jwk), true) = (&cached, fresh) {
-            return Ok(jwk.clone());
+        if let (Some(key), true) = (cache.keys.get(kid), fresh) {
+            return Ok(key.clone());
         }
+        let cached = cache.keys.get(kid).cloned();
         let may_refresh = cache
             .last_attempt
             .is_none_or(|at| at.elapsed() >= MIN_REFRESH_INTERVAL);
         if !may_refresh {
             return match (cached, cache.fresh_until) {
                 // Stale but usable: the next allowed refresh will renew it.
-                (Some(jwk), _) => Ok(jwk),
+                (Some(key), _) => Ok(key),
                 (None, Some(_)) => Err(TokenError::UnknownKey),
                 // Never fetched successfully: the fault is ours, not the token's.
                 (None, None) => Err(TokenError::KeysUnavailable(
@@ -204,24 +198,27 @@ impl TokenVerifier {
         }
         cache.last_attempt = Some(Instant::now());
         match self.fetch().await {
-            Ok((set, max_age)) => {
-                cache.set = set;
+            Ok((keys, max_age)) => {
+                cache.keys = keys;
                 cache.fresh_until = Some(Instant::now() + max_age);
-                cache.set.find(kid).cloned().ok_or(TokenError::UnknownKey)
+                cache.keys.get(kid).cloned().ok_or(TokenError::UnknownKey)
             }
             // Stale-if-error: a key we had keeps verifying while the auth
             // service is briefly unreachable; new keys must wait for it.
             Err(error) => match cached {
-                Some(jwk) => {
+                Some(key) => {
                     tracing::warn!(%error, "key set refresh failed; using the cached keys");
-                    Ok(jwk)
+                    Ok(key)
                 }
                 None => Err(error),
             },
         }
     }
 
-    async fn fetch(&self) -> Result<(JwkSet, Duration), TokenError> {
+    /// The published keys by `kid`, and how long they may be used. A key
+    /// without `kid` or that is not a usable public key is left out: no
+    /// token could select it.
+    async fn fetch(&self) -> Result<(HashMap<String, DecodingKey>, Duration), TokenError> {
         let unavailable = |e: reqwest::Error| TokenError::KeysUnavailable(e.to_string());
         let response = self
             .http
@@ -236,12 +233,21 @@ impl TokenVerifier {
             .and_then(|v| v.to_str().ok())
             .map_or(DEFAULT_KEYS_MAX_AGE, keys_max_age);
         let set = response.json::<JwkSet>().await.map_err(unavailable)?;
+        let mut keys = HashMap::with_capacity(set.keys.len());
+        for jwk in &set.keys {
+            let (Some(kid), Ok(key)) = (&jwk.common.key_id, DecodingKey::from_jwk(jwk)) else {
+                tracing::warn!(kid = ?jwk.common.key_id, "unusable key in the key set");
+                continue;
+            };
+            // The first key under a `kid` wins, as in `JwkSet::find`.
+            keys.entry(kid.clone()).or_insert(key);
+        }
         tracing::info!(
-            keys = set.keys.len(),
+            keys = keys.len(),
             max_age_secs = max_age.as_secs(),
             "fetched signing keys"
         );
-        Ok((set, max_age))
+        Ok((keys, max_age))
     }
 }
 

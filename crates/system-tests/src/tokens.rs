@@ -4,16 +4,15 @@
 //!
 //! Tokens are assembled by hand (base64url header and payload, Ed25519
 //! signature over them) rather than through a JWT library, so a test can
-//! write any header: `alg: none`, an embedded `jwk`, a `jku`, no `typ`.
+//! write any header: `alg: none`, an embedded `jwk`, a `jku`, no `typ`. What
+//! is not about defects comes from elsewhere: the valid claims are the test
+//! kit's, the JWK is built by the auth service's own key code.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use ed25519_dalek::{pkcs8::EncodePrivateKey, Signer, SigningKey};
 use serde_json::{json, Value};
+use signalbox_auth::keys::PublicKey;
 use signalbox_platform::tokens::now_secs;
-
-/// The issuer and audience every verifier of a test system expects.
-pub const ISSUER: &str = "signalbox-auth";
-pub const AUDIENCE: &str = "signalbox";
 
 /// An Ed25519 key that signs tokens under a `kid`.
 pub struct TokenFactory {
@@ -43,16 +42,14 @@ impl TokenFactory {
             .expect("an Ed25519 key encodes as PKCS#8")
     }
 
+    /// The public half under this factory's `kid`.
+    pub fn public(&self) -> PublicKey {
+        PublicKey::new(self.key.verifying_key(), Some(self.kid.clone()))
+    }
+
     /// The public key as a JWK (RFC 8037), as the JWKS publishes it.
     pub fn jwk(&self) -> Value {
-        json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": URL_SAFE_NO_PAD.encode(self.key.verifying_key().as_bytes()),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        })
+        self.public().jwk()
     }
 
     /// The header of a valid access token from this key.
@@ -73,22 +70,15 @@ impl TokenFactory {
     }
 }
 
-/// Valid access-token claims for `sub`: five minutes left, a user's scopes.
+/// Valid access-token claims for `sub` (five minutes left, a user's scopes),
+/// as JSON that a defect can be written into.
 pub fn claims(sub: &str) -> Value {
-    let now = now_secs();
-    json!({
-        "sub": sub,
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "iat": now,
-        "exp": now + 300,
-        "jti": uuid::Uuid::new_v4().to_string(),
-        "scope": "orders:read orders:write",
-    })
+    serde_json::to_value(signalbox_testkit::tokens::claims(sub))
+        .expect("access-token claims serialise")
 }
 
 /// `base64url(header).base64url(claims)`.
-pub fn signing_input(header: &Value, claims: &Value) -> String {
+fn signing_input(header: &Value, claims: &Value) -> String {
     format!("{}.{}", b64(header), b64(claims))
 }
 
@@ -147,7 +137,7 @@ pub fn bad_tokens(
         // The classic confusion: HMAC keyed with the (public) verification key.
         let header = json!({"alg": "HS256", "typ": "at+jwt", "kid": auth.kid()});
         let input = signing_input(&header, &valid);
-        let public = URL_SAFE_NO_PAD.encode(auth.key.verifying_key().as_bytes());
+        let public = auth.public().x();
         let signature = jsonwebtoken::crypto::sign(
             input.as_bytes(),
             &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),

@@ -11,14 +11,14 @@ use axum::{
     Json,
 };
 use serde::{Deserialize, Serialize};
-use signalbox_platform::{ErrorCode, Problem};
+use signalbox_platform::Problem;
 use signalbox_proto::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, RevokeRequest};
 use tonic::Status;
 
 use crate::{
-    error::upstream_problem,
+    error::{throttled, upstream_problem},
     extract::ApiJson,
-    routes::oauth::retry_after,
+    routes::oauth::no_store,
     upstream::{Clients, Upstream, UpstreamResult},
 };
 
@@ -52,11 +52,9 @@ pub struct Logout {
 /// The problem for a failed auth call; a throttled one carries the
 /// `Retry-After` the auth service computed.
 fn auth_problem(status: Status) -> Response {
-    let wait = (status.code() == tonic::Code::ResourceExhausted).then(|| retry_after(&status));
-    let problem = upstream_problem(Upstream::Auth, status);
-    let throttled = problem.code == ErrorCode::RateLimited;
-    let mut response = problem.into_response();
-    if let (true, Some(wait)) = (throttled, wait) {
+    let wait = throttled(&status);
+    let mut response = upstream_problem(Upstream::Auth, status).into_response();
+    if let Some(wait) = wait {
         response.headers_mut().insert(header::RETRY_AFTER, wait);
     }
     response
@@ -112,15 +110,7 @@ pub async fn login(
         expires_in: tokens.expires_in,
         refresh_token: tokens.refresh_token,
     };
-    // Tokens must not be stored by any cache on the way (RFC 6749 §5.1).
-    Ok((
-        [
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            (header::PRAGMA, HeaderValue::from_static("no-cache")),
-        ],
-        Json(body),
-    )
-        .into_response())
+    Ok(no_store(Json(body).into_response()))
 }
 
 /// Ends the session of a refresh token: its whole family is revoked, so

@@ -28,7 +28,8 @@ use signalbox_proto::auth::v1::{
 use tonic::Status;
 
 use crate::{
-    error::upstream_problem,
+    auth::credentials,
+    error::{throttled, upstream_problem},
     upstream::{Clients, Upstream},
 };
 
@@ -100,10 +101,6 @@ impl OAuthError {
             },
         }
     }
-
-    pub fn error(&self) -> &str {
-        self.error
-    }
 }
 
 impl IntoResponse for OAuthError {
@@ -128,7 +125,7 @@ impl IntoResponse for OAuthError {
 const BASIC_CHALLENGE: &str = "Basic realm=\"signalbox\"";
 
 /// Tokens must not be stored by any cache on the way (RFC 6749 §5.1).
-fn no_store(mut response: Response) -> Response {
+pub fn no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -218,10 +215,8 @@ fn client_auth(headers: &HeaderMap, params: &Params) -> Result<ClientAuth, OAuth
     let value = value
         .to_str()
         .map_err(|_| bad("the Authorization header is not ASCII"))?;
-    let (scheme, encoded) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(bad("client authentication must use the Basic scheme"));
-    }
+    let encoded = credentials(value, "Basic")
+        .ok_or_else(|| bad("client authentication must use the Basic scheme"))?;
     let decoded = STANDARD
         .decode(encoded.trim())
         .ok()
@@ -336,26 +331,12 @@ async fn grant(
 /// A failed `Token` / `Revoke` call: throttled (429 with `Retry-After`), or
 /// the auth service could not answer.
 fn throttled_or_unavailable(status: Status) -> Response {
-    if status.code() == tonic::Code::ResourceExhausted
-        && std::error::Error::source(&status).is_none()
-    {
-        let mut response = OAuthError::slow_down(status.message()).into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, retry_after(&status));
-        return response;
-    }
-    OAuthError::unavailable(status).into_response()
-}
-
-/// The `Retry-After` the auth service sent with a throttled answer.
-pub fn retry_after(status: &Status) -> HeaderValue {
-    status
-        .metadata()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(HeaderValue::from_static("1"), HeaderValue::from)
+    let Some(wait) = throttled(&status) else {
+        return OAuthError::unavailable(status).into_response();
+    };
+    let mut response = OAuthError::slow_down(status.message()).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, wait);
+    response
 }
 
 /// `POST /oauth/revoke` (RFC 7009): revokes the family of a refresh token.
@@ -433,6 +414,6 @@ mod tests {
         );
         let params = Params(vec![("client_id".into(), "a".into())]);
         let error = client_auth(&headers, &params).err().unwrap();
-        assert_eq!(error.error(), "invalid_request");
+        assert_eq!(error.error, "invalid_request");
     }
 }
