@@ -107,11 +107,8 @@ impl Application {
         let attached = consumers.attached();
         let health = Health::new()
             .database(pool.clone())
-            .flag("broker", {
-                let broker = broker.clone();
-                move || broker.is_connected()
-            })
-            .flag("commands", move || attached.get());
+            .flag("broker", broker.probe())
+            .flag("commands", attached.probe());
         let http = serve::http(http_listener, health.router(), shutdown.clone());
         // One consumer task per shard queue, all with the same handler.
         let consuming = consumers.run(

@@ -139,6 +139,27 @@ async fn release(
     .await
 }
 
+/// Writes `order.rejected` for `row`, just rejected with `reason`. Both ways
+/// a reservation fails end here: catalog's refusal (the reply handler) and
+/// the saga's deadline (`saga_timeouts`). The event goes to the order's
+/// owner (realtime routes it to `user:<id>`).
+pub(crate) async fn announce_rejection(
+    conn: &mut PgConnection,
+    ns: &Namespace,
+    row: &OrderRow,
+    reason: String,
+    envelope: Envelope,
+) -> Result<(), sqlx::Error> {
+    let event = OrderRejected {
+        order_id: row.id,
+        user_id: row.user_id.clone(),
+        state: OrderState::Rejected.as_str().to_owned(),
+        reason,
+    };
+    let envelope = envelope.with_user_id(&row.user_id);
+    outbox::enqueue(conn, &Outgoing::event(ns, envelope, &event)).await
+}
+
 /// Consumes `orders.replies`: catalog's answers to `reserve_stock`.
 pub struct ReplyHandler {
     pool: PgPool,
@@ -184,15 +205,8 @@ impl Handler for ReplyHandler {
             (OrderState::Pending, ReservationOutcome::Rejected { reason }) => {
                 let row =
                     repo::set_state(&mut tx, order.id, OrderState::Rejected, Some(&reason)).await?;
-                let event = OrderRejected {
-                    order_id: row.id,
-                    user_id: row.user_id.clone(),
-                    state: OrderState::Rejected.as_str().to_owned(),
-                    reason,
-                };
-                let envelope = Envelope::caused_by::<OrderRejected>(&message.envelope)
-                    .with_user_id(&row.user_id);
-                outbox::enqueue(&mut tx, &Outgoing::event(&self.ns, envelope, &event)).await?;
+                let envelope = Envelope::caused_by::<OrderRejected>(&message.envelope);
+                announce_rejection(&mut tx, &self.ns, &row, reason, envelope).await?;
                 tracing::info!(order_id = %row.id, "order rejected");
             }
             // Cancelled while the reservation was in flight: give the stock back.

@@ -34,11 +34,10 @@
 use std::time::Duration;
 
 use signalbox_messages::{channels::Namespace, orders::OrderRejected, Envelope};
-use signalbox_messaging::{outbox, Outgoing};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::SagaSettings, domain::OrderState, repo};
+use crate::{config::SagaSettings, repo, saga};
 
 /// The rejection reason of an order whose reservation had no reply in time.
 pub const TIMEOUT_REASON: &str = "stock reservation timed out";
@@ -102,16 +101,11 @@ pub async fn sweep(pool: &PgPool, ns: &Namespace, deadline: Duration) -> Result<
             let Some(row) = repo::reject_timed_out(&mut tx, order.id, TIMEOUT_REASON).await? else {
                 continue;
             };
-            let event = OrderRejected {
-                order_id: row.id,
-                user_id: row.user_id.clone(),
-                state: OrderState::Rejected.as_str().to_owned(),
-                reason: TIMEOUT_REASON.to_owned(),
-            };
-            let envelope = Envelope::new::<OrderRejected>()
-                .with_correlation_id(row.id.to_string())
-                .with_user_id(&row.user_id);
-            outbox::enqueue(&mut tx, &Outgoing::event(ns, envelope, &event)).await?;
+            // No message caused this one: the order id, the saga's
+            // correlation id, ties it to the rest.
+            let envelope = Envelope::new::<OrderRejected>().with_correlation_id(row.id.to_string());
+            saga::announce_rejection(&mut tx, ns, &row, TIMEOUT_REASON.to_owned(), envelope)
+                .await?;
             tracing::info!(order_id = %row.id, "order rejected: reservation timed out");
             total += 1;
         }

@@ -109,11 +109,8 @@ impl Application {
         let attached = consumer.attached();
         let health = Health::new()
             .database(pool.clone())
-            .flag("broker", {
-                let broker = broker.clone();
-                move || broker.is_connected()
-            })
-            .flag("replies", move || attached.get());
+            .flag("broker", broker.probe())
+            .flag("replies", attached.probe());
         let http = serve::http(http_listener, health.router(), shutdown.clone());
         let consuming = consumer.run(
             ReplyHandler::new(pool.clone(), broker.namespace().clone()),

@@ -26,8 +26,8 @@
 //!            │ │ │ │ │ ┌── shutdown (close 1001)
 //! ```
 //!
-//! Whatever ends the task, its [`Membership`] is dropped with it, which
-//! removes the socket from every channel it joined.
+//! Whatever ends the socket, its [`Membership`] is dropped, which removes
+//! it from every channel it joined, before the close handshake.
 
 use std::{
     convert::Infallible,
@@ -170,27 +170,32 @@ async fn serve(mut socket: WebSocket, context: Arc<SocketContext>, claims: Optio
     );
     async move {
         tracing::debug!("socket opened");
-        let claims = match claims {
-            Some(claims) => Ok(claims),
-            None => authenticate(&mut socket, &context).await,
-        };
-        let exit = match claims {
-            Ok(claims) => {
-                tracing::Span::current().record("user_id", claims.sub.as_str());
-                let mut session = Session::new(&context, claims, membership, outbound);
-                match session.run(&mut socket).await {
-                    Err(exit) => exit,
-                    Ok(never) => match never {},
-                }
-            }
-            Err(exit) => exit,
-        };
+        let Err(exit) = open(&mut socket, &context, claims, membership, outbound).await;
         finish(&mut socket, exit).await;
-        // `membership` (moved into the session, or still here) is dropped at
-        // the end of this block: the socket leaves every channel.
     }
     .instrument(span)
     .await
+}
+
+/// Authenticates the socket, unless the upgrade already did, and serves it
+/// until something ends it; only ever returns `Err`. `membership` is dropped
+/// on the way out, whatever the way: the socket leaves every channel before
+/// its close handshake.
+async fn open(
+    socket: &mut WebSocket,
+    context: &SocketContext,
+    claims: Option<AccessClaims>,
+    membership: Membership,
+    outbound: mpsc::Receiver<Outbound>,
+) -> Result<Infallible, Exit> {
+    let claims = match claims {
+        Some(claims) => claims,
+        None => authenticate(socket, context).await?,
+    };
+    tracing::Span::current().record("user_id", claims.sub.as_str());
+    Session::new(context, claims, membership, outbound)
+        .run(socket)
+        .await
 }
 
 /// Waits for the first frame of a socket opened without a token; it must be
@@ -201,8 +206,10 @@ async fn authenticate(
 ) -> Result<AccessClaims, Exit> {
     let deadline = tokio::time::sleep(Duration::from_secs(context.settings.auth_timeout_secs));
     tokio::pin!(deadline);
-    loop {
-        let text = tokio::select! {
+    // The client's first application frame (control frames do not count),
+    // or the refusal of a binary one.
+    let first = loop {
+        tokio::select! {
             // The service is stopping: nobody will be served here.
             _ = context.shutdown.cancelled() => {
                 return Err(Exit::Close(close::GOING_AWAY, "server shutting down"))
@@ -212,46 +219,37 @@ async fn authenticate(
             () = &mut deadline => {
                 return Err(Exit::Close(close::POLICY, "authentication timeout"))
             }
-            // The client's first application frame.
+            // The client's next frame.
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => text,
-                // Control frames do not count as the first frame.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(text))) => break Ok(text),
                 Some(Ok(Message::Binary(_))) => {
-                    send(socket, &ServerFrame::error(frame_code::BAD_REQUEST, "frames are JSON text")).await?;
-                    return Err(Exit::Close(close::POLICY, "authentication required"));
+                    break Err(ServerFrame::error(frame_code::BAD_REQUEST, "frames are JSON text"))
                 }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => return Err(Exit::Gone),
                 Some(Err(error)) => return Err(read_error(error)),
             },
-        };
-        return match serde_json::from_str::<ClientFrame>(&text) {
-            Ok(ClientFrame::Auth { token }) => match context.verifier.verify(&token).await {
+        }
+    };
+    let refusal = match first.map(|text| serde_json::from_str::<ClientFrame>(&text)) {
+        Ok(Ok(ClientFrame::Auth { token })) => {
+            return match context.verifier.verify(&token).await {
                 Ok(claims) => Ok(claims),
                 Err(error) => {
-                    let exit = refuse_token(&error);
                     send(socket, &token_error_frame(&error)).await?;
-                    Err(exit)
+                    Err(refuse_token(&error))
                 }
-            },
-            Ok(_) => {
-                let frame = ServerFrame::error(
-                    frame_code::UNAUTHENTICATED,
-                    "the first frame must be `auth`",
-                );
-                send(socket, &frame).await?;
-                Err(Exit::Close(close::POLICY, "authentication required"))
-            }
-            Err(error) => {
-                send(
-                    socket,
-                    &ServerFrame::error(frame_code::BAD_REQUEST, error.to_string()),
-                )
-                .await?;
-                Err(Exit::Close(close::POLICY, "authentication required"))
-            }
-        };
-    }
+            };
+        }
+        Ok(Ok(_)) => ServerFrame::error(
+            frame_code::UNAUTHENTICATED,
+            "the first frame must be `auth`",
+        ),
+        Ok(Err(error)) => ServerFrame::error(frame_code::BAD_REQUEST, error.to_string()),
+        Err(refusal) => refusal,
+    };
+    send(socket, &refusal).await?;
+    Err(Exit::Close(close::POLICY, "authentication required"))
 }
 
 /// How a failed first-frame authentication closes the socket.

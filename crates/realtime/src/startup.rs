@@ -96,11 +96,8 @@ impl Application {
 
         let attached = events.attached();
         let health = Health::new()
-            .flag("broker", {
-                let broker = broker.clone();
-                move || broker.is_connected()
-            })
-            .flag("events", move || attached.get());
+            .flag("broker", broker.probe())
+            .flag("events", attached.probe());
         let router = socket::router(context).merge(health.router());
         let http = serve::http(http_listener, router, shutdown.clone());
 

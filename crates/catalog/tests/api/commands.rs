@@ -88,9 +88,9 @@ async fn catalog_consumes_every_shard_queue_and_no_unsharded_queue() -> anyhow::
         ..Default::default()
     };
 
-    assert_eq!(app.shards, published_shards());
+    // Every shard queue the publishers route to has catalog's consumer.
     let channel = app.channel().await?;
-    for queue in app.shards.queues(&base) {
+    for queue in published_shards().queues(&base) {
         let declared = channel
             .queue_declare(&queue, passive, FieldTable::default())
             .await?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lapin::{options::QueueDeclareOptions, types::FieldTable, Channel};
+use lapin::Channel;
 use signalbox_catalog::{Application, Settings};
 use signalbox_messages::{
     catalog::{ReleaseStock, ReserveStock, ReserveStockReply},
@@ -12,7 +12,7 @@ use signalbox_messages::{
     orders::LineItem,
     Envelope, Message,
 };
-use signalbox_messaging::{amqp, Broker, ConfirmedPublisher, Outgoing, Shards};
+use signalbox_messaging::{amqp, topology, Broker, ConfirmedPublisher, Outgoing, Shards};
 use signalbox_platform::config::{AmqpSettings, DatabaseSettings, ListenSettings};
 use signalbox_testkit::{
     broker::{self, amqp_url, Tap},
@@ -79,15 +79,8 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
     let ns = Namespace::new(prefix);
     let broker = Broker::connect(&amqp_url(), ns.clone(), "catalog-test", DEADLINE).await?;
     let channel = broker.channel().await?;
-    let exclusive = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare("", exclusive, FieldTable::default())
-        .await?;
-    let name = queue.name().as_str().to_owned();
+    // Bound to nothing: replies come through the default exchange, by name.
+    let name = topology::declare_instance_queue(&channel, &ns, &[]).await?;
     let tap = Tap::open(&channel, &name).await?;
 
     Ok(TestApp {

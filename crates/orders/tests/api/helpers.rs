@@ -15,7 +15,9 @@ use signalbox_messages::{
     channels::{commands, Namespace},
     Envelope,
 };
-use signalbox_messaging::{amqp, topology, Broker, ConfirmedPublisher, Outgoing, RetryPolicy};
+use signalbox_messaging::{
+    amqp, topology, Broker, ConfirmedPublisher, Outgoing, RetryPolicy, Shards,
+};
 use signalbox_orders::{
     config::{SagaSettings, Upstreams},
     Application, Settings,
@@ -47,12 +49,6 @@ pub use signalbox_testkit::DEADLINE;
 
 /// The price the fake catalog quotes for every product.
 pub const UNIT_PRICE_CENTS: i64 = 250;
-
-/// The most shards the command observer listens on. The saga may route
-/// commands to sharded keys (`<type>.<shard>`, see
-/// `signalbox_messaging::sharding`); the observer binds the plain key and
-/// every shard key up to this bound, so it sees the commands either way.
-const MAX_SHARDS: usize = 32;
 
 /// Settings for a saga whose deadline passes quickly.
 pub fn quick_deadline() -> SagaSettings {
@@ -162,13 +158,15 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
     })
 }
 
-/// Every routing key a catalog command may carry: plain, or sharded.
+/// Every routing key a catalog command carries: the saga routes each one to
+/// the shard of its order (`<type>.<shard>`, see
+/// `signalbox_messaging::sharding`), so the observer binds every shard's key.
 fn command_keys() -> Vec<String> {
+    let shards = Shards::new(commands::CATALOG_SHARDS);
     [commands::RESERVE_STOCK, commands::RELEASE_STOCK]
         .into_iter()
         .flat_map(|command| {
-            std::iter::once(command.to_owned())
-                .chain((0..MAX_SHARDS).map(move |shard| format!("{command}.{shard}")))
+            (0..shards.count).map(move |shard| Shards::shard_routing_key(command, shard))
         })
         .collect()
 }

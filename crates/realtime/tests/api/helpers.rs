@@ -101,9 +101,8 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns one instance with test settings, changed by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    if std::env::var("TEST_LOG").is_ok() {
-        signalbox_platform::telemetry::init("realtime-tests", Default::default());
-    }
+    // Logs go through the test harness: shown for failing tests only.
+    signalbox_platform::telemetry::init_for_tests();
     let keys = Arc::new(Keys::generate());
     let jwks = CancellationToken::new();
     let jwks_url = serve_jwks(keys.0.jwks(), jwks.clone())
