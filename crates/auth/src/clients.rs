@@ -10,7 +10,7 @@
 //! again).
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use rand::{rngs::OsRng, RngCore};
+use rand::Rng as _;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -91,7 +91,7 @@ pub async fn create(
         ));
     }
     let mut bytes = [0u8; SECRET_BYTES];
-    OsRng.fill_bytes(&mut bytes);
+    rand::rng().fill_bytes(&mut bytes);
     let secret = URL_SAFE_NO_PAD.encode(bytes);
     let stored = secret_hash(&secret);
     if !repo::insert_service_account(pool, client_id.as_str(), &stored, &scopes.to_string()).await?

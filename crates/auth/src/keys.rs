@@ -22,7 +22,6 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use jsonwebtoken::EncodingKey;
-use rand::rngs::OsRng;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -123,7 +122,7 @@ impl SigningKey {
 
     /// A fresh random key from the operating system's CSPRNG.
     pub fn generate(kid: Option<String>) -> Result<Self, KeyError> {
-        Self::from_dalek(&ed25519_dalek::SigningKey::generate(&mut OsRng), kid)
+        Self::from_dalek(&ed25519_dalek::SigningKey::generate(&mut rand::rng()), kid)
     }
 
     fn from_dalek(key: &ed25519_dalek::SigningKey, kid: Option<String>) -> Result<Self, KeyError> {

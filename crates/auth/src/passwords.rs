@@ -14,10 +14,10 @@
 use std::sync::Arc;
 
 use argon2::{
-    password_hash::{self, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString},
+    password_hash::{self, phc::PasswordHash, PasswordHasher as _, PasswordVerifier as _},
     Algorithm, Argon2, Params, Version,
 };
-use rand::{distributions::Alphanumeric, rngs::OsRng, Rng};
+use rand::{distr::Alphanumeric, RngExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
@@ -52,7 +52,7 @@ impl Passwords {
             dummy_hash: Arc::from(""),
             permits: Arc::new(Semaphore::new(parallelism)),
         };
-        let unguessable: String = OsRng
+        let unguessable: String = rand::rng()
             .sample_iter(&Alphanumeric)
             .take(32)
             .map(char::from)
@@ -69,9 +69,9 @@ impl Passwords {
     async fn hash_secret(&self, password: SecretString) -> Result<String, AuthError> {
         let argon2 = self.argon2.clone();
         self.blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
+            // A fresh random salt from the operating system for every hash.
             argon2
-                .hash_password(password.expose_secret().as_bytes(), &salt)
+                .hash_password(password.expose_secret().as_bytes())
                 .map(|hash| hash.to_string())
                 .map_err(hashing)
         })
@@ -93,7 +93,7 @@ impl Passwords {
                 let hash = PasswordHash::new(&phc).map_err(hashing)?;
                 match argon2.verify_password(candidate.expose_secret().as_bytes(), &hash) {
                     Ok(()) => Ok(true),
-                    Err(password_hash::Error::Password) => Ok(false),
+                    Err(password_hash::Error::PasswordInvalid) => Ok(false),
                     Err(other) => Err(hashing(other)),
                 }
             })

@@ -56,7 +56,7 @@ impl Throttle {
     /// is used up.
     #[tracing::instrument(skip_all)]
     pub async fn attempt(&self, key: &str) -> Result<(), AuthError> {
-        if rand::Rng::gen_ratio(&mut rand::thread_rng(), 1, PURGE_EVERY) {
+        if rand::RngExt::random_ratio(&mut rand::rng(), 1, PURGE_EVERY) {
             let purged = repo::purge_attempts(&self.pool, self.window_secs).await?;
             tracing::debug!(purged, "ended throttle windows purged");
         }

@@ -12,7 +12,7 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{Algorithm, Header};
-use rand::{rngs::OsRng, RngCore};
+use rand::Rng as _;
 use sha2::{Digest, Sha256};
 use signalbox_platform::tokens::{now_secs, AccessClaims};
 use uuid::Uuid;
@@ -105,7 +105,7 @@ pub struct NewRefreshToken {
 impl NewRefreshToken {
     pub fn generate() -> Self {
         let mut bytes = [0u8; REFRESH_TOKEN_BYTES];
-        OsRng.fill_bytes(&mut bytes);
+        rand::rng().fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
         let hash = refresh_token_hash(&token);
         Self { token, hash }

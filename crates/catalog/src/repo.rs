@@ -8,20 +8,16 @@ use uuid::Uuid;
 
 use crate::domain::Product;
 
-const PRODUCT_COLUMNS: &str = "id, sku, name, price_cents, currency, stock";
-
 pub async fn list_products(pool: &PgPool) -> Result<Vec<Product>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products ORDER BY sku"
-    ))
-    .fetch_all(pool)
-    .await
+    sqlx::query_as("SELECT id, sku, name, price_cents, currency, stock FROM products ORDER BY sku")
+        .fetch_all(pool)
+        .await
 }
 
 pub async fn products_by_id(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Product>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = ANY($1) ORDER BY sku"
-    ))
+    sqlx::query_as(
+        "SELECT id, sku, name, price_cents, currency, stock FROM products WHERE id = ANY($1) ORDER BY sku",
+    )
     .bind(ids)
     .fetch_all(pool)
     .await

@@ -4,8 +4,11 @@
 //! `correlation_id`, `reply_to`, `timestamp`) and headers (`causation_id`,
 //! `traceparent`, `occurred_at`, `user_id`, `schema_version`). The outbox stores
 //! the envelope as JSON next to the payload, so a message published minutes
-//! after its transaction committed still carries the trace of the request that
-//! caused it.
+//! after its transaction committed still carries what it was given then.
+//!
+//! There is no tracing across hops yet: the `traceparent` field exists, travels
+//! as a header and is copied by [`Envelope::caused_by`], but nothing sets it, so
+//! every message Signalbox publishes today goes without one.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -45,7 +48,9 @@ pub struct Envelope {
     pub reply_to: Option<String>,
     /// The message that caused this one, for tracing a chain of reactions.
     pub causation_id: Option<Uuid>,
-    /// W3C trace context of the operation that produced the message.
+    /// A W3C trace context, for the trace of the operation that produced the
+    /// message. No service sets it yet (only a test of the AMQP mapping does),
+    /// so it is `None` on every message Signalbox publishes.
     pub traceparent: Option<String>,
     pub occurred_at: DateTime<Utc>,
     /// The user who owns the affected data, when there is one. The realtime
@@ -71,8 +76,9 @@ impl Envelope {
         }
     }
 
-    /// An envelope for a message caused by `cause`: the correlation id and
-    /// trace context carry over, and the causation chain grows by one.
+    /// An envelope for a message caused by `cause`: the correlation id, the
+    /// user and the trace context (if the cause had one) carry over, and the
+    /// causation chain grows by one.
     pub fn caused_by<M: Message>(cause: &Envelope) -> Self {
         Self {
             correlation_id: cause.correlation_id.clone(),

@@ -21,7 +21,7 @@ use std::{
 };
 
 use lapin::{Channel, Connection, ConnectionProperties};
-use rand::Rng;
+use rand::RngExt;
 use signalbox_messages::channels::Namespace;
 use tokio::time::Instant;
 
@@ -138,7 +138,7 @@ impl Broker {
         let connection = self.current.write().ok().and_then(|mut c| c.take());
         if let Some(connection) = connection {
             if connection.status().connected() {
-                if let Err(error) = connection.close(200, "shutting down").await {
+                if let Err(error) = connection.close(200, "shutting down".into()).await {
                     tracing::debug!(%error, "broker close");
                 }
             }
@@ -166,7 +166,7 @@ impl Broker {
         let connection = Connection::connect(&self.url, properties).await?;
         let channel = connection.create_channel().await?;
         topology::declare_exchanges(&channel, &self.namespace).await?;
-        channel.close(200, "topology declared").await?;
+        channel.close(200, "topology declared".into()).await?;
         Ok(connection)
     }
 
@@ -198,12 +198,14 @@ impl Broker {
     }
 }
 
-/// Runs lapin's socket I/O and callbacks on the tokio runtime the service
-/// already has, instead of a second thread pool.
+/// Connection properties for every Signalbox connection. lapin's `tokio`
+/// feature runs the connection's I/O on the runtime that opens it, so no
+/// second thread pool is started. lapin's own auto-recovery stays off (its
+/// default): it cannot redeclare the server-named queues our instances consume
+/// from, and it gives up after a fixed number of attempts. Reconnection is the
+/// job of [`Broker::reconnect`] and the sessions built on it.
 pub(crate) fn connection_properties() -> ConnectionProperties {
     ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
 }
 
 /// Exponential backoff, capped at five seconds.
@@ -215,14 +217,14 @@ pub(crate) fn next_delay(delay: Duration) -> Duration {
 /// restarted broker is not hit by all of them at the same instant.
 pub(crate) fn jitter(delay: Duration) -> Duration {
     let millis = delay.as_millis().max(1) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
+    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }
 
 /// Closes a channel on the way out; it may already be closed (the connection
 /// went first), which is fine.
 pub(crate) async fn close_quietly(channel: &Channel) {
     if channel.status().connected() {
-        if let Err(error) = channel.close(200, "stopping").await {
+        if let Err(error) = channel.close(200, "stopping".into()).await {
             tracing::debug!(%error, "channel close");
         }
     }

@@ -40,9 +40,8 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
         BasicQosOptions, ConfirmSelectOptions,
     },
-    publisher_confirm::{Confirmation, PublisherConfirm},
     types::{AMQPValue, FieldTable, ShortString},
-    BasicProperties, Channel,
+    BasicProperties, Channel, Confirmation, PublisherConfirm,
 };
 use signalbox_messages::{channels::Namespace, Envelope};
 use tokio_util::sync::CancellationToken;
@@ -164,6 +163,8 @@ pub enum ConsumeError {
     Stalled(Duration),
     #[error("the handler gave its message back")]
     Interrupted,
+    #[error("the channel closed before the broker took the ack")]
+    ChannelClosed,
 }
 
 /// Longest wait for the broker to take an ack or a confirm. An operation on a
@@ -178,13 +179,24 @@ async fn settle<T>(
     operation: impl Future<Output = Result<T, lapin::Error>>,
 ) -> Result<T, ConsumeError> {
     if !channel.status().connected() {
-        return Err(ConsumeError::Amqp(lapin::Error::InvalidChannelState(
-            channel.status().state(),
-        )));
+        return Err(ConsumeError::ChannelClosed);
     }
     match tokio::time::timeout(BROKER_OP_TIMEOUT, operation).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(ConsumeError::Stalled(BROKER_OP_TIMEOUT)),
+    }
+}
+
+/// Acks or nacks a delivery through [`settle`]. lapin answers `false` when the
+/// delivery's channel is already gone; the broker then redelivers the message,
+/// so the session ends as it does on any channel failure.
+async fn settle_delivery(
+    channel: &Channel,
+    operation: impl Future<Output = Result<bool, lapin::Error>>,
+) -> Result<(), ConsumeError> {
+    match settle(channel, operation).await? {
+        true => Ok(()),
+        false => Err(ConsumeError::ChannelClosed),
     }
 }
 
@@ -309,8 +321,8 @@ impl Consumer {
             .await?;
         let deliveries = channel
             .basic_consume(
-                &queue,
-                &self.tag,
+                queue.as_str().into(),
+                self.tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -405,7 +417,7 @@ async fn process<H: Handler>(
     };
 
     match handler.handle(incoming).await {
-        Ok(()) => settle(channel, delivery.ack(BasicAckOptions::default())).await,
+        Ok(()) => settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await,
         Err(HandleError::Interrupted) => {
             // Neither ack nor nack: closing the channel returns this delivery
             // and the prefetched ones behind it to the queue, in order.
@@ -428,7 +440,7 @@ async fn process<H: Handler>(
                         (FAILURE_REASON, long_string(&reason)),
                     ];
                     republish(channel, &retry_queue, &delivery, &headers).await?;
-                    settle(channel, delivery.ack(BasicAckOptions::default())).await
+                    settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await
                 }
                 None if work.is_none() => {
                     // An instance queue has no retry queues: put it back.
@@ -437,7 +449,7 @@ async fn process<H: Handler>(
                         requeue: true,
                         ..Default::default()
                     };
-                    settle(channel, delivery.nack(requeue)).await
+                    settle_delivery(channel, delivery.nack(requeue)).await
                 }
                 None => {
                     tracing::error!(%queue, %message_id, %message_type, attempt, error = %reason, "retries exhausted; dead-lettering");
@@ -478,7 +490,7 @@ async fn give_up(
     } else {
         tracing::error!(%queue, %reason, "message dropped from instance queue");
     }
-    settle(channel, delivery.ack(BasicAckOptions::default())).await
+    settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await
 }
 
 /// Publishes a copy of `delivery` (same body and properties, extra headers)
@@ -532,7 +544,7 @@ pub(crate) async fn publish_copy(
     }
     let properties = delivery.properties.clone().with_headers(headers);
     channel
-        .basic_publish("", queue, options, &delivery.data, properties)
+        .basic_publish("".into(), queue.into(), options, &delivery.data, properties)
         .await
 }
 

@@ -56,9 +56,8 @@ use lapin::{
         BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
         ConfirmSelectOptions, QueueDeclareOptions,
     },
-    publisher_confirm::Confirmation,
     types::{AMQPValue, FieldTable},
-    Channel, Connection,
+    Channel, Confirmation, Connection,
 };
 
 use crate::{
@@ -176,7 +175,7 @@ pub async fn list(
     let mut failure = None;
     while letters.len() < bound {
         match channel
-            .basic_get(&dlq, BasicGetOptions { no_ack: false })
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
             .await
         {
             Ok(Some(message)) => {
@@ -232,7 +231,7 @@ pub async fn replay(
     let mut moved = 0;
     while moved < bound {
         let Some(message) = channel
-            .basic_get(&dlq, BasicGetOptions { no_ack: false })
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
             .await?
         else {
             break;
@@ -312,7 +311,7 @@ async fn depth(channel: &Channel, queue: &str) -> Result<usize, DeadLetterError>
         ..Default::default()
     };
     channel
-        .queue_declare(queue, passive, FieldTable::default())
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await
         .map(|declared| declared.message_count() as usize)
         .map_err(|source| DeadLetterError::NoQueue {

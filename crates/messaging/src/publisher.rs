@@ -9,8 +9,7 @@
 use futures::future::try_join_all;
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    publisher_confirm::Confirmation,
-    Channel,
+    Channel, Confirmation,
 };
 
 use signalbox_messages::MessageKind;
@@ -94,8 +93,8 @@ impl ConfirmedPublisher {
             let confirm = self
                 .channel
                 .basic_publish(
-                    &message.exchange,
-                    &message.routing_key,
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
                     BasicPublishOptions {
                         mandatory,
                         ..Default::default()

@@ -75,9 +75,8 @@ use futures::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicConsumeOptions, BasicPublishOptions},
-    publisher_confirm::Confirmation,
     types::{FieldTable, ShortString},
-    Channel,
+    Channel, Confirmation,
 };
 use signalbox_messages::{channels::Namespace, decode, DecodeError, Envelope, Message};
 use tokio::{
@@ -592,8 +591,8 @@ impl Requester {
             let channel = self.publisher().await?;
             let confirm = channel
                 .basic_publish(
-                    &message.exchange,
-                    &message.routing_key,
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
                     // Mandatory: when no queue takes the request the broker
                     // returns it, so the caller learns at once instead of
                     // waiting for a reply that cannot come.
@@ -655,8 +654,8 @@ async fn open_session(
     // find no one waiting for it.
     let deliveries = channel
         .basic_consume(
-            &queue,
-            name,
+            queue.as_str().into(),
+            name.into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()

@@ -538,7 +538,7 @@ impl ShardConsumers {
         let mut instances = 1usize;
         for queue in &self.queues {
             let declared = channel
-                .queue_declare(&queue.name, passive, FieldTable::default())
+                .queue_declare(queue.name.as_str().into(), passive, FieldTable::default())
                 .await?;
             instances = instances.max(declared.consumer_count() as usize);
         }

@@ -26,7 +26,7 @@ pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), 
     // Domain events: publish-subscribe by routing-key pattern.
     channel
         .exchange_declare(
-            &ns.events_exchange(),
+            ns.events_exchange().into(),
             ExchangeKind::Topic,
             durable,
             FieldTable::default(),
@@ -35,7 +35,7 @@ pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), 
     // Commands: point-to-point, one queue per handling service.
     channel
         .exchange_declare(
-            &ns.commands_exchange(),
+            ns.commands_exchange().into(),
             ExchangeKind::Direct,
             durable,
             FieldTable::default(),
@@ -44,7 +44,7 @@ pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), 
     // Messages from WebSocket clients to the backend.
     channel
         .exchange_declare(
-            &ns.inbound_exchange(),
+            ns.inbound_exchange().into(),
             ExchangeKind::Direct,
             durable,
             FieldTable::default(),
@@ -53,7 +53,7 @@ pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), 
     // Dead letters: routed by the name of the queue they died in.
     channel
         .exchange_declare(
-            &ns.dead_letter_exchange(),
+            ns.dead_letter_exchange().into(),
             ExchangeKind::Direct,
             durable,
             FieldTable::default(),
@@ -158,13 +158,13 @@ pub async fn declare_work_queue(
     };
     let dlq = Namespace::dead_letter_queue(queue);
     channel
-        .queue_declare(&dlq, durable, FieldTable::default())
+        .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
         .await?;
     channel
         .queue_bind(
-            &dlq,
-            &ns.dead_letter_exchange(),
-            queue,
+            dlq.as_str().into(),
+            ns.dead_letter_exchange().into(),
+            queue.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -181,7 +181,7 @@ pub async fn declare_work_queue(
         args.insert("x-dead-letter-exchange".into(), long_string(""));
         args.insert("x-dead-letter-routing-key".into(), long_string(queue));
         channel
-            .queue_declare(&retry_queue(queue, attempt), durable, args)
+            .queue_declare(retry_queue(queue, attempt).into(), durable, args)
             .await?;
     }
 
@@ -194,13 +194,13 @@ pub async fn declare_work_queue(
     if work.single_active_consumer {
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
-    channel.queue_declare(queue, durable, args).await?;
+    channel.queue_declare(queue.into(), durable, args).await?;
     for (exchange, routing_key) in &work.bindings {
         channel
             .queue_bind(
-                queue,
-                exchange,
-                routing_key,
+                queue.into(),
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -219,7 +219,7 @@ pub async fn declare_instance_queue(
 ) -> Result<String, lapin::Error> {
     let queue = channel
         .queue_declare(
-            "",
+            "".into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -232,9 +232,9 @@ pub async fn declare_instance_queue(
     for pattern in patterns {
         channel
             .queue_bind(
-                &name,
-                &ns.events_exchange(),
-                pattern,
+                name.as_str().into(),
+                ns.events_exchange().into(),
+                (*pattern).into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -44,8 +44,14 @@ pub struct Order {
     pub items: Vec<ItemRow>,
 }
 
-const ORDER_COLUMNS: &str = "id, user_id, state, total_cents, currency, rejection_reason, \
-     reservation_timed_out, created_at, updated_at";
+/// The columns of an [`OrderRow`], spliced into the queries below with
+/// `concat!` so that every query stays a static string.
+macro_rules! order_columns {
+    () => {
+        "id, user_id, state, total_cents, currency, rejection_reason, \
+     reservation_timed_out, created_at, updated_at"
+    };
+}
 
 pub async fn insert_order(
     conn: &mut PgConnection,
@@ -55,10 +61,12 @@ pub async fn insert_order(
     total_cents: i64,
     currency: &str,
 ) -> Result<Order, sqlx::Error> {
-    let row: OrderRow = sqlx::query_as(&format!(
+    let row: OrderRow = sqlx::query_as(concat!(
         "INSERT INTO orders (id, user_id, state, total_cents, currency)
          VALUES ($1, $2, 'PENDING', $3, $4)
-         RETURNING {ORDER_COLUMNS}"
+         RETURNING ",
+        order_columns!(),
+        ""
     ))
     .bind(id)
     .bind(user_id)
@@ -91,8 +99,10 @@ pub async fn find_order(
     id: Uuid,
     user_id: &str,
 ) -> Result<Option<Order>, sqlx::Error> {
-    let row: Option<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"
+    let row: Option<OrderRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 AND user_id = $2"
     ))
     .bind(id)
     .bind(user_id)
@@ -113,8 +123,10 @@ pub async fn list_orders(
     user_id: &str,
     limit: i64,
 ) -> Result<Vec<Order>, sqlx::Error> {
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1
+    let rows: Vec<OrderRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE user_id = $1
          ORDER BY created_at DESC, id DESC LIMIT $2"
     ))
     .bind(user_id)
@@ -150,8 +162,10 @@ pub async fn lock_order(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE"
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 FOR UPDATE"
     ))
     .bind(id)
     .fetch_optional(conn)
@@ -164,9 +178,11 @@ pub async fn set_state(
     state: OrderState,
     rejection_reason: Option<&str>,
 ) -> Result<OrderRow, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(concat!(
         "UPDATE orders SET state = $2, rejection_reason = $3, updated_at = now()
-         WHERE id = $1 RETURNING {ORDER_COLUMNS}"
+         WHERE id = $1 RETURNING ",
+        order_columns!(),
+        ""
     ))
     .bind(id)
     .bind(state.as_str())
@@ -187,8 +203,10 @@ pub async fn lock_overdue(
     older_than: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders
          WHERE state = 'PENDING' AND created_at < now() - make_interval(secs => $1)
          ORDER BY created_at
          LIMIT $2
@@ -208,12 +226,14 @@ pub async fn reject_timed_out(
     id: Uuid,
     reason: &str,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(concat!(
         "UPDATE orders
          SET state = 'REJECTED', rejection_reason = $2, reservation_timed_out = true,
              updated_at = now()
          WHERE id = $1 AND state = 'PENDING'
-         RETURNING {ORDER_COLUMNS}"
+         RETURNING ",
+        order_columns!(),
+        ""
     ))
     .bind(id)
     .bind(reason)

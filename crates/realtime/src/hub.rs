@@ -36,7 +36,7 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use rand::Rng;
+use rand::RngExt;
 use serde_json::Value;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -109,7 +109,7 @@ impl Default for Hub {
 
 impl Hub {
     pub fn new() -> Self {
-        let epoch: [u8; 8] = rand::thread_rng().gen();
+        let epoch: [u8; 8] = rand::rng().random();
         Self {
             epoch: epoch.iter().map(|b| format!("{b:02x}")).collect(),
             next_socket: AtomicU64::new(1),

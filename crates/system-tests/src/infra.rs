@@ -51,6 +51,6 @@ pub async fn queue_depth(queue: &str) -> anyhow::Result<u32> {
     let connection = broker::connect().await?;
     let channel = connection.create_channel().await?;
     let depth = broker::queue_depth(&channel, queue).await?;
-    connection.close(200, "depth read").await?;
+    connection.close(200, "depth read".into()).await?;
     Ok(depth)
 }

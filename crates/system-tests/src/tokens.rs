@@ -25,7 +25,7 @@ impl TokenFactory {
     pub fn generate(kid: &str) -> Self {
         Self {
             kid: kid.to_owned(),
-            key: SigningKey::generate(&mut rand::rngs::OsRng),
+            key: SigningKey::generate(&mut rand::rng()),
         }
     }
 
@@ -140,7 +140,8 @@ pub fn bad_tokens(
         let public = auth.public().x();
         let signature = jsonwebtoken::crypto::sign(
             input.as_bytes(),
-            &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+            &jsonwebtoken::EncodingKey::from_secret(public.as_bytes())
+                .expect("the key is not empty"),
             jsonwebtoken::Algorithm::HS256,
         )
         .expect("HMAC signs anything");

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::Value;
 use signalbox_messages::channels::Namespace;
@@ -129,9 +129,9 @@ async fn place(
     index: usize,
 ) -> anyhow::Result<Option<Placed>> {
     let mut rng = StdRng::seed_from_u64(rng_seed.wrapping_add(index as u64));
-    let user = rng.gen_range(0..users.len());
-    let product = ALL_PRODUCTS[rng.gen_range(0..ALL_PRODUCTS.len())];
-    let quantity = rng.gen_range(1..=3);
+    let user = rng.random_range(0..users.len());
+    let product = ALL_PRODUCTS[rng.random_range(0..ALL_PRODUCTS.len())];
+    let quantity = rng.random_range(1..=3);
     let response = api
         .place_order(&users[user], &[(product, quantity)])
         .await?;
@@ -189,7 +189,7 @@ async fn every_accepted_order_settles_and_stock_adds_up_despite_broker_faults() 
 {
     let system = TestSystem::start().await?;
     let api = system.api.clone();
-    let seed: u64 = rand::thread_rng().gen();
+    let seed: u64 = rand::rng().random();
     println!("chaos: seed {seed}");
 
     let mut users = Vec::new();

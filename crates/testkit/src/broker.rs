@@ -39,7 +39,7 @@ pub async fn delete_namespace(ns: &Namespace, queues: &[String]) -> anyhow::Resu
     let channel = connection.create_channel().await?;
     for queue in queues {
         channel
-            .queue_delete(queue, QueueDeleteOptions::default())
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
     for exchange in [
@@ -49,10 +49,10 @@ pub async fn delete_namespace(ns: &Namespace, queues: &[String]) -> anyhow::Resu
         ns.dead_letter_exchange(),
     ] {
         channel
-            .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await?;
     }
-    connection.close(200, "test cleanup").await?;
+    connection.close(200, "test cleanup".into()).await?;
     Ok(())
 }
 
@@ -71,7 +71,7 @@ impl Tap {
             ..Default::default()
         };
         let consumer = channel
-            .basic_consume(queue, "", no_ack, FieldTable::default())
+            .basic_consume(queue.into(), "".into(), no_ack, FieldTable::default())
             .await?;
         Ok(Self { consumer })
     }
@@ -93,7 +93,7 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> 
         ..Default::default()
     };
     let declared = channel
-        .queue_declare(queue, passive, FieldTable::default())
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await?;
     Ok(declared.message_count())
 }

@@ -1,7 +1,7 @@
 //! Fresh databases on the shared PostgreSQL server, one per service under
 //! test, created and dropped through the server's `postgres` database.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// The server's URL without a database: `SIGNALBOX_TEST_DATABASE_URL`, or
 /// the local server.
@@ -23,9 +23,13 @@ impl TestDatabase {
     pub async fn create(name: impl Into<String>) -> anyhow::Result<Self> {
         let name = name.into();
         let mut admin = admin().await?;
-        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
-            .execute(&mut admin)
-            .await?;
+        // Safe: `identifier` admits only ASCII letters, digits and `_`.
+        sqlx::query(AssertSqlSafe(format!(
+            r#"CREATE DATABASE "{}""#,
+            identifier(&name)?
+        )))
+        .execute(&mut admin)
+        .await?;
         admin.close().await?;
         let url = format!("{}/{name}", server_url());
         Ok(Self { name, url })
@@ -41,9 +45,13 @@ impl TestDatabase {
 /// stopped service left open do not keep it alive.
 pub async fn drop_database(name: &str) -> anyhow::Result<()> {
     let mut admin = admin().await?;
-    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-        .execute(&mut admin)
-        .await?;
+    // Safe: `identifier` admits only ASCII letters, digits and `_`.
+    sqlx::query(AssertSqlSafe(format!(
+        r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+        identifier(name)?
+    )))
+    .execute(&mut admin)
+    .await?;
     admin.close().await?;
     Ok(())
 }
@@ -52,4 +60,14 @@ pub async fn drop_database(name: &str) -> anyhow::Result<()> {
 /// dropping the others.
 async fn admin() -> anyhow::Result<PgConnection> {
     Ok(PgConnection::connect(&format!("{}/postgres", server_url())).await?)
+}
+
+/// A database name that can be spliced into DDL (which takes no bind
+/// parameters): ASCII letters, digits and `_` only.
+fn identifier(name: &str) -> anyhow::Result<&str> {
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "`{name}` is not a plain database name"
+    );
+    Ok(name)
 }

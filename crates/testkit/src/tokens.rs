@@ -26,7 +26,7 @@ impl TestKey {
     pub fn generate() -> Self {
         Self {
             kid: format!("test-{}", uuid::Uuid::new_v4().simple()),
-            signing: SigningKey::generate(&mut rand::rngs::OsRng),
+            signing: SigningKey::generate(&mut rand::rng()),
         }
     }
 

@@ -208,7 +208,7 @@ pub async fn grpc_channel(port: u16) -> Channel {
 /// A signing key as an operator would configure it.
 pub fn pem_key() -> SecretString {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
     let pem = key
         .to_pkcs8_pem(Default::default())
         .expect("encode the key");

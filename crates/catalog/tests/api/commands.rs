@@ -92,7 +92,7 @@ async fn catalog_consumes_every_shard_queue_and_no_unsharded_queue() -> anyhow::
     let channel = app.channel().await?;
     for queue in published_shards().queues(&base) {
         let declared = channel
-            .queue_declare(&queue, passive, FieldTable::default())
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
             .await?;
         assert_eq!(declared.consumer_count(), 1, "{queue}");
     }
@@ -100,7 +100,7 @@ async fn catalog_consumes_every_shard_queue_and_no_unsharded_queue() -> anyhow::
     let unsharded = app
         .channel()
         .await?
-        .queue_declare(&base, passive, FieldTable::default())
+        .queue_declare(base.as_str().into(), passive, FieldTable::default())
         .await;
     assert!(unsharded.is_err(), "{base} exists");
     app.cleanup().await

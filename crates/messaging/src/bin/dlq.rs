@@ -58,7 +58,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         };
     // Close politely whatever happened: the broker requeues anything still
     // held, and does so at once rather than after a heartbeat timeout.
-    if let Err(error) = connection.close(200, "done").await {
+    if let Err(error) = connection.close(200, "done".into()).await {
         tracing::debug!(%error, "connection close");
     }
     Ok(outcome?)

@@ -83,9 +83,9 @@ async fn a_silent_instance_is_simply_absent_and_gather_returns_at_the_deadline(
     let silent = topology::declare_instance_queue(&channel, &fx.ns, &[]).await?;
     channel
         .queue_bind(
-            &silent,
-            &fx.ns.events_exchange(),
-            signalbox_messages::system::CensusRequest::TYPE,
+            silent.as_str().into(),
+            fx.ns.events_exchange().into(),
+            signalbox_messages::system::CensusRequest::TYPE.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

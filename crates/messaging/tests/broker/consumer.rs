@@ -273,8 +273,8 @@ async fn a_poison_message_is_dead_lettered_and_does_not_block_the_queue() -> any
     let channel = fx.broker.channel().await?;
     channel
         .basic_publish(
-            &fx.ns.events_exchange(),
-            "order.cancelled",
+            fx.ns.events_exchange().into(),
+            "order.cancelled".into(),
             BasicPublishOptions::default(),
             b"{}",
             lapin::BasicProperties::default(),
@@ -339,7 +339,7 @@ async fn a_retry_queue_deleted_by_hand_loses_nothing() -> anyhow::Result<()> {
         .channel()
         .await?
         .queue_delete(
-            &signalbox_messaging::topology::retry_queue(&queue, 0),
+            signalbox_messaging::topology::retry_queue(&queue, 0).into(),
             lapin::options::QueueDeleteOptions::default(),
         )
         .await?;

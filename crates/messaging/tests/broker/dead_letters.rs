@@ -170,7 +170,7 @@ async fn replay_moves_dead_letters_back_and_the_fixed_consumer_handles_them() ->
     // The copy starts afresh and says it was replayed.
     let peek = fx.broker.channel().await?;
     let first = peek
-        .basic_get(&work.name, BasicGetOptions { no_ack: false })
+        .basic_get(work.name.as_str().into(), BasicGetOptions { no_ack: false })
         .await?
         .ok_or_else(|| anyhow::anyhow!("work queue empty"))?;
     let headers = first.delivery.properties.headers();
@@ -224,7 +224,7 @@ async fn replay_without_its_work_queue_takes_nothing_from_the_dead_letter_queue(
     let (work, _) = dead_lettered(&mut fx, 1).await?;
     let channel = fx.broker.channel().await?;
     channel
-        .queue_delete(&work.name, QueueDeleteOptions::default())
+        .queue_delete(work.name.as_str().into(), QueueDeleteOptions::default())
         .await?;
 
     let failed = dead_letters::replay(&fx.broker.channel().await?, &work.name, None).await;

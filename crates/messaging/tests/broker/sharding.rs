@@ -521,7 +521,7 @@ async fn stopping_during_an_in_place_retry_hands_the_messages_back_in_order() ->
     for _ in 0..3 {
         let got = reader
             .basic_get(
-                &queues[0].name,
+                queues[0].name.as_str().into(),
                 lapin::options::BasicGetOptions { no_ack: true },
             )
             .await?

@@ -103,9 +103,9 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
     for key in command_keys() {
         channel
             .queue_bind(
-                &commands_queue,
-                &ns.commands_exchange(),
-                &key,
+                commands_queue.as_str().into(),
+                ns.commands_exchange().into(),
+                key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -202,8 +202,8 @@ impl TestApp {
     pub async fn publish(&self, routing_key: &str, envelope: &Envelope, payload: &Value) {
         self.publisher
             .basic_publish(
-                &format!("{}.events", self.namespace),
-                routing_key,
+                format!("{}.events", self.namespace).into(),
+                routing_key.into(),
                 BasicPublishOptions::default(),
                 &serde_json::to_vec(payload).unwrap(),
                 signalbox_messaging::amqp::to_properties(envelope),
