@@ -1,7 +1,9 @@
 //! Access-token verification, shared by every service that accepts tokens
-//! (the gateway on each request, the realtime service on each socket): one
-//! implementation, so the edge and the socket can never disagree about what
-//! a valid token is.
+//! (the gateway on each request, the realtime service on each socket,
+//! orders on each gRPC call made on a user's behalf): one implementation, so
+//! the edge, the socket and the service can never disagree about what a
+//! valid token is. How the token is read from a request is
+//! [`crate::authorization`]'s job.
 //!
 //! Tokens are EdDSA-signed JWTs issued by the auth service (the RFC 9068
 //! profile, `typ: at+jwt`). Verifiers hold no secret: they fetch the public
@@ -20,16 +22,21 @@
 //!   [`MIN_REFRESH_INTERVAL`], so garbage tokens cannot hammer the auth
 //!   service; the set is also refetched once its `Cache-Control: max-age`
 //!   has passed, so a key the auth service retired stops verifying here.
+//!
+//! A verification whose key is cached and fresh never waits: not for a
+//! refresh another token started, however long the auth service takes to
+//! answer it. Refreshes are single-flight: callers that need one while it
+//! is in progress wait for it and use its result (see [`TokenVerifier`]).
 
 use std::{
     collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{decode, errors::ErrorKind, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use crate::config::VerifierSettings;
 
@@ -103,37 +110,72 @@ pub enum TokenError {
 }
 
 /// Verifies access tokens against the auth service's published keys.
+///
+/// Two locks, each of the kind its job needs:
+/// - `keys` is a `std::sync::RwLock` around an `Arc` of the current key set.
+///   It is held only to clone that `Arc` or to swap in a new one, never
+///   across an `.await`, so a verification whose key is cached never waits
+///   for anything slow. A blocking lock is the cheap, right tool for a
+///   critical section that short and that never spans an `.await`; readers
+///   share it, and the only writer is a refresh that just finished.
+/// - `refresh` is a `tokio::sync::Mutex`, taken only by callers that need
+///   the key set refetched (an unknown `kid`, or a set past its max-age). It
+///   is held across the fetch on purpose: that is what makes the refresh
+///   single-flight — concurrent callers wait for the one fetch in progress
+///   and then use its result, instead of each asking the auth service. It
+///   must be an async mutex, because it is held across `.await`.
 pub struct TokenVerifier {
     settings: VerifierSettings,
     http: reqwest::Client,
-    keys: Mutex<KeyCache>,
+    keys: RwLock<Arc<KeySet>>,
+    refresh: tokio::sync::Mutex<RefreshState>,
 }
 
-/// The last key set fetched, and when to ask again.
-struct KeyCache {
+/// A fetched key set, never changed once published: a refresh replaces the
+/// whole `Arc`.
+struct KeySet {
     /// The keys of the set by `kid`, parsed once per fetch rather than on
     /// every verification.
     keys: HashMap<String, DecodingKey>,
     /// Until when `keys` are fresh; `None` until a fetch has succeeded.
     fresh_until: Option<Instant>,
+}
+
+impl KeySet {
+    /// The key for `kid`, if the set has it and is still fresh.
+    fn fresh_key(&self, kid: &str) -> Option<&DecodingKey> {
+        let fresh = self.fresh_until.is_some_and(|until| Instant::now() < until);
+        self.keys.get(kid).filter(|_| fresh)
+    }
+}
+
+/// What only refreshers look at, under the `refresh` mutex.
+struct RefreshState {
     /// The last fetch attempt, successful or not (rate limit).
     last_attempt: Option<Instant>,
 }
 
+/// How long one fetch of the key set may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl TokenVerifier {
     pub fn new(settings: VerifierSettings) -> Self {
+        Self::with_fetch_timeout(settings, FETCH_TIMEOUT)
+    }
+
+    fn with_fetch_timeout(settings: VerifierSettings, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(timeout)
             .build()
             .expect("a plain HTTP client always builds");
         Self {
             settings,
             http,
-            keys: Mutex::new(KeyCache {
+            keys: RwLock::new(Arc::new(KeySet {
                 keys: HashMap::new(),
                 fresh_until: None,
-                last_attempt: None,
-            }),
+            })),
+            refresh: tokio::sync::Mutex::new(RefreshState { last_attempt: None }),
         }
     }
 
@@ -169,24 +211,43 @@ impl TokenVerifier {
         Ok(claims)
     }
 
-    /// The key for `kid`: from the cache while it is fresh; otherwise the set
-    /// is refetched, at most once per [`MIN_REFRESH_INTERVAL`].
+    /// The key set as it is now. The read lock is held for one `Arc` clone.
+    fn current(&self) -> Arc<KeySet> {
+        // A panic cannot happen while the lock is held (an `Arc` clone or
+        // assignment), so a poisoned lock still holds a whole set.
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn publish(&self, set: Arc<KeySet>) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = set;
+    }
+
+    /// The key for `kid`: from the cache while it is fresh, without waiting
+    /// for anything; otherwise the set is refetched, at most once per
+    /// [`MIN_REFRESH_INTERVAL`], by one caller at a time.
     async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
-        // Holding the lock across the fetch makes concurrent requests with the
-        // same new kid wait for one fetch instead of each starting their own.
-        let mut cache = self.keys.lock().await;
-        let fresh = cache
-            .fresh_until
-            .is_some_and(|until| Instant::now() < until);
-        if let (Some(key), true) = (cache.keys.get(kid), fresh) {
+        let seen = self.current();
+        if let Some(key) = seen.fresh_key(kid) {
             return Ok(key.clone());
         }
-        let cached = cache.keys.get(kid).cloned();
-        let may_refresh = cache
+
+        // Slow path: only callers that need a refresh queue here.
+        let mut refresh = self.refresh.lock().await;
+        let current = self.current();
+        if !Arc::ptr_eq(&current, &seen) {
+            // A refresh finished while this caller waited for the mutex: it
+            // is the answer for this token too, no second fetch.
+            return current.keys.get(kid).cloned().ok_or(TokenError::UnknownKey);
+        }
+        let cached = current.keys.get(kid).cloned();
+        let may_refresh = refresh
             .last_attempt
             .is_none_or(|at| at.elapsed() >= MIN_REFRESH_INTERVAL);
         if !may_refresh {
-            return match (cached, cache.fresh_until) {
+            return match (cached, current.fresh_until) {
                 // Stale but usable: the next allowed refresh will renew it.
                 (Some(key), _) => Ok(key),
                 (None, Some(_)) => Err(TokenError::UnknownKey),
@@ -196,12 +257,15 @@ impl TokenVerifier {
                 )),
             };
         }
-        cache.last_attempt = Some(Instant::now());
+        refresh.last_attempt = Some(Instant::now());
         match self.fetch().await {
             Ok((keys, max_age)) => {
-                cache.keys = keys;
-                cache.fresh_until = Some(Instant::now() + max_age);
-                cache.keys.get(kid).cloned().ok_or(TokenError::UnknownKey)
+                let set = Arc::new(KeySet {
+                    keys,
+                    fresh_until: Some(Instant::now() + max_age),
+                });
+                self.publish(set.clone());
+                set.keys.get(kid).cloned().ok_or(TokenError::UnknownKey)
             }
             // Stale-if-error: a key we had keeps verifying while the auth
             // service is briefly unreachable; new keys must wait for it.
@@ -417,6 +481,85 @@ mod tests {
         })
     }
 
+    /// Ages the cached key set past its max-age, as time would.
+    fn go_stale(verifier: &TokenVerifier) {
+        let keys = verifier.current().keys.clone();
+        verifier.publish(Arc::new(KeySet {
+            keys,
+            fresh_until: Some(Instant::now()),
+        }));
+    }
+
+    /// Moves the last fetch attempt back past the rate limit, as time would.
+    async fn allow_refresh(verifier: &TokenVerifier) {
+        verifier.refresh.lock().await.last_attempt =
+            Instant::now().checked_sub(MIN_REFRESH_INTERVAL);
+    }
+
+    /// A JWKS endpoint that answers its first fetch at once and holds every
+    /// later one (a refresh) until the test releases it, announcing each
+    /// held fetch as it arrives: an auth service that stopped answering.
+    struct StallingKeyServer {
+        addr: SocketAddr,
+        fetches: Arc<AtomicUsize>,
+        /// One message per held fetch, sent when it reaches the handler.
+        held: tokio::sync::mpsc::UnboundedReceiver<()>,
+        /// `true` lets the held fetches answer.
+        release: tokio::sync::watch::Sender<bool>,
+    }
+
+    async fn stalling_key_server(first: Value, later: Value) -> StallingKeyServer {
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (held_tx, held) = tokio::sync::mpsc::unbounded_channel();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counted = fetches.clone();
+        let router = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let (held, mut released) = (held_tx.clone(), released.clone());
+                let (first, later) = (first.clone(), later.clone());
+                async move {
+                    if n == 0 {
+                        return axum::Json(first);
+                    }
+                    let _ = held.send(());
+                    // Holds the fetch until the test says so; the sender
+                    // lives as long as the test, so this cannot fail early.
+                    let _ = released.wait_for(|released| *released).await;
+                    axum::Json(later)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The JWKS server: answers (or holds) until the test's runtime ends.
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        StallingKeyServer {
+            addr,
+            fetches,
+            held,
+            release,
+        }
+    }
+
+    /// A verifier of `server`'s keys whose fetches outlast the test's
+    /// deadline, so only the test decides when a held fetch ends.
+    fn patient_verifier(server: &StallingKeyServer) -> Arc<TokenVerifier> {
+        Arc::new(TokenVerifier::with_fetch_timeout(
+            VerifierSettings {
+                jwks_url: format!("http://{}/jwks", server.addr),
+                leeway_secs: 0,
+                ..VerifierSettings::default()
+            },
+            DEADLINE * 4,
+        ))
+    }
+
+    /// The bound on every wait in these tests: a failure bound, not a
+    /// measure of anything.
+    const DEADLINE: Duration = Duration::from_secs(15);
+
     #[tokio::test]
     async fn a_typed_access_token_verifies_and_keeps_its_scopes() {
         let server = key_server(jwks(&["k1"]), "public, max-age=300").await;
@@ -513,11 +656,8 @@ mod tests {
 
         // The auth service retires `old`; the cached set goes stale.
         *server.document.lock().unwrap() = jwks(&["new"]);
-        {
-            let mut cache = verifier.keys.lock().await;
-            cache.fresh_until = Some(Instant::now());
-            cache.last_attempt = Instant::now().checked_sub(MIN_REFRESH_INTERVAL);
-        }
+        go_stale(&verifier);
+        allow_refresh(&verifier).await;
 
         assert_eq!(verifier.verify(&old).await, Err(TokenError::UnknownKey));
         assert_eq!(server.fetches.load(Ordering::SeqCst), 2);
@@ -525,6 +665,83 @@ mod tests {
             .verify(&sign("new", Some("at+jwt"), &claims()))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cached_key_verifies_while_a_refresh_for_an_unknown_kid_is_held() {
+        let mut server = stalling_key_server(jwks(&["k1"]), jwks(&["k1"])).await;
+        let verifier = patient_verifier(&server);
+        let known = sign("k1", Some("at+jwt"), &claims());
+        verifier.verify(&known).await.unwrap();
+        allow_refresh(&verifier).await;
+
+        // A token under a kid nobody published starts a refresh, which the
+        // key server holds.
+        let refreshing = tokio::spawn({
+            let (verifier, unknown) = (verifier.clone(), sign("k2", Some("at+jwt"), &claims()));
+            async move { verifier.verify(&unknown).await }
+        });
+        tokio::time::timeout(DEADLINE, server.held.recv())
+            .await
+            .expect("the refresh reaches the key server")
+            .expect("the key server runs");
+
+        let verified = tokio::time::timeout(DEADLINE, verifier.verify(&known))
+            .await
+            .expect("a token with a cached key does not wait for the held refresh");
+
+        assert_eq!(verified.map(|c| c.sub), Ok("user-1".to_owned()));
+        assert!(
+            !refreshing.is_finished(),
+            "the refresh was still in flight when the cached key verified"
+        );
+        server.release.send(true).unwrap();
+        let refreshed = tokio::time::timeout(DEADLINE, refreshing)
+            .await
+            .expect("the released refresh completes")
+            .unwrap();
+        assert_eq!(refreshed, Err(TokenError::UnknownKey));
+        assert_eq!(server.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn callers_that_need_a_refresh_in_progress_share_its_result() {
+        // The refresh publishes `k2`: only a caller that waits for that
+        // refresh, rather than being turned away by the rate limit, gets it.
+        let mut server = stalling_key_server(jwks(&["k1"]), jwks(&["k1", "k2"])).await;
+        let verifier = patient_verifier(&server);
+        verifier
+            .verify(&sign("k1", Some("at+jwt"), &claims()))
+            .await
+            .unwrap();
+        allow_refresh(&verifier).await;
+        let new_key = sign("k2", Some("at+jwt"), &claims());
+        let spawn_verify = || {
+            let (verifier, token) = (verifier.clone(), new_key.clone());
+            tokio::spawn(async move { verifier.verify(&token).await })
+        };
+        let first = spawn_verify();
+        tokio::time::timeout(DEADLINE, server.held.recv())
+            .await
+            .expect("the refresh reaches the key server")
+            .expect("the key server runs");
+
+        // Two more callers arrive while the one fetch is held. On this
+        // single-threaded test runtime, `yield_now` runs them up to their
+        // first wait (the refresh mutex) before the test goes on.
+        let waiting = [spawn_verify(), spawn_verify()];
+        tokio::task::yield_now().await;
+        assert!(waiting.iter().all(|task| !task.is_finished()));
+        server.release.send(true).unwrap();
+
+        for task in std::iter::once(first).chain(waiting) {
+            let verified = tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("every caller gets the refresh's answer")
+                .unwrap();
+            assert_eq!(verified.map(|c| c.sub), Ok("user-1".to_owned()));
+        }
+        assert_eq!(server.fetches.load(Ordering::SeqCst), 2, "one refresh");
     }
 
     #[test]
