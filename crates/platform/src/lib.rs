@@ -1,8 +1,10 @@
 //! Service defaults: everything a Signalbox service needs besides its business
 //! logic, behind one call each. Configuration, telemetry, health endpoints,
-//! shutdown, the error vocabulary shared by HTTP and gRPC, and access-token
-//! verification (used by the gateway and the realtime service alike).
+//! shutdown, the error vocabulary shared by HTTP and gRPC, the one reader of
+//! the `Authorization` header, and access-token verification (used by the
+//! gateway, the realtime service and orders alike).
 
+pub mod authorization;
 pub mod config;
 pub mod error;
 pub mod health;
