@@ -11,6 +11,8 @@ use lapin::{
 use signalbox_messages::{Envelope, MessageKind};
 use uuid::Uuid;
 
+use crate::headers;
+
 /// Delivery mode 2: the broker writes the message to disk in durable queues.
 const PERSISTENT: u8 = 2;
 
@@ -25,21 +27,21 @@ pub enum EnvelopeError {
 }
 
 pub fn to_properties(envelope: &Envelope) -> BasicProperties {
-    let mut headers = FieldTable::default();
+    let mut table = FieldTable::default();
     let mut put = |key: &str, value: String| {
-        headers.insert(ShortString::from(key), AMQPValue::LongString(value.into()));
+        table.insert(ShortString::from(key), AMQPValue::LongString(value.into()));
     };
-    put("kind", kind_str(envelope.kind).to_owned());
-    put("occurred_at", envelope.occurred_at.to_rfc3339());
-    put("schema_version", envelope.schema_version.to_string());
+    put(headers::KIND, kind_str(envelope.kind).to_owned());
+    put(headers::OCCURRED_AT, envelope.occurred_at.to_rfc3339());
+    put(headers::SCHEMA_VERSION, envelope.schema_version.to_string());
     if let Some(causation) = envelope.causation_id {
-        put("causation_id", causation.to_string());
+        put(headers::CAUSATION_ID, causation.to_string());
     }
     if let Some(traceparent) = &envelope.traceparent {
-        put("traceparent", traceparent.clone());
+        put(headers::TRACEPARENT, traceparent.clone());
     }
     if let Some(user_id) = &envelope.user_id {
-        put("user_id", user_id.clone());
+        put(headers::USER_ID, user_id.clone());
     }
 
     let mut props = BasicProperties::default()
@@ -48,7 +50,7 @@ pub fn to_properties(envelope: &Envelope) -> BasicProperties {
         .with_content_type(ShortString::from("application/json"))
         .with_delivery_mode(PERSISTENT)
         .with_timestamp(envelope.occurred_at.timestamp().max(0) as u64)
-        .with_headers(headers);
+        .with_headers(table);
     if let Some(correlation) = &envelope.correlation_id {
         props = props.with_correlation_id(ShortString::from(correlation.clone()));
     }
@@ -71,35 +73,35 @@ pub fn from_properties(props: &BasicProperties) -> Result<Envelope, EnvelopeErro
         .to_string();
     let header = |key: &str| header_str(props.headers(), key);
 
-    let kind = match header("kind").as_deref() {
+    let kind = match header(headers::KIND).as_deref() {
         Some("event") | None => MessageKind::Event,
         Some("command") => MessageKind::Command,
         Some("reply") => MessageKind::Reply,
         Some(other) => {
             return Err(EnvelopeError::Invalid {
-                field: "kind",
+                field: headers::KIND,
                 reason: format!("unknown kind `{other}`"),
             })
         }
     };
-    let occurred_at = match header("occurred_at") {
+    let occurred_at = match header(headers::OCCURRED_AT) {
         Some(raw) => DateTime::parse_from_rfc3339(&raw)
             .map_err(|e| EnvelopeError::Invalid {
-                field: "occurred_at",
+                field: headers::OCCURRED_AT,
                 reason: e.to_string(),
             })?
             .with_timezone(&Utc),
         None => Utc::now(),
     };
-    let schema_version = match header("schema_version") {
+    let schema_version = match header(headers::SCHEMA_VERSION) {
         Some(raw) => raw.parse().map_err(|_| EnvelopeError::Invalid {
-            field: "schema_version",
+            field: headers::SCHEMA_VERSION,
             reason: format!("`{raw}` is not a number"),
         })?,
         None => signalbox_messages::SCHEMA_VERSION,
     };
-    let causation_id = header("causation_id")
-        .map(|raw| parse_uuid("causation_id", &raw))
+    let causation_id = header(headers::CAUSATION_ID)
+        .map(|raw| parse_uuid(headers::CAUSATION_ID, &raw))
         .transpose()?;
 
     Ok(Envelope {
@@ -109,9 +111,9 @@ pub fn from_properties(props: &BasicProperties) -> Result<Envelope, EnvelopeErro
         correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
         reply_to: props.reply_to().as_ref().map(|r| r.to_string()),
         causation_id,
-        traceparent: header("traceparent"),
+        traceparent: header(headers::TRACEPARENT),
         occurred_at,
-        user_id: header("user_id"),
+        user_id: header(headers::USER_ID),
         schema_version,
     })
 }

@@ -15,9 +15,9 @@
 //!
 //! Either way the message leaves the work queue, so a poison message never
 //! blocks the ones behind it, and the failure reason travels in the headers
-//! (`x-failure-reason`, `x-retry-count`, `x-original-queue`). A copy is
-//! published (with a confirm) *before* the original is acked, so a crash in
-//! between duplicates rather than loses.
+//! (`x-failure-reason`, `x-retry-count`, `x-original-queue`, `x-failed-at`;
+//! see [`crate::headers`]). A copy is published (with a confirm) *before* the
+//! original is acked, so a crash in between duplicates rather than loses.
 //!
 //! A consumer runs in sessions (see [`crate::connection`]): when the channel
 //! or connection fails it waits a moment, gets a new channel, declares its
@@ -41,7 +41,7 @@ use lapin::{
         BasicQosOptions, ConfirmSelectOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
-    BasicProperties, Channel, Confirmation, PublisherConfirm,
+    Channel, Confirmation, PublisherConfirm,
 };
 use signalbox_messages::{channels::Namespace, Envelope};
 use tokio_util::sync::CancellationToken;
@@ -49,16 +49,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     amqp::{self, long_string},
     connection::{close_quietly, jitter, next_delay},
+    headers::{retry_count, FAILED_AT, FAILURE_REASON, ORIGINAL_QUEUE, RETRY_COUNT},
     topology::{self, WorkQueue},
     Broker,
 };
-
-/// Header carrying how many times a message was retried.
-pub const RETRY_COUNT: &str = "x-retry-count";
-/// Header carrying why a message was dead-lettered (or last failed).
-pub const FAILURE_REASON: &str = "x-failure-reason";
-/// Header naming the queue a dead letter came from, for replay.
-pub const ORIGINAL_QUEUE: &str = "x-original-queue";
 
 /// A received message, its envelope already decoded.
 #[derive(Debug, Clone)]
@@ -478,7 +472,7 @@ async fn give_up(
                 RETRY_COUNT,
                 AMQPValue::LongUInt(retry_count(&delivery.properties)),
             ),
-            ("x-failed-at", long_string(&chrono::Utc::now().to_rfc3339())),
+            (FAILED_AT, long_string(&chrono::Utc::now().to_rfc3339())),
         ];
         republish(
             channel,
@@ -546,21 +540,4 @@ pub(crate) async fn publish_copy(
     channel
         .basic_publish("".into(), queue.into(), options, &delivery.data, properties)
         .await
-}
-
-/// The `x-retry-count` header, whichever integer type the sender used; 0
-/// when there is none.
-pub(crate) fn retry_count(properties: &BasicProperties) -> u32 {
-    let value = properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(RETRY_COUNT).cloned());
-    match value {
-        Some(AMQPValue::LongUInt(n)) => n,
-        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
-        Some(AMQPValue::LongLongInt(n)) => n.clamp(0, u32::MAX as i64) as u32,
-        Some(AMQPValue::ShortUInt(n)) => n.into(),
-        Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
-        _ => 0,
-    }
 }

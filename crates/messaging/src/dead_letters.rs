@@ -3,11 +3,11 @@
 //! A message ends in `<queue>.dlq` when its handler rejected it (it cannot be
 //! understood) or kept failing past the retry bound (see [`crate::consumer`]).
 //! The consumer stores the story in the headers: `x-failure-reason`,
-//! `x-retry-count`, `x-original-queue` and `x-failed-at`. Dead letters are
-//! not thrown away because the usual cause is not the message but the
-//! system: a bug that is fixed by the next deploy, a product that did not
-//! exist yet, a database that was down for longer than the retries waited.
-//! After the fix an operator replays them.
+//! `x-retry-count`, `x-original-queue` and `x-failed-at` ([`crate::headers`]).
+//! Dead letters are not thrown away because the usual cause is not the
+//! message but the system: a bug that is fixed by the next deploy, a product
+//! that did not exist yet, a database that was down for longer than the
+//! retries waited. After the fix an operator replays them.
 //!
 //! This module is the library behind the `dlq` binary:
 //!
@@ -63,14 +63,10 @@ use lapin::{
 use crate::{
     amqp::{self, long_string},
     connection::connection_properties,
-    consumer::{publish_copy, retry_count, FAILURE_REASON, ORIGINAL_QUEUE, RETRY_COUNT},
+    consumer::publish_copy,
+    headers::{retry_count, FAILED_AT, FAILURE_REASON, ORIGINAL_QUEUE, REPLAYED_AT, RETRY_COUNT},
 };
 
-/// Header with the time a message was dead-lettered (RFC 3339), written by
-/// the consumer.
-pub const FAILED_AT: &str = "x-failed-at";
-/// Header with the time a dead letter was replayed (RFC 3339).
-pub const REPLAYED_AT: &str = "x-replayed-at";
 /// Where the tool connects unless told otherwise.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How much of a body [`DeadLetter::body_preview`] keeps.

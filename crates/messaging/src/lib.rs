@@ -36,6 +36,7 @@ pub mod census;
 pub mod connection;
 pub mod consumer;
 pub mod dead_letters;
+pub mod headers;
 pub mod outbox;
 pub mod processed;
 pub mod publisher;

@@ -17,6 +17,16 @@ use signalbox_messages::channels::Namespace;
 
 use crate::amqp::long_string;
 
+// Queue arguments RabbitMQ understands, each written once.
+/// How long a message may wait in the queue before it expires.
+const MESSAGE_TTL: &str = "x-message-ttl";
+/// Where the broker sends what expires or is rejected without requeue.
+const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
+/// The routing key it sends it with (instead of the message's own).
+const DEAD_LETTER_ROUTING_KEY: &str = "x-dead-letter-routing-key";
+/// At most one consumer receives at a time; the others stand by.
+const SINGLE_ACTIVE_CONSUMER: &str = "x-single-active-consumer";
+
 /// Declares the exchanges shared by every service.
 pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
@@ -175,11 +185,11 @@ pub async fn declare_work_queue(
     for (attempt, delay) in work.retry.delays.iter().enumerate() {
         let mut args = FieldTable::default();
         args.insert(
-            "x-message-ttl".into(),
+            MESSAGE_TTL.into(),
             AMQPValue::LongLongInt(delay.as_millis() as i64),
         );
-        args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(queue));
+        args.insert(DEAD_LETTER_EXCHANGE.into(), long_string(""));
+        args.insert(DEAD_LETTER_ROUTING_KEY.into(), long_string(queue));
         channel
             .queue_declare(retry_queue(queue, attempt).into(), durable, args)
             .await?;
@@ -187,12 +197,12 @@ pub async fn declare_work_queue(
 
     let mut args = FieldTable::default();
     args.insert(
-        "x-dead-letter-exchange".into(),
+        DEAD_LETTER_EXCHANGE.into(),
         long_string(&ns.dead_letter_exchange()),
     );
-    args.insert("x-dead-letter-routing-key".into(), long_string(queue));
+    args.insert(DEAD_LETTER_ROUTING_KEY.into(), long_string(queue));
     if work.single_active_consumer {
-        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert(SINGLE_ACTIVE_CONSUMER.into(), AMQPValue::Boolean(true));
     }
     channel.queue_declare(queue.into(), durable, args).await?;
     for (exchange, routing_key) in &work.bindings {

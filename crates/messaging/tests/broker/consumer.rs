@@ -7,8 +7,10 @@ use std::{sync::Arc, time::Duration};
 use lapin::options::BasicPublishOptions;
 use signalbox_messages::{orders::OrderCancelled, Envelope};
 use signalbox_messaging::{
-    amqp, consumer::FAILURE_REASON, processed, Broker, ConfirmedPublisher, Consumer, HandleError,
-    Handler, Incoming, Outgoing, RetryPolicy, Source, WorkQueue,
+    amqp,
+    headers::{FAILURE_REASON, ORIGINAL_QUEUE},
+    processed, Broker, ConfirmedPublisher, Consumer, HandleError, Handler, Incoming, Outgoing,
+    RetryPolicy, Source, WorkQueue,
 };
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -254,7 +256,7 @@ async fn retries_are_bounded_then_the_message_is_dead_lettered_with_its_reason(
         "{reason}"
     );
     assert_eq!(
-        amqp::header_str(dead.properties.headers(), "x-original-queue").as_deref(),
+        amqp::header_str(dead.properties.headers(), ORIGINAL_QUEUE).as_deref(),
         Some(queue.as_str())
     );
     running.stop().await?;

@@ -10,8 +10,8 @@ use std::sync::{
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeleteOptions};
 use signalbox_messages::{orders::OrderCancelled, Envelope};
 use signalbox_messaging::{
-    amqp, consumer::ConsumeError, dead_letters, ConfirmedPublisher, Consumer, HandleError, Handler,
-    Incoming, Outgoing, Source, WorkQueue,
+    amqp, consumer::ConsumeError, dead_letters, headers, ConfirmedPublisher, Consumer, HandleError,
+    Handler, Incoming, Outgoing, Source, WorkQueue,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -174,7 +174,7 @@ async fn replay_moves_dead_letters_back_and_the_fixed_consumer_handles_them() ->
         .await?
         .ok_or_else(|| anyhow::anyhow!("work queue empty"))?;
     let headers = first.delivery.properties.headers();
-    assert!(amqp::header_str(headers, dead_letters::REPLAYED_AT).is_some());
+    assert!(amqp::header_str(headers, headers::REPLAYED_AT).is_some());
     assert_eq!(
         amqp::from_properties(&first.delivery.properties)?.message_id,
         messages[0].envelope.message_id
