@@ -8,12 +8,13 @@
 //! Connections die: the broker restarts, an operator runs
 //! `rabbitmqctl close_all_connections`, a network blip outlasts the heartbeat.
 //! Nothing here tries to keep a dead channel alive. Instead every user of the
-//! broker runs *sessions*: it asks [`Broker::channel`] for a channel, works
-//! until that channel fails, and asks again. `channel()` notices the dead
-//! connection and reconnects, once for all callers (the first caller does the
-//! work, the others wait for it), with exponential backoff and jitter, and
-//! re-declares the shared exchanges. Each session re-declares its own queues,
-//! so the topology is rebuilt by the same code that built it.
+//! broker runs *sessions* ([`crate::session`]): it asks [`Broker::channel`]
+//! for a channel, works until that channel fails, and asks again.
+//! `channel()` notices the dead connection and reconnects, once for all
+//! callers (the first caller does the work, the others wait for it), with
+//! exponential backoff and jitter ([`crate::backoff`]), and re-declares the
+//! shared exchanges. Each session re-declares its own queues, so the
+//! topology is rebuilt by the same code that built it.
 
 use std::{
     sync::{Arc, RwLock},
@@ -21,11 +22,10 @@ use std::{
 };
 
 use lapin::{Channel, Connection, ConnectionProperties};
-use rand::RngExt;
 use signalbox_messages::channels::Namespace;
 use tokio::time::Instant;
 
-use crate::topology;
+use crate::{backoff::Backoff, topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -75,26 +75,25 @@ impl Broker {
             reconnecting: tokio::sync::Mutex::new(()),
         };
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
-            match broker.open().await {
+            let error = match broker.open().await {
                 Ok(connection) => {
                     broker.install(connection);
                     tracing::info!("connected to broker");
                     return Ok(Arc::new(broker));
                 }
-                Err(source) if started.elapsed() + delay > max_wait => {
-                    return Err(BrokerError::Unreachable {
-                        waited: started.elapsed(),
-                        source,
-                    })
-                }
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?delay, "broker unreachable");
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = next_delay(delay);
-                }
+                Err(error) => error,
+            };
+            let delay = backoff.next_delay();
+            if started.elapsed() + delay > max_wait {
+                return Err(BrokerError::Unreachable {
+                    waited: started.elapsed(),
+                    source: error,
+                });
             }
+            tracing::warn!(%error, retry_in = ?delay, "broker unreachable");
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -178,7 +177,7 @@ impl Broker {
         if self.is_connected() {
             return; // someone else reconnected while we waited
         }
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         let mut attempt = 1u32;
         loop {
             match self.open().await {
@@ -188,9 +187,9 @@ impl Broker {
                     return;
                 }
                 Err(error) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(%error, attempt, retry_in = ?delay, "broker reconnect failed");
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = next_delay(delay);
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
             }
@@ -206,18 +205,6 @@ impl Broker {
 /// job of [`Broker::reconnect`] and the sessions built on it.
 pub(crate) fn connection_properties() -> ConnectionProperties {
     ConnectionProperties::default()
-}
-
-/// Exponential backoff, capped at five seconds.
-pub(crate) fn next_delay(delay: Duration) -> Duration {
-    (delay * 2).min(Duration::from_secs(5))
-}
-
-/// Full jitter: spreads reconnect attempts of many instances over time so a
-/// restarted broker is not hit by all of them at the same instant.
-pub(crate) fn jitter(delay: Duration) -> Duration {
-    let millis = delay.as_millis().max(1) as u64;
-    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }
 
 /// Closes a channel on the way out; it may already be closed (the connection

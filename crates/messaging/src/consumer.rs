@@ -19,7 +19,7 @@
 //! see [`crate::headers`]). A copy is published (with a confirm) *before* the
 //! original is acked, so a crash in between duplicates rather than loses.
 //!
-//! A consumer runs in sessions (see [`crate::connection`]): when the channel
+//! A consumer runs in sessions (see [`crate::session`]): when the channel
 //! or connection fails it waits a moment, gets a new channel, declares its
 //! queue again and resumes. Deliveries that were in flight return to the
 //! queue when the channel dies and are redelivered.
@@ -48,8 +48,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     amqp::{self, long_string},
-    connection::{close_quietly, jitter, next_delay},
+    connection::close_quietly,
     headers::{retry_count, FAILED_AT, FAILURE_REASON, ORIGINAL_QUEUE, RETRY_COUNT},
+    session,
     topology::{self, WorkQueue},
     Broker,
 };
@@ -244,52 +245,32 @@ impl Consumer {
     }
 
     /// Consumes until `shutdown` is cancelled, resuming after every broker
-    /// failure. Only returns early for good reason (shutdown).
+    /// failure (see [`crate::session`]). Only returns early for good reason
+    /// (shutdown).
     pub async fn run<H: Handler>(
         mut self,
         handler: H,
         shutdown: CancellationToken,
     ) -> Result<(), ConsumeError> {
-        let mut prepared = self.prepared.take();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let attached = match prepared.take() {
-                Some(attached) => Ok(attached),
-                None => {
-                    // Get a channel, waiting for a reconnect if the broker is
-                    // gone; shutdown must win over a broker that never returns.
-                    let channel = tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        channel = self.broker.channel() => channel,
-                    };
-                    match channel {
-                        Ok(channel) => self.open(channel).await,
-                        Err(error) => Err(error.into()),
-                    }
-                }
-            };
-            let outcome = match attached {
-                Ok(attached) => {
-                    delay = Duration::from_millis(100);
-                    self.session(attached, &handler, &shutdown).await
-                }
-                Err(error) => Err(error),
-            };
-            self.attached.set(false);
-            match outcome {
-                Ok(()) => return Ok(()),
-                Err(error) => {
-                    tracing::warn!(consumer = %self.tag, %error, retry_in = ?delay, "consumer interrupted; resuming");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        // Back off so a broker that accepts connections but
-                        // fails channels is not hammered.
-                        _ = tokio::time::sleep(jitter(delay)) => {}
-                    }
-                    delay = next_delay(delay);
-                }
-            }
-        }
+        let prepared = self.prepared.take();
+        let (this, handler, stop) = (&self, &handler, &shutdown);
+        session::run(
+            &shutdown,
+            prepared,
+            // A channel (waiting for a reconnect if the broker is gone), and
+            // the queue declared and consumed on it.
+            move || async move { this.open(this.broker.channel().await?).await },
+            move |attached| async move {
+                let ended = this.session(attached, handler, stop).await;
+                this.attached.set(false);
+                ended
+            },
+            |error, retry_in| {
+                tracing::warn!(consumer = %this.tag, %error, ?retry_in, "consumer interrupted; resuming");
+            },
+        )
+        .await;
+        Ok(())
     }
 
     /// Declares the source's queue on `channel` and starts consuming.

@@ -32,6 +32,7 @@
 //! that come in time is the same machinery ([`census`]).
 
 pub mod amqp;
+pub mod backoff;
 pub mod census;
 pub mod connection;
 pub mod consumer;
@@ -42,6 +43,7 @@ pub mod processed;
 pub mod publisher;
 pub mod request_reply;
 pub mod retention;
+pub mod session;
 pub mod sharding;
 pub mod topology;
 

@@ -59,7 +59,7 @@
 //! # Surviving the broker
 //!
 //! The reply queue lives and dies with the broker connection. The router task
-//! runs in sessions (see [`crate::connection`]): when the connection is lost
+//! runs in sessions (see [`crate::session`]): when the connection is lost
 //! it fails the requests waiting on the old queue, asks [`Broker::channel`]
 //! for a new channel (which reconnects), declares a new reply queue and
 //! publishes it to new requests. A request made while no session exists
@@ -88,9 +88,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    amqp,
-    connection::{close_quietly, jitter, next_delay},
-    topology, Broker, ConfirmedPublisher, Outgoing,
+    amqp, connection::close_quietly, session, topology, Broker, ConfirmedPublisher, Outgoing,
 };
 
 /// How many requests may wait for their replies at once, unless configured.
@@ -675,15 +673,34 @@ async fn open_session(
     Ok((Arc::new(session), deliveries))
 }
 
-/// Why a session ended.
-enum Ended {
-    /// The requester is closing.
-    Stopped,
-    /// The channel or connection is gone.
-    Lost(String),
+/// Why the router is between reply queues.
+#[derive(Debug, thiserror::Error)]
+enum ReplyQueueError {
+    /// No reply queue could be declared on a new channel.
+    #[error("reply queue not declared")]
+    NotDeclared(#[source] lapin::Error),
+    /// The reply queue died with its channel or connection; the requests
+    /// waiting on it were failed.
+    #[error("reply queue `{queue}` lost; {failed} waiting request(s) failed")]
+    Lost {
+        queue: String,
+        failed: usize,
+        #[source]
+        cause: ReplyConsumerEnded,
+    },
 }
 
-/// The router task: serves one session after another until stopped.
+/// How the consumer of a reply queue ended without being asked to.
+#[derive(Debug, thiserror::Error)]
+enum ReplyConsumerEnded {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("the reply consumer was cancelled")]
+    Cancelled,
+}
+
+/// The router task: serves one reply queue after another until stopped
+/// (see [`crate::session`]).
 async fn route_replies(
     broker: Arc<Broker>,
     name: String,
@@ -691,78 +708,62 @@ async fn route_replies(
     sessions: watch::Sender<Option<Arc<Session>>>,
     stop: CancellationToken,
 ) {
-    let mut next = Some(first);
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let (session, deliveries) = match next.take() {
-            Some(opened) => opened,
-            None => {
-                let opened = tokio::select! {
-                    biased;
-                    // Closing wins over a broker that never comes back.
-                    _ = stop.cancelled() => return,
-                    // A new channel (reconnecting first if needed) and a new
-                    // reply queue on it.
-                    opened = open_session(&broker, &name) => opened,
-                };
-                match opened {
-                    Ok(opened) => opened,
-                    Err(error) => {
-                        tracing::warn!(%error, retry_in = ?delay, "reply queue not declared; retrying");
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            // Back off: a broker that accepts connections but
-                            // fails channels must not be hammered.
-                            _ = tokio::time::sleep(jitter(delay)) => {}
-                        }
-                        delay = next_delay(delay);
-                        continue;
-                    }
+    let (broker, name, sessions, stop_serving) = (&broker, name.as_str(), &sessions, &stop);
+    session::run(
+        &stop,
+        Some(first),
+        // A new channel (reconnecting first if needed) and a new reply
+        // queue on it.
+        move || async move {
+            open_session(broker, name)
+                .await
+                .map_err(ReplyQueueError::NotDeclared)
+        },
+        move |(session, deliveries)| async move {
+            // New requests address this queue from now on.
+            sessions.send_replace(Some(session.clone()));
+            let ended = serve_session(&session, deliveries, stop_serving).await;
+            // No reply can reach the old queue any more: new requests wait
+            // for the next session, and those waiting on this one fail now
+            // instead of at their deadlines.
+            sessions.send_replace(None);
+            let failed = session.close();
+            match ended {
+                Ok(()) => {
+                    close_quietly(&session.channel).await;
+                    tracing::debug!(queue = %session.queue, "reply queue closed");
+                    Ok(())
                 }
+                Err(cause) => Err(ReplyQueueError::Lost {
+                    queue: session.queue.clone(),
+                    failed,
+                    cause,
+                }),
             }
-        };
-        delay = Duration::from_millis(100);
-        // New requests address this queue from now on.
-        sessions.send_replace(Some(session.clone()));
-
-        let ended = serve_session(&session, deliveries, &stop).await;
-
-        // No reply can reach the old queue any more: new requests wait for
-        // the next session, and those waiting on this one fail now instead
-        // of at their deadlines.
-        sessions.send_replace(None);
-        let failed = session.close();
-        match ended {
-            Ended::Stopped => {
-                close_quietly(&session.channel).await;
-                tracing::debug!(queue = %session.queue, "reply queue closed");
-                return;
-            }
-            Ended::Lost(reason) => {
-                tracing::warn!(queue = %session.queue, %reason, failed, "reply queue lost; re-creating");
-            }
-        }
-    }
+        },
+        |error, retry_in| tracing::warn!(%error, ?retry_in, "reply queue unavailable; re-creating"),
+    )
+    .await;
 }
 
-/// Routes the replies of one session until its channel fails or the
-/// requester closes.
+/// Routes the replies of one session until the requester closes (`Ok`) or
+/// the session's channel fails.
 async fn serve_session(
     session: &Session,
     mut deliveries: lapin::Consumer,
     stop: &CancellationToken,
-) -> Ended {
+) -> Result<(), ReplyConsumerEnded> {
     loop {
         tokio::select! {
             biased;
             // The requester was closed or its last handle dropped.
-            _ = stop.cancelled() => return Ended::Stopped,
+            _ = stop.cancelled() => return Ok(()),
             // The next reply; `None` or an error means the channel (and with
             // it the exclusive reply queue) is gone.
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => session.route(delivery),
-                Some(Err(error)) => return Ended::Lost(error.to_string()),
-                None => return Ended::Lost("the reply consumer was cancelled".to_owned()),
+                Some(Err(error)) => return Err(error.into()),
+                None => return Err(ReplyConsumerEnded::Cancelled),
             },
         }
     }
