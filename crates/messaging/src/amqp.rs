@@ -22,8 +22,14 @@ const PERSISTENT: u8 = 2;
 pub enum EnvelopeError {
     #[error("missing property `{0}`")]
     Missing(&'static str),
-    #[error("invalid property `{field}`: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    #[error("invalid property `{field}`")]
+    Invalid {
+        field: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("unknown message kind `{0}`")]
+    UnknownKind(String),
 }
 
 pub fn to_properties(envelope: &Envelope) -> BasicProperties {
@@ -77,27 +83,18 @@ pub fn from_properties(props: &BasicProperties) -> Result<Envelope, EnvelopeErro
         Some("event") | None => MessageKind::Event,
         Some("command") => MessageKind::Command,
         Some("reply") => MessageKind::Reply,
-        Some(other) => {
-            return Err(EnvelopeError::Invalid {
-                field: headers::KIND,
-                reason: format!("unknown kind `{other}`"),
-            })
-        }
+        Some(other) => return Err(EnvelopeError::UnknownKind(other.to_owned())),
     };
     let occurred_at = match header(headers::OCCURRED_AT) {
         Some(raw) => DateTime::parse_from_rfc3339(&raw)
-            .map_err(|e| EnvelopeError::Invalid {
-                field: headers::OCCURRED_AT,
-                reason: e.to_string(),
-            })?
+            .map_err(|e| invalid(headers::OCCURRED_AT, e))?
             .with_timezone(&Utc),
         None => Utc::now(),
     };
     let schema_version = match header(headers::SCHEMA_VERSION) {
-        Some(raw) => raw.parse().map_err(|_| EnvelopeError::Invalid {
-            field: headers::SCHEMA_VERSION,
-            reason: format!("`{raw}` is not a number"),
-        })?,
+        Some(raw) => raw
+            .parse()
+            .map_err(|e| invalid(headers::SCHEMA_VERSION, e))?,
         None => signalbox_messages::SCHEMA_VERSION,
     };
     let causation_id = header(headers::CAUSATION_ID)
@@ -142,10 +139,17 @@ fn kind_str(kind: MessageKind) -> &'static str {
 }
 
 fn parse_uuid(field: &'static str, raw: &str) -> Result<Uuid, EnvelopeError> {
-    Uuid::parse_str(raw).map_err(|e| EnvelopeError::Invalid {
+    Uuid::parse_str(raw).map_err(|e| invalid(field, e))
+}
+
+fn invalid(
+    field: &'static str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> EnvelopeError {
+    EnvelopeError::Invalid {
         field,
-        reason: e.to_string(),
-    })
+        source: Box::new(source),
+    }
 }
 
 #[cfg(test)]
@@ -168,6 +172,23 @@ mod tests {
 
         // Timestamps travel as RFC 3339, which keeps sub-second precision.
         assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn an_invalid_property_keeps_its_cause() {
+        let props = BasicProperties::default()
+            .with_message_id(ShortString::from("not-a-uuid"))
+            .with_type(ShortString::from("order.created"));
+        let error = from_properties(&props).unwrap_err();
+        assert!(matches!(
+            error,
+            EnvelopeError::Invalid {
+                field: "message_id",
+                ..
+            }
+        ));
+        let cause = std::error::Error::source(&error).expect("the parse error is kept");
+        assert!(cause.downcast_ref::<uuid::Error>().is_some(), "{cause}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::{backoff::Backoff, topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("could not reach the broker within {waited:?}: {source}")]
+    #[error("could not reach the broker within {waited:?}")]
     Unreachable {
         waited: Duration,
         #[source]

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     amqp::{self, long_string},
+    chain::Chain,
     connection::close_quietly,
     headers::{retry_count, FAILED_AT, FAILURE_REASON, ORIGINAL_QUEUE, RETRY_COUNT},
     session,
@@ -74,7 +75,7 @@ pub enum HandleError {
     #[error("rejected: {0}")]
     Reject(String),
     /// Something around the message failed: retry later.
-    #[error("transient failure: {0}")]
+    #[error("transient failure")]
     Transient(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The handler stopped without deciding (the service is shutting down
     /// while it waited): the message goes back to the queue untouched, and
@@ -100,7 +101,9 @@ impl From<sqlx::Error> for HandleError {
 
 impl From<signalbox_messages::DecodeError> for HandleError {
     fn from(error: signalbox_messages::DecodeError) -> Self {
-        Self::Reject(error.to_string())
+        // A reject carries text: it becomes the dead letter's
+        // `x-failure-reason` header, so the whole chain goes into it.
+        Self::Reject(Chain(&error).to_string())
     }
 }
 
@@ -266,7 +269,7 @@ impl Consumer {
                 ended
             },
             |error, retry_in| {
-                tracing::warn!(consumer = %this.tag, %error, ?retry_in, "consumer interrupted; resuming");
+                tracing::warn!(consumer = %this.tag, error = %Chain(error), ?retry_in, "consumer interrupted; resuming");
             },
         )
         .await;
@@ -371,15 +374,10 @@ async fn process<H: Handler>(
     let envelope = match amqp::from_properties(&delivery.properties) {
         Ok(envelope) => envelope,
         Err(error) => {
-            tracing::warn!(%queue, %error, "undecodable envelope; dead-lettering");
-            return give_up(
-                channel,
-                queue,
-                work,
-                &delivery,
-                &format!("bad envelope: {error}"),
-            )
-            .await;
+            // The reason travels as a header: text, but the whole chain.
+            let reason = format!("bad envelope: {}", Chain(&error));
+            tracing::warn!(%queue, %reason, "undecodable envelope; dead-lettering");
+            return give_up(channel, queue, work, &delivery, &reason).await;
         }
     };
     let message_id = envelope.message_id;
@@ -405,7 +403,7 @@ async fn process<H: Handler>(
             give_up(channel, queue, work, &delivery, &reason).await
         }
         Err(HandleError::Transient(error)) => {
-            let reason = error.to_string();
+            let reason = Chain(&*error).to_string();
             match work.and_then(|w| w.retry.delay(attempt).map(|d| (w, d))) {
                 Some((work, delay)) => {
                     tracing::warn!(%queue, %message_id, %message_type, attempt, retry_in = ?delay, error = %reason, "handler failed; will retry");
@@ -521,4 +519,42 @@ pub(crate) async fn publish_copy(
     channel
         .basic_publish("".into(), queue.into(), options, &delivery.data, properties)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use signalbox_messages::{decode, orders::OrderCancelled};
+
+    use super::*;
+    use crate::chain::Chain;
+
+    #[test]
+    fn a_transient_failure_keeps_its_cause_as_the_source() {
+        let error = HandleError::transient(std::io::Error::other("database restarting"));
+
+        let source = std::error::Error::source(&error).expect("the cause is kept");
+        assert_eq!(source.to_string(), "database restarting");
+        assert_eq!(
+            Chain(&error).to_string(),
+            "transient failure: database restarting"
+        );
+    }
+
+    #[test]
+    fn a_payload_that_does_not_decode_is_rejected_with_the_parse_error() {
+        let envelope = Envelope::new::<OrderCancelled>();
+        let error = decode::<OrderCancelled>(&envelope, b"{\"order_id\":").unwrap_err();
+        let parse_error = std::error::Error::source(&error)
+            .expect("a parse error")
+            .to_string();
+
+        let HandleError::Reject(reason) = HandleError::from(error) else {
+            panic!("a payload that does not decode is not worth a retry");
+        };
+        assert!(
+            reason.starts_with("malformed `order.cancelled` payload"),
+            "{reason}"
+        );
+        assert_eq!(reason.matches(&parse_error).count(), 1, "{reason}");
+    }
 }

@@ -74,7 +74,7 @@ const PREVIEW_CHARS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("cannot open queue `{queue}`: {source}")]
+    #[error("cannot open queue `{queue}`")]
     NoQueue {
         queue: String,
         #[source]

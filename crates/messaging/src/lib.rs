@@ -34,6 +34,7 @@
 pub mod amqp;
 pub mod backoff;
 pub mod census;
+pub mod chain;
 pub mod connection;
 pub mod consumer;
 pub mod dead_letters;

@@ -27,6 +27,7 @@ use sqlx::{postgres::PgListener, types::Json, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    chain::Chain,
     publisher::{ConfirmedPublisher, PublishError},
     Broker,
 };
@@ -185,7 +186,7 @@ impl OutboxRelay {
         let mut publisher: Option<ConfirmedPublisher> = None;
         loop {
             if let Err(error) = self.drain(&mut publisher, &shutdown).await {
-                tracing::warn!(%error, "outbox relay failed; will retry");
+                tracing::warn!(error = %Chain(&error), "outbox relay failed; will retry");
                 publisher = None;
             }
             tokio::select! {

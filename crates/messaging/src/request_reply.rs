@@ -88,7 +88,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    amqp, connection::close_quietly, session, topology, Broker, ConfirmedPublisher, Outgoing,
+    amqp, chain::Chain, connection::close_quietly, session, topology, Broker, ConfirmedPublisher,
+    Outgoing,
 };
 
 /// How many requests may wait for their replies at once, unless configured.
@@ -288,7 +289,7 @@ impl Session {
         let envelope = match amqp::from_properties(&delivery.properties) {
             Ok(envelope) => envelope,
             Err(error) => {
-                tracing::warn!(%correlation_id, %error, "undecodable reply; discarded");
+                tracing::warn!(%correlation_id, error = %Chain(&error), "undecodable reply; discarded");
                 return;
             }
         };
@@ -741,7 +742,9 @@ async fn route_replies(
                 }),
             }
         },
-        |error, retry_in| tracing::warn!(%error, ?retry_in, "reply queue unavailable; re-creating"),
+        |error, retry_in| {
+            tracing::warn!(error = %Chain(error), ?retry_in, "reply queue unavailable; re-creating");
+        },
     )
     .await;
 }

@@ -140,6 +140,7 @@ use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    chain::Chain,
     connection::close_quietly,
     consumer::{ConsumeError, Consumer, Flag, HandleError, Handler, Incoming, Source},
     topology::{RetryPolicy, WorkQueue},
@@ -290,8 +291,11 @@ impl<H: Handler> Handler for InOrder<H> {
                 other => return other,
             };
             let Some(delay) = self.retry.delay(retries) else {
+                // The reason becomes the dead letter's header: text, but
+                // the whole chain.
                 return Err(HandleError::Reject(format!(
-                    "gave up after {retries} in-order retries: {error}"
+                    "gave up after {retries} in-order retries: {}",
+                    Chain(&*error)
                 )));
             };
             tracing::warn!(
@@ -299,7 +303,7 @@ impl<H: Handler> Handler for InOrder<H> {
                 message_type = %message.envelope.message_type,
                 retries,
                 retry_in = ?delay,
-                %error,
+                error = %Chain(&*error),
                 "handler failed; retrying in place to keep the order"
             );
             tokio::select! {

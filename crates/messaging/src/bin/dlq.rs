@@ -4,7 +4,10 @@
 
 use std::process::ExitCode;
 
-use signalbox_messaging::dead_letters::{self, Cli, Command, USAGE};
+use signalbox_messaging::{
+    chain::Chain,
+    dead_letters::{self, Cli, Command, USAGE},
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -21,7 +24,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("dlq: {error}");
+            eprintln!("dlq: {}", Chain(&*error));
             ExitCode::FAILURE
         }
     }
