@@ -20,38 +20,52 @@
 //! JWKS of another replica does not show.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use jsonwebtoken::EncodingKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
+use jsonwebtoken::{
+    jwk::{
+        AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, KeyAlgorithm,
+        OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, ThumbprintHash,
+    },
+    Algorithm, EncodingKey,
+};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::config::{TokenSettings, VerifyOnlyKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("the signing key is not an Ed25519 PKCS#8 PEM document: {0}")]
-    Unreadable(String),
-    #[error("the signing key cannot be encoded: {0}")]
-    Encoding(String),
+    #[error("the signing key is not an Ed25519 PKCS#8 PEM document")]
+    Unreadable(#[source] ed25519_dalek::pkcs8::Error),
+    #[error("the signing key cannot be encoded")]
+    Encoding(#[source] ed25519_dalek::pkcs8::Error),
+    #[error("the signing key cannot be published as a JWK")]
+    Jwk(#[source] jsonwebtoken::errors::Error),
     #[error("a verify-only key is not a public Ed25519 JWK: {0}")]
     NotAPublicKey(String),
     #[error("the key id `{0}` is used by more than one key")]
     DuplicateKid(String),
 }
 
-/// The public half of a key, as verifiers see it.
+/// The public half of a key, as verifiers see it: an Ed25519 JWK (RFC 8037)
+/// with its `kid`.
 #[derive(Debug, Clone)]
 pub struct PublicKey {
     kid: String,
-    key: ed25519_dalek::VerifyingKey,
+    /// Public members only (`kty`, `crv`, `x`); never a `d`.
+    jwk: Jwk,
 }
 
 impl PublicKey {
-    pub fn new(key: ed25519_dalek::VerifyingKey, kid: Option<String>) -> Self {
-        let x = encode_x(&key);
-        let kid = kid.unwrap_or_else(|| thumbprint(&x));
-        Self { kid, key }
+    /// Names `jwk` by the configured `kid`, or by its RFC 7638 thumbprint
+    /// when none is configured: a `kid` derived from the key itself needs no
+    /// registry and cannot collide by accident.
+    fn named(jwk: Jwk, kid: Option<String>) -> Result<Self, KeyError> {
+        let kid = match kid {
+            Some(kid) => kid,
+            None => jwk.thumbprint(ThumbprintHash::SHA256).map_err(KeyError::Jwk)?,
+        };
+        Ok(Self { kid, jwk })
     }
 
     /// A verify-only key from configuration: an Ed25519 JWK with public
@@ -71,9 +85,17 @@ impl PublicKey {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| refuse("`x` is not 32 base64url bytes"))?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
             .map_err(|_| refuse("`x` is not an Ed25519 point"))?;
-        Ok(Self::new(key, jwk.kid.clone()))
+        let public = Jwk {
+            common: CommonParameters::default(),
+            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: jwk.x.clone(),
+            }),
+        };
+        Self::named(public, jwk.kid.clone())
     }
 
     pub fn kid(&self) -> &str {
@@ -81,20 +103,24 @@ impl PublicKey {
     }
 
     /// The raw public key, base64url without padding (the JWK `x` member).
-    pub fn x(&self) -> String {
-        encode_x(&self.key)
+    pub fn x(&self) -> &str {
+        match &self.jwk.algorithm {
+            AlgorithmParameters::OctetKeyPair(okp) => &okp.x,
+            _ => unreachable!("only Ed25519 keys are ever built"),
+        }
     }
 
-    /// This key as a JWK (RFC 8037): public members only, no `d`.
+    /// This key as a JWK (RFC 8037) for the JWK Set: public members only, no
+    /// `d`, with the `kid`, `alg` and `use` verifiers select it by.
     pub fn jwk(&self) -> Value {
-        json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": self.x(),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        })
+        let mut jwk = self.jwk.clone();
+        jwk.common = CommonParameters {
+            key_id: Some(self.kid.clone()),
+            key_algorithm: Some(KeyAlgorithm::EdDSA),
+            public_key_use: Some(PublicKeyUse::Signature),
+            ..CommonParameters::default()
+        };
+        serde_json::to_value(jwk).unwrap_or_else(|_| json!({}))
     }
 }
 
@@ -115,25 +141,36 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Reads a PKCS#8 PEM document (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_pkcs8_pem(pem: &str, kid: Option<String>) -> Result<Self, KeyError> {
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
-            .map_err(|e| KeyError::Unreadable(e.to_string()))?;
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(KeyError::Unreadable)?;
         Self::from_dalek(&key, kid)
     }
 
-    /// A fresh random key from the operating system's CSPRNG.
+    /// A fresh random key from the thread-local CSPRNG (seeded by the
+    /// operating system).
     pub fn generate(kid: Option<String>) -> Result<Self, KeyError> {
         Self::from_dalek(&ed25519_dalek::SigningKey::generate(&mut rand::rng()), kid)
     }
 
     fn from_dalek(key: &ed25519_dalek::SigningKey, kid: Option<String>) -> Result<Self, KeyError> {
-        // jsonwebtoken signs with ring, which takes the key as PKCS#8 DER.
-        let der = key
-            .to_pkcs8_der()
-            .map_err(|e| KeyError::Encoding(e.to_string()))?;
-        Ok(Self {
-            public: PublicKey::new(key.verifying_key(), kid),
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
-        })
+        // jsonwebtoken takes the key as PKCS#8 v1 DER (the secret alone, no
+        // embedded public key) and derives the public JWK from it, so what is
+        // published is what signs.
+        let der = KeypairBytes {
+            secret_key: key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_der()
+        .map_err(KeyError::Encoding)?;
+        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        let jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA).map_err(KeyError::Jwk)?;
+        let public = PublicKey::named(
+            Jwk {
+                common: CommonParameters::default(),
+                ..jwk
+            },
+            kid,
+        )?;
+        Ok(Self { public, encoding })
     }
 
     pub fn kid(&self) -> &str {
@@ -228,19 +265,6 @@ impl KeySet {
     }
 }
 
-fn encode_x(key: &ed25519_dalek::VerifyingKey) -> String {
-    URL_SAFE_NO_PAD.encode(key.as_bytes())
-}
-
-/// The RFC 7638 thumbprint of an Ed25519 public key (`x` as in the JWK):
-/// SHA-256 over the required members in lexicographic order, no whitespace.
-/// A `kid` derived from the key itself needs no registry and cannot collide
-/// by accident.
-pub fn thumbprint(x: &str) -> String {
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,8 +288,15 @@ mod tests {
     #[test]
     fn the_thumbprint_matches_rfc_8037() {
         // RFC 8037, appendix A.3.
+        let jwk = VerifyOnlyKey {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: RFC8037_X.into(),
+            kid: None,
+            d: None,
+        };
         assert_eq!(
-            thumbprint(RFC8037_X),
+            PublicKey::from_jwk(&jwk).unwrap().kid(),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
     }
@@ -337,7 +368,7 @@ mod tests {
         VerifyOnlyKey {
             kty: "OKP".into(),
             crv: "Ed25519".into(),
-            x: key.public().x(),
+            x: key.public().x().to_owned(),
             kid: kid.map(str::to_owned),
             d: None,
         }

@@ -128,7 +128,7 @@ async fn after_a_rotation_the_previous_key_still_verifies_and_only_the_new_one_s
     let previous_jwk = VerifyOnlyKey {
         kty: "OKP".into(),
         crv: "Ed25519".into(),
-        x: previous.public().x(),
+        x: previous.public().x().to_owned(),
         kid: Some("2024".into()),
         d: None,
     };
@@ -175,7 +175,7 @@ async fn a_private_key_configured_as_verify_only_stops_the_service_from_starting
     settings.tokens.verify_only_keys = vec![VerifyOnlyKey {
         kty: "OKP".into(),
         crv: "Ed25519".into(),
-        x: key.public().x(),
+        x: key.public().x().to_owned(),
         kid: None,
         d: Some("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A".into()),
     }];
