@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(header.kid.as_deref(), Some(issuer.keys().current().kid()));
 
-        let key = DecodingKey::from_ed_components(&issuer.keys().current().public().x()).unwrap();
+        let key = DecodingKey::from_ed_components(issuer.keys().current().public().x()).unwrap();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&["signalbox"]);
         validation.set_issuer(&["signalbox-auth"]);
