@@ -363,6 +363,14 @@ impl Consumer {
 }
 
 /// Handles one delivery and settles it.
+///
+/// One span per delivery, so every line logged while it is handled (by the
+/// handler too) names the queue, the message and the attempt; `message_id`
+/// and `message_type` stay empty for a delivery without a valid envelope.
+#[tracing::instrument(
+    skip_all,
+    fields(queue = %queue, message_id, message_type, attempt)
+)]
 async fn process<H: Handler>(
     channel: &Channel,
     queue: &str,
@@ -370,18 +378,20 @@ async fn process<H: Handler>(
     handler: &H,
     delivery: Delivery,
 ) -> Result<(), ConsumeError> {
+    let span = tracing::Span::current();
     let attempt = retry_count(&delivery.properties);
+    span.record("attempt", attempt);
     let envelope = match amqp::from_properties(&delivery.properties) {
         Ok(envelope) => envelope,
         Err(error) => {
             // The reason travels as a header: text, but the whole chain.
             let reason = format!("bad envelope: {}", Chain(&error));
-            tracing::warn!(%queue, %reason, "undecodable envelope; dead-lettering");
+            tracing::warn!(%reason, "undecodable envelope; dead-lettering");
             return give_up(channel, queue, work, &delivery, &reason).await;
         }
     };
-    let message_id = envelope.message_id;
-    let message_type = envelope.message_type.clone();
+    span.record("message_id", tracing::field::display(envelope.message_id));
+    span.record("message_type", envelope.message_type.as_str());
     let incoming = Incoming {
         envelope,
         body: delivery.data.clone(),
@@ -394,19 +404,19 @@ async fn process<H: Handler>(
         Err(HandleError::Interrupted) => {
             // Neither ack nor nack: closing the channel returns this delivery
             // and the prefetched ones behind it to the queue, in order.
-            tracing::info!(%queue, %message_id, "handler interrupted; returning the message");
+            tracing::info!("handler interrupted; returning the message");
             close_quietly(channel).await;
             Err(ConsumeError::Interrupted)
         }
         Err(HandleError::Reject(reason)) => {
-            tracing::warn!(%queue, %message_id, %message_type, %reason, "message rejected; dead-lettering");
+            tracing::warn!(%reason, "message rejected; dead-lettering");
             give_up(channel, queue, work, &delivery, &reason).await
         }
         Err(HandleError::Transient(error)) => {
             let reason = Chain(&*error).to_string();
             match work.and_then(|w| w.retry.delay(attempt).map(|d| (w, d))) {
                 Some((work, delay)) => {
-                    tracing::warn!(%queue, %message_id, %message_type, attempt, retry_in = ?delay, error = %reason, "handler failed; will retry");
+                    tracing::warn!(retry_in = ?delay, error = %reason, "handler failed; will retry");
                     let retry_queue = topology::retry_queue(&work.name, attempt as usize);
                     let headers = [
                         (RETRY_COUNT, AMQPValue::LongUInt(attempt + 1)),
@@ -417,7 +427,7 @@ async fn process<H: Handler>(
                 }
                 None if work.is_none() => {
                     // An instance queue has no retry queues: put it back.
-                    tracing::warn!(%queue, %message_id, error = %reason, "handler failed; requeueing");
+                    tracing::warn!(error = %reason, "handler failed; requeueing");
                     let requeue = BasicNackOptions {
                         requeue: true,
                         ..Default::default()
@@ -425,7 +435,7 @@ async fn process<H: Handler>(
                     settle_delivery(channel, delivery.nack(requeue)).await
                 }
                 None => {
-                    tracing::error!(%queue, %message_id, %message_type, attempt, error = %reason, "retries exhausted; dead-lettering");
+                    tracing::error!(error = %reason, "retries exhausted; dead-lettering");
                     let reason = format!("gave up after {attempt} retries: {reason}");
                     give_up(channel, queue, work, &delivery, &reason).await
                 }
@@ -461,7 +471,7 @@ async fn give_up(
         )
         .await?;
     } else {
-        tracing::error!(%queue, %reason, "message dropped from instance queue");
+        tracing::error!(%reason, "message dropped from instance queue");
     }
     settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await
 }

@@ -7,3 +7,4 @@ mod helpers;
 mod outbox;
 mod request_reply;
 mod sharding;
+mod spans;
