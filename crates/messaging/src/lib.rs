@@ -50,8 +50,8 @@ pub mod topology;
 
 pub use connection::Broker;
 pub use consumer::{Consumer, Flag, HandleError, Handler, Incoming, Source};
-pub use outbox::{OutboxRelay, Outgoing};
-pub use publisher::ConfirmedPublisher;
+pub use outbox::OutboxRelay;
+pub use publisher::{ConfirmedPublisher, Outgoing};
 pub use request_reply::{Reply, RequestError, Requester, RequesterOptions};
 pub use sharding::{InOrder, ShardConsumers, Shards};
 pub use topology::{RetryPolicy, WorkQueue};

@@ -22,81 +22,18 @@
 
 use std::{sync::Arc, time::Duration};
 
-use signalbox_messages::{channels::Namespace, Envelope, Message};
+use signalbox_messages::Envelope;
 use sqlx::{postgres::PgListener, types::Json, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     chain::Chain,
-    publisher::{ConfirmedPublisher, PublishError},
+    publisher::{ConfirmedPublisher, Outgoing, PublishError},
     Broker,
 };
 
 /// The PostgreSQL notification channel a commit with outbox rows signals on.
 pub const NOTIFY_CHANNEL: &str = "outbox";
-
-/// A message ready to be published: where to, with which envelope.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub exchange: String,
-    pub routing_key: String,
-    pub envelope: Envelope,
-    pub payload: Vec<u8>,
-}
-
-impl Outgoing {
-    fn new<M: Message>(
-        exchange: String,
-        routing_key: String,
-        envelope: Envelope,
-        payload: &M,
-    ) -> Self {
-        Self {
-            exchange,
-            routing_key,
-            envelope,
-            payload: serde_json::to_vec(payload).expect("message payloads serialize to JSON"),
-        }
-    }
-
-    /// A domain event on the events exchange, routed by its type.
-    pub fn event<M: Message>(ns: &Namespace, envelope: Envelope, payload: &M) -> Self {
-        Self::new(ns.events_exchange(), M::TYPE.to_owned(), envelope, payload)
-    }
-
-    /// A command on the commands exchange, routed to its handler's queue.
-    pub fn command<M: Message>(ns: &Namespace, envelope: Envelope, payload: &M) -> Self {
-        Self::new(
-            ns.commands_exchange(),
-            M::TYPE.to_owned(),
-            envelope,
-            payload,
-        )
-    }
-
-    /// A command on the commands exchange with an explicit routing key, for
-    /// sharded channels: the key names the shard as well as the command (see
-    /// [`crate::sharding::Shards::routing_key`]).
-    pub fn command_to<M: Message>(
-        ns: &Namespace,
-        routing_key: impl Into<String>,
-        envelope: Envelope,
-        payload: &M,
-    ) -> Self {
-        Self::new(
-            ns.commands_exchange(),
-            routing_key.into(),
-            envelope,
-            payload,
-        )
-    }
-
-    /// A reply to the queue named in the request's `reply_to`, through the
-    /// default exchange (which routes by queue name).
-    pub fn reply<M: Message>(reply_to: &str, envelope: Envelope, payload: &M) -> Self {
-        Self::new(String::new(), reply_to.to_owned(), envelope, payload)
-    }
-}
 
 /// Writes `message` into the outbox as part of the caller's transaction, and
 /// asks PostgreSQL to wake the relay when that transaction commits

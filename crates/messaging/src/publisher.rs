@@ -5,16 +5,84 @@
 //! each publish once it has taken responsibility for it (for persistent
 //! messages on durable queues: once written to disk). Only then may the outbox
 //! relay mark the row published.
+//!
+//! What is published is an [`Outgoing`] message, whoever sends it: the
+//! outbox stores one per row and its relay publishes them here
+//! ([`crate::outbox`]), the [`crate::Requester`] and the census publish
+//! theirs directly. So `Outgoing` lives here, and the outbox depends on the
+//! publisher, never the other way round.
 
 use futures::future::try_join_all;
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     Channel, Confirmation,
 };
+use signalbox_messages::{channels::Namespace, Envelope, Message, MessageKind};
 
-use signalbox_messages::MessageKind;
+use crate::{amqp, Broker};
 
-use crate::{amqp, outbox::Outgoing, Broker};
+/// A message ready to be published: where to, with which envelope.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub envelope: Envelope,
+    pub payload: Vec<u8>,
+}
+
+impl Outgoing {
+    fn new<M: Message>(
+        exchange: String,
+        routing_key: String,
+        envelope: Envelope,
+        payload: &M,
+    ) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            envelope,
+            payload: serde_json::to_vec(payload).expect("message payloads serialize to JSON"),
+        }
+    }
+
+    /// A domain event on the events exchange, routed by its type.
+    pub fn event<M: Message>(ns: &Namespace, envelope: Envelope, payload: &M) -> Self {
+        Self::new(ns.events_exchange(), M::TYPE.to_owned(), envelope, payload)
+    }
+
+    /// A command on the commands exchange, routed to its handler's queue.
+    pub fn command<M: Message>(ns: &Namespace, envelope: Envelope, payload: &M) -> Self {
+        Self::new(
+            ns.commands_exchange(),
+            M::TYPE.to_owned(),
+            envelope,
+            payload,
+        )
+    }
+
+    /// A command on the commands exchange with an explicit routing key, for
+    /// sharded channels: the key names the shard as well as the command (see
+    /// [`crate::sharding::Shards::routing_key`]).
+    pub fn command_to<M: Message>(
+        ns: &Namespace,
+        routing_key: impl Into<String>,
+        envelope: Envelope,
+        payload: &M,
+    ) -> Self {
+        Self::new(
+            ns.commands_exchange(),
+            routing_key.into(),
+            envelope,
+            payload,
+        )
+    }
+
+    /// A reply to the queue named in the request's `reply_to`, through the
+    /// default exchange (which routes by queue name).
+    pub fn reply<M: Message>(reply_to: &str, envelope: Envelope, payload: &M) -> Self {
+        Self::new(String::new(), reply_to.to_owned(), envelope, payload)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
