@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use signalbox_proto::{catalog::v1::Product, orders::v1::Order};
 
-use crate::routes::orders::state_name;
+use crate::order_state::state_name;
 
 /// An order enriched with catalog details.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

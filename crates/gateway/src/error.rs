@@ -50,6 +50,18 @@ pub fn upstream_problem(upstream: Upstream, status: Status) -> Problem {
     Problem::from(status)
 }
 
+/// Turns the result of a gRPC call into the message or a problem.
+pub trait UpstreamResult<T> {
+    fn or_problem(self, upstream: Upstream) -> Result<T, Problem>;
+}
+
+impl<T> UpstreamResult<T> for Result<tonic::Response<T>, Status> {
+    fn or_problem(self, upstream: Upstream) -> Result<T, Problem> {
+        self.map(tonic::Response::into_inner)
+            .map_err(|status| upstream_problem(upstream, status))
+    }
+}
+
 /// The `Retry-After` of an upstream's own throttled answer: a
 /// `ResourceExhausted` it sent (not one tonic made up for a failed call),
 /// with the seconds to wait in its `retry-after` metadata, 1 when it names

@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod order_state;
 pub mod routes;
 pub mod startup;
 pub mod upstream;

@@ -9,12 +9,12 @@
 //!
 //! Every call is bounded twice: by the connect timeout (an address that does
 //! not answer at all) and by the per-call timeout (a service that accepted
-//! the call and does not finish it).
+//! the call and does not finish it). What a failed call answers the client
+//! is [`crate::error`]'s business.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use signalbox_platform::Problem;
 use signalbox_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
     catalog::v1::catalog_service_client::CatalogServiceClient,
@@ -82,16 +82,4 @@ fn channel(upstream: Upstream, url: &str, timeouts: &Timeouts) -> anyhow::Result
     // per upstream and below the per-call timeout, so that a broken catalog
     // opens only the catalog's breaker and a timed-out call counts as a failure.
     Ok(endpoint.connect_lazy())
-}
-
-/// Turns the result of a gRPC call into the message or a problem.
-pub trait UpstreamResult<T> {
-    fn or_problem(self, upstream: Upstream) -> Result<T, Problem>;
-}
-
-impl<T> UpstreamResult<T> for Result<tonic::Response<T>, tonic::Status> {
-    fn or_problem(self, upstream: Upstream) -> Result<T, Problem> {
-        self.map(tonic::Response::into_inner)
-            .map_err(|status| crate::error::upstream_problem(upstream, status))
-    }
 }

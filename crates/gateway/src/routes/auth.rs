@@ -16,10 +16,10 @@ use signalbox_proto::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, R
 use tonic::Status;
 
 use crate::{
-    error::{throttled, upstream_problem},
+    error::{throttled, upstream_problem, UpstreamResult},
     extract::ApiJson,
     routes::oauth::no_store,
-    upstream::{Clients, Upstream, UpstreamResult},
+    upstream::{Clients, Upstream},
 };
 
 /// Credentials; deliberately not `Debug`, so a password cannot reach a log.

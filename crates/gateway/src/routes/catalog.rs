@@ -6,8 +6,9 @@ use signalbox_platform::Problem;
 use signalbox_proto::catalog::v1::{GetProductRequest, ListProductsRequest, Product};
 
 use crate::{
+    error::UpstreamResult,
     extract::{parse_id, ApiPath},
-    upstream::{Clients, Upstream, UpstreamResult},
+    upstream::{Clients, Upstream},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

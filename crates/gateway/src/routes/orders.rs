@@ -15,8 +15,7 @@ use signalbox_platform::{ErrorCode, Problem};
 use signalbox_proto::{
     catalog::v1::{BatchGetProductsRequest, Product},
     orders::v1::{
-        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest,
-        Order, OrderState,
+        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest, Order,
     },
 };
 use uuid::Uuid;
@@ -24,8 +23,10 @@ use uuid::Uuid;
 use crate::{
     aggregate::{self, OrderDetails},
     auth::{Authorized, OrdersRead, OrdersWrite},
+    error::UpstreamResult,
     extract::{parse_id, ApiJson, ApiPath},
-    upstream::{Clients, Upstream, UpstreamResult},
+    order_state::state_name,
+    upstream::{Clients, Upstream},
 };
 
 /// Most ids catalog accepts in one `BatchGetProducts` call.
@@ -95,20 +96,6 @@ impl From<Order> for OrderBody {
             created_at: order.created_at,
             updated_at: order.updated_at,
         }
-    }
-}
-
-/// The public name of an order state: the proto enum name without its
-/// `ORDER_STATE_` prefix. A value this gateway does not know yet (a newer
-/// orders service) reads as `UNKNOWN` rather than failing the request.
-pub fn state_name(raw: i32) -> &'static str {
-    match OrderState::try_from(raw) {
-        Ok(OrderState::Pending) => "PENDING",
-        Ok(OrderState::Approved) => "APPROVED",
-        Ok(OrderState::Rejected) => "REJECTED",
-        Ok(OrderState::Cancelled) => "CANCELLED",
-        Ok(OrderState::Unspecified) => "UNSPECIFIED",
-        Err(_) => "UNKNOWN",
     }
 }
 
@@ -235,38 +222,9 @@ pub async fn cancel(
 
 #[cfg(test)]
 mod tests {
+    use signalbox_proto::orders::v1::OrderState;
+
     use super::*;
-
-    #[test]
-    fn states_read_as_enum_names_without_prefix() {
-        assert_eq!(state_name(OrderState::Pending as i32), "PENDING");
-        assert_eq!(state_name(OrderState::Approved as i32), "APPROVED");
-        assert_eq!(state_name(OrderState::Rejected as i32), "REJECTED");
-        assert_eq!(state_name(OrderState::Cancelled as i32), "CANCELLED");
-        assert_eq!(state_name(OrderState::Unspecified as i32), "UNSPECIFIED");
-    }
-
-    #[test]
-    fn every_named_state_matches_the_proto_name_minus_prefix() {
-        for state in [
-            OrderState::Pending,
-            OrderState::Approved,
-            OrderState::Rejected,
-            OrderState::Cancelled,
-            OrderState::Unspecified,
-        ] {
-            let proto = state.as_str_name();
-            assert_eq!(
-                Some(state_name(state as i32)),
-                proto.strip_prefix("ORDER_STATE_")
-            );
-        }
-    }
-
-    #[test]
-    fn a_state_from_a_newer_service_reads_as_unknown() {
-        assert_eq!(state_name(99), "UNKNOWN");
-    }
 
     #[test]
     fn an_empty_rejection_reason_is_null() {
