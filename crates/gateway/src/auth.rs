@@ -7,7 +7,11 @@
 //! (EdDSA signature against the auth service's JWKS, cached), so a protected
 //! request costs no call to the auth service.
 //!
-//! Failures follow RFC 6750 §3: a request without credentials gets a bare
+//! The token is read from the `Authorization` header by the one parser all
+//! services share (`signalbox_platform::authorization`).
+//!
+//! Failures follow RFC 6750 §3: a request without credentials, or with
+//! another scheme, gets a bare
 //! `WWW-Authenticate: Bearer realm="signalbox"` challenge (the client did not
 //! know it had to authenticate); a bad or expired token gets
 //! `error="invalid_token"` with a description (the client should get a new
@@ -27,10 +31,11 @@ use std::{marker::PhantomData, ops::Deref, sync::Arc};
 
 use axum::{
     extract::{FromRef, FromRequestParts},
-    http::{header, request::Parts, HeaderMap, HeaderValue},
+    http::{header, request::Parts, HeaderValue},
     response::{IntoResponse, Response},
 };
 use signalbox_platform::{
+    authorization::{self, AuthorizationError},
     tokens::{AccessClaims, TokenError, TokenVerifier},
     ErrorCode, Problem,
 };
@@ -54,7 +59,7 @@ where
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(&parts.headers)?;
+        let token = authorization::bearer_in(&parts.headers)?;
         let verifier = Arc::<TokenVerifier>::from_ref(state);
         let claims = verifier.verify(token).await?;
         Ok(Self {
@@ -137,6 +142,16 @@ pub enum AuthError {
     InsufficientScope(&'static str),
 }
 
+impl From<AuthorizationError> for AuthError {
+    fn from(error: AuthorizationError) -> Self {
+        match error {
+            AuthorizationError::Missing => Self::Missing,
+            AuthorizationError::OtherScheme => Self::UnsupportedScheme,
+            AuthorizationError::Malformed(reason) => malformed(reason),
+        }
+    }
+}
+
 impl From<TokenError> for AuthError {
     fn from(error: TokenError) -> Self {
         match error {
@@ -175,36 +190,6 @@ impl IntoResponse for AuthError {
             .insert(header::WWW_AUTHENTICATE, challenge);
         response
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next().ok_or(AuthError::Missing)?;
-    if values.next().is_some() {
-        return Err(malformed("more than one Authorization header"));
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| malformed("the Authorization header is not visible ASCII"))?;
-    let token = credentials(value, "Bearer")
-        .ok_or(AuthError::UnsupportedScheme)?
-        .trim_matches(' ');
-    if token.is_empty() {
-        return Err(malformed("the bearer token is empty"));
-    }
-    if token.contains(' ') {
-        return Err(malformed("the bearer token contains a space"));
-    }
-    Ok(token)
-}
-
-/// What follows the scheme in an `Authorization` value, when the scheme is
-/// `scheme` (auth schemes are case-insensitive, RFC 9110 §11.1); `None` for
-/// any other scheme.
-pub fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let (name, rest) = value.split_once(' ').unwrap_or((value, ""));
-    name.eq_ignore_ascii_case(scheme).then_some(rest)
 }
 
 fn malformed(reason: &str) -> AuthError {
@@ -256,14 +241,6 @@ mod tests {
 
     use super::*;
 
-    fn headers(values: &[&str]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for value in values {
-            map.append(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
-
     #[test]
     fn a_challenge_without_error_names_only_the_realm() {
         assert_eq!(www_authenticate(None), "Bearer realm=\"signalbox\"");
@@ -288,37 +265,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_bearer_token_is_taken_from_the_header_whatever_the_scheme_case() {
-        assert_eq!(bearer_token(&headers(&["Bearer abc.def"])), Ok("abc.def"));
-        assert_eq!(bearer_token(&headers(&["bearer abc.def"])), Ok("abc.def"));
+    /// The gateway's answer to each way the shared parser refuses a header.
+    fn answer_to(error: AuthorizationError) -> (StatusCode, String) {
+        let response = AuthError::from(error).into_response();
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (response.status(), challenge)
     }
 
     #[test]
-    fn no_header_and_another_scheme_are_challenges_without_error() {
-        assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::Missing));
-        assert_eq!(
-            bearer_token(&headers(&["Basic dXNlcjpwYXNz"])),
-            Err(AuthError::UnsupportedScheme)
-        );
-    }
-
-    #[test]
-    fn a_malformed_bearer_header_is_an_invalid_token() {
-        for value in [
-            &["Bearer"][..],
-            &["Bearer "],
-            &["Bearer a b"],
-            &["Bearer a", "Bearer b"],
-        ] {
-            assert!(
-                matches!(
-                    bearer_token(&headers(value)),
-                    Err(AuthError::InvalidToken(_))
+    fn no_header_and_another_scheme_are_401_challenges_without_error() {
+        for error in [AuthorizationError::Missing, AuthorizationError::OtherScheme] {
+            assert_eq!(
+                answer_to(error),
+                (
+                    StatusCode::UNAUTHORIZED,
+                    r#"Bearer realm="signalbox""#.into()
                 ),
-                "{value:?}"
+                "{error:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_malformed_bearer_header_is_a_401_invalid_token_saying_why() {
+        let (status, challenge) =
+            answer_to(AuthorizationError::Malformed("the bearer token is empty"));
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            challenge,
+            r#"Bearer realm="signalbox", error="invalid_token", error_description="the bearer token is empty""#
+        );
     }
 
     #[test]

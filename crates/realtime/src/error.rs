@@ -11,7 +11,9 @@ use axum::{
     http::{header, HeaderValue},
     response::{IntoResponse, Response},
 };
-use signalbox_platform::{tokens::TokenError, ErrorCode, Problem};
+use signalbox_platform::{
+    authorization::AuthorizationError, tokens::TokenError, ErrorCode, Problem,
+};
 
 /// WebSocket close codes the service uses (RFC 6455 §7.4; 4000–4999 are for
 /// applications). Clients switch on the code; the reason text is for people.
@@ -55,8 +57,11 @@ pub enum UpgradeError {
         crate::frames::SUBPROTOCOL
     )]
     SubprotocolMissing,
-    #[error("the Authorization header must be `Bearer <token>`")]
-    MalformedAuthorization,
+    /// An `Authorization` header that is not one bearer token (read by
+    /// `signalbox_platform::authorization`). No header is not an error: the
+    /// socket then authenticates with its first frame.
+    #[error(transparent)]
+    Authorization(AuthorizationError),
     #[error(transparent)]
     InvalidToken(TokenError),
     #[error("the token cannot be checked right now")]
@@ -79,21 +84,21 @@ impl UpgradeError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::OriginNotAllowed(_) => ErrorCode::Forbidden,
-            Self::NotWebSocket(_) | Self::SubprotocolMissing | Self::MalformedAuthorization => {
-                ErrorCode::InvalidInput
-            }
-            Self::InvalidToken(_) => ErrorCode::Unauthenticated,
+            Self::NotWebSocket(_) | Self::SubprotocolMissing => ErrorCode::InvalidInput,
+            Self::Authorization(_) | Self::InvalidToken(_) => ErrorCode::Unauthenticated,
             Self::KeysUnavailable => ErrorCode::Unavailable,
         }
     }
 
-    /// The RFC 6750 §3 challenge, for token failures only.
+    /// The RFC 6750 §3 challenge, for token failures only: another scheme
+    /// is answered like no credentials (no error code, §3.1), a malformed
+    /// bearer credential like any other invalid token (as the gateway does).
     fn challenge(&self) -> Option<HeaderValue> {
         match self {
-            Self::MalformedAuthorization => Some(HeaderValue::from_static(
-                r#"Bearer error="invalid_request""#,
-            )),
-            Self::InvalidToken(_) => {
+            Self::Authorization(AuthorizationError::Missing | AuthorizationError::OtherScheme) => {
+                Some(HeaderValue::from_static("Bearer"))
+            }
+            Self::Authorization(AuthorizationError::Malformed(_)) | Self::InvalidToken(_) => {
                 Some(HeaderValue::from_static(r#"Bearer error="invalid_token""#))
             }
             _ => None,

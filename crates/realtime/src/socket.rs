@@ -46,7 +46,10 @@ use axum::{
     routing::get,
     Router,
 };
-use signalbox_platform::tokens::{AccessClaims, TokenError, TokenVerifier};
+use signalbox_platform::{
+    authorization::{self, AuthorizationError},
+    tokens::{AccessClaims, TokenError, TokenVerifier},
+};
 use tokio::{
     sync::mpsc,
     time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep},
@@ -133,21 +136,14 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), UpgradeEr
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header, if there is one.
+/// The token of an `Authorization: Bearer <token>` header, read by the
+/// parser every edge shares; `None` without the header, since the socket may
+/// then authenticate with its first frame. Any other header is refused.
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, UpgradeError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| UpgradeError::MalformedAuthorization)?;
-    match value.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(Some(token.trim()))
-        }
-        _ => Err(UpgradeError::MalformedAuthorization),
+    match authorization::bearer_in(headers) {
+        Ok(token) => Ok(Some(token)),
+        Err(AuthorizationError::Missing) => Ok(None),
+        Err(refused) => Err(UpgradeError::Authorization(refused)),
     }
 }
 
@@ -606,16 +602,40 @@ mod tests {
     }
 
     #[test]
-    fn only_a_bearer_authorization_is_accepted() {
+    fn only_a_bearer_authorization_is_accepted_and_others_are_401s() {
+        use axum::{http::StatusCode, response::IntoResponse};
+
+        let refusal = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            let response = bearer_token(&headers).expect_err("refused").into_response();
+            let challenge = response.headers()[header::WWW_AUTHENTICATE].clone();
+            (response.status(), challenge)
+        };
         let mut headers = HeaderMap::new();
         assert_eq!(bearer_token(&headers).ok().flatten(), None);
         headers.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
+            HeaderValue::from_static("bearer abc"),
         );
         assert_eq!(bearer_token(&headers).ok().flatten(), Some("abc"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert!(bearer_token(&headers).is_err());
+
+        // RFC 6750 §3.1: another scheme is no bearer credentials at all (a
+        // challenge without error); a malformed one is an invalid token.
+        assert_eq!(
+            refusal("Basic abc"),
+            (StatusCode::UNAUTHORIZED, HeaderValue::from_static("Bearer"))
+        );
+        for malformed in ["Bearer ", "Bearer a b"] {
+            assert_eq!(
+                refusal(malformed),
+                (
+                    StatusCode::UNAUTHORIZED,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#)
+                ),
+                "{malformed}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -21,14 +21,13 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::Serialize;
-use signalbox_platform::ErrorCode;
+use signalbox_platform::{authorization::credentials, ErrorCode};
 use signalbox_proto::auth::v1::{
     token_grant_response, RevokeRequest, TokenErrorCode, TokenRequest,
 };
 use tonic::Status;
 
 use crate::{
-    auth::credentials,
     error::{throttled, upstream_problem},
     upstream::{Clients, Upstream},
 };
