@@ -4,8 +4,9 @@
 //! bound ports are known (tests ask for port 0 and read the real port back)
 //! and a port conflict fails at start-up, not on the first request.
 
-use std::time::Duration;
+use std::{collections::HashMap, future::Future, time::Duration};
 
+use anyhow::Context;
 use axum::Router;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::net::TcpListener;
@@ -15,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DatabaseSettings, ListenSettings};
 
 pub async fn bind(settings: &ListenSettings) -> anyhow::Result<TcpListener> {
-    let addr = settings.addr()?;
+    let addr = settings
+        .addr()
+        .with_context(|| format!("`{}:{}` is not an address", settings.host, settings.port))?;
     TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Serves `router` until `shutdown`; in-flight requests finish first.
@@ -103,29 +106,35 @@ pub async fn database(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(5))
         .connect(&settings.url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))
+        .context("cannot connect to the database")
 }
 
 /// A long-running part of a service (a server, a consumer, a relay).
-pub type Task = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+pub type Task = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
-/// Names a task for [`run_all`].
-pub fn task<F>(name: &'static str, future: F) -> (&'static str, Task)
+/// Names a task for [`run_all`]. Any fallible future will do, as it is: a
+/// server's `io::Error`, a consumer's own error type or an `anyhow::Error`
+/// becomes the task's error with its cause chain intact.
+pub fn task<F, E>(name: &'static str, future: F) -> (&'static str, Task)
 where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<anyhow::Error> + 'static,
 {
-    (name, Box::pin(future))
+    (
+        name,
+        Box::pin(async move { future.await.map_err(Into::into) }),
+    )
 }
 
 /// Names a task that cannot fail (it logs and retries its own errors, like
 /// the outbox relay), for [`run_all`].
 pub fn background<F>(name: &'static str, future: F) -> (&'static str, Task)
 where
-    F: std::future::Future<Output = ()> + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
 {
     task(name, async move {
         future.await;
-        Ok(())
+        anyhow::Ok(())
     })
 }
 
@@ -140,14 +149,19 @@ pub async fn run_all(
     tasks: Vec<(&'static str, Task)>,
 ) -> anyhow::Result<()> {
     let mut set = tokio::task::JoinSet::new();
+    // By task id, so a task that panicked is still reported by its name.
+    let mut names = HashMap::new();
     for (name, future) in tasks {
-        set.spawn(async move { (name, future.await) });
+        names.insert(set.spawn(future).id(), name);
     }
     let mut first_error = None;
-    while let Some(joined) = set.join_next().await {
+    while let Some(joined) = set.join_next_with_id().await {
         let (name, result) = match joined {
-            Ok(outcome) => outcome,
-            Err(join_error) => ("task", Err(anyhow::anyhow!("task panicked: {join_error}"))),
+            Ok((id, outcome)) => (name_of(&names, id), outcome),
+            Err(join_error) => (
+                name_of(&names, join_error.id()),
+                Err(anyhow::Error::new(join_error).context("panicked")),
+            ),
         };
         match result {
             Ok(()) => tracing::debug!(task = name, "stopped"),
@@ -163,4 +177,57 @@ pub async fn run_all(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+fn name_of(names: &HashMap<tokio::task::Id, &'static str>, id: tokio::task::Id) -> &'static str {
+    names.get(&id).copied().unwrap_or("task")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the queue is gone")]
+    struct Gone(#[source] std::io::Error);
+
+    #[tokio::test]
+    async fn a_failing_task_stops_the_others_and_keeps_its_cause_chain() {
+        let shutdown = CancellationToken::new();
+        let stopped = shutdown.clone();
+        let failing = async {
+            let cause = std::io::Error::other("connection reset");
+            Err::<(), _>(Gone(cause))
+        };
+
+        let result = run_all(
+            shutdown.clone(),
+            vec![
+                task("consumer", failing),
+                background("relay", async move { stopped.cancelled().await }),
+            ],
+        )
+        .await;
+
+        let error = format!("{:#}", result.unwrap_err());
+        assert_eq!(error, "consumer: the queue is gone: connection reset");
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_reported_by_its_name() {
+        let result = run_all(
+            CancellationToken::new(),
+            vec![task("census", async {
+                if true {
+                    panic!("boom");
+                }
+                std::io::Result::Ok(())
+            })],
+        )
+        .await;
+
+        let error = format!("{:#}", result.unwrap_err());
+        assert!(error.starts_with("census: panicked"), "{error}");
+    }
 }
