@@ -5,9 +5,15 @@
 //! 2. `config/<service>.yaml`, if it exists (directory from `APP_CONFIG_DIR`);
 //! 3. environment variables `APP__<SECTION>__<KEY>`, for example
 //!    `APP__DATABASE__URL` or `APP__HTTP__PORT` (what compose and Kubernetes set).
+//!
+//! Database and broker URLs can carry passwords, so they are
+//! [`SecretString`]s: their `Debug` shows `[REDACTED]`, and the one place
+//! that reads them is where a connection is opened
+//! (`platform::serve::database`, `signalbox_servicekit::connect_broker`).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 
 /// Loads the settings of `service`.
@@ -17,8 +23,9 @@ where
 {
     let dir = std::env::var("APP_CONFIG_DIR").unwrap_or_else(|_| "config".to_owned());
     let file = PathBuf::from(dir).join(format!("{service}.yaml"));
+    let defaults = secret::exposed(|| config::Config::try_from(&T::default()))?;
     config::Config::builder()
-        .add_source(config::Config::try_from(&T::default())?)
+        .add_source(defaults)
         .add_source(config::File::from(file).required(false))
         .add_source(
             config::Environment::with_prefix("APP")
@@ -60,7 +67,9 @@ impl ListenSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatabaseSettings {
-    pub url: String,
+    /// `postgres://user:password@host:port/database`.
+    #[serde(serialize_with = "secret::serialize")]
+    pub url: SecretString,
     pub max_connections: u32,
 }
 
@@ -68,7 +77,7 @@ impl DatabaseSettings {
     /// The database `name` on the local PostgreSQL server.
     pub fn local(name: &str) -> Self {
         Self {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}").into(),
             max_connections: 10,
         }
     }
@@ -76,20 +85,77 @@ impl DatabaseSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AmqpSettings {
-    pub url: String,
+    /// `amqp://user:password@host:port/vhost`.
+    #[serde(serialize_with = "secret::serialize")]
+    pub url: SecretString,
     /// Prefix of every exchange and queue name (see `Namespace`).
     pub namespace: String,
     /// How long start-up waits for the broker before giving up.
     pub connect_timeout_secs: u64,
 }
 
+impl AmqpSettings {
+    /// [`Self::connect_timeout_secs`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
 impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             namespace: "signalbox".to_owned(),
             connect_timeout_secs: 60,
         }
+    }
+}
+
+/// Serialising a secret setting.
+///
+/// Settings serialise for one reason: [`load`] turns `T::default()` into its
+/// first layer through serde. A secret is written out for that layer only;
+/// serialised anywhere else (a settings dump, a log line) it reads
+/// `[redacted]`, like its `Debug`.
+pub mod secret {
+    use std::cell::Cell;
+
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::Serializer;
+
+    /// What a secret serialises as outside [`super::load`].
+    pub const REDACTED: &str = "[redacted]";
+
+    thread_local! {
+        /// Set while `load` serialises the defaults, on its own thread: the
+        /// serialisation is synchronous, so nothing else runs under it.
+        static EXPOSED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// `#[serde(serialize_with = "secret::serialize")]` for a [`SecretString`].
+    pub fn serialize<S: Serializer>(
+        secret: &SecretString,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if EXPOSED.get() {
+            serializer.serialize_str(secret.expose_secret())
+        } else {
+            serializer.serialize_str(REDACTED)
+        }
+    }
+
+    /// Runs `serialize_defaults` with secrets written out.
+    pub(super) fn exposed<T>(serialize_defaults: impl FnOnce() -> T) -> T {
+        /// Resets the flag also if the serialisation panics.
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                EXPOSED.set(false);
+            }
+        }
+        EXPOSED.set(true);
+        let _reset = Reset;
+        serialize_defaults()
     }
 }
 
@@ -141,6 +207,8 @@ pub fn comma_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[derive(Debug, Default, Serialize, Deserialize)]
@@ -157,5 +225,68 @@ mod tests {
             serde_json::from_str(r#"{"origins":["http://a","http://b"]}"#).unwrap();
         assert_eq!(from_env.origins, vec!["http://a", "http://b"]);
         assert_eq!(from_file.origins, from_env.origins);
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Service {
+        database: DatabaseSettings,
+        amqp: AmqpSettings,
+    }
+
+    impl Default for Service {
+        fn default() -> Self {
+            Self {
+                database: DatabaseSettings::local("config_test"),
+                amqp: AmqpSettings {
+                    url: "amqp://user:hunter2@broker:5672/%2f".into(),
+                    ..AmqpSettings::default()
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_database_or_broker_url() {
+        let settings = Service {
+            database: DatabaseSettings {
+                url: "postgres://app:s3cret@db:5432/orders".into(),
+                max_connections: 1,
+            },
+            ..Service::default()
+        };
+
+        let shown = format!("{settings:?}");
+
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("db:5432"), "{shown}");
+    }
+
+    #[test]
+    fn a_url_serialises_redacted_outside_the_loader() {
+        let shown = serde_json::to_string(&Service::default()).unwrap();
+
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(secret::REDACTED), "{shown}");
+    }
+
+    #[test]
+    fn the_loader_keeps_a_default_url_and_takes_one_from_the_environment() {
+        // The only test in this binary that sets `APP__*` variables.
+        std::env::set_var("APP__DATABASE__URL", "postgres://app:s3cret@db:5432/orders");
+        let loaded = load::<Service>("platform-config-test");
+        std::env::remove_var("APP__DATABASE__URL");
+        let settings = loaded.unwrap();
+
+        assert_eq!(
+            settings.database.url.expose_secret(),
+            "postgres://app:s3cret@db:5432/orders"
+        );
+        assert_eq!(
+            settings.amqp.url.expose_secret(),
+            "amqp://user:hunter2@broker:5672/%2f"
+        );
+        // Layered, not replaced: the rest of the section keeps its default.
+        assert_eq!(settings.database.max_connections, 10);
     }
 }

@@ -8,6 +8,7 @@ use std::{collections::HashMap, future::Future, time::Duration};
 
 use anyhow::Context;
 use axum::Router;
+use secrecy::ExposeSecret;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -100,11 +101,12 @@ pub fn reflection(
 
 /// A connection pool; waits a bounded time for a connection so an
 /// unreachable database fails requests quickly instead of hanging them.
+/// The one place a service reads its database URL.
 pub async fn database(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(&settings.url)
+        .connect(settings.url.expose_secret())
         .await
         .context("cannot connect to the database")
 }
