@@ -1,6 +1,7 @@
 //! Fresh databases on the shared PostgreSQL server, one per service under
 //! test, created and dropped through the server's `postgres` database.
 
+use signalbox_platform::config::DatabaseSettings;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// The server's URL without a database: `SIGNALBOX_TEST_DATABASE_URL`, or
@@ -35,6 +36,14 @@ impl TestDatabase {
         Ok(Self { name, url })
     }
 
+    /// Settings for a service under test that uses this database.
+    pub fn settings(&self, max_connections: u32) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.url.clone().into(),
+            max_connections,
+        }
+    }
+
     /// Drops the database, closing whatever connections are still open.
     pub async fn drop(self) -> anyhow::Result<()> {
         drop_database(&self.name).await
@@ -54,6 +63,17 @@ pub async fn drop_database(name: &str) -> anyhow::Result<()> {
     .await?;
     admin.close().await?;
     Ok(())
+}
+
+/// Whether the database `name` exists on the server.
+pub async fn exists(name: &str) -> anyhow::Result<bool> {
+    let mut admin = admin().await?;
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await?;
+    admin.close().await?;
+    Ok(exists)
 }
 
 /// A connection to the server's `postgres` database, for creating and

@@ -16,9 +16,10 @@
 //!   migrations run by the service itself.
 //! - **Cleanup.** At the end a test removes what it made: its queues and the
 //!   namespace's four exchanges ([`broker::delete_namespace`]) and its
-//!   databases, dropped `WITH (FORCE)` ([`db::TestDatabase::drop`]). A `Drop`
-//!   impl, for a test that panicked, does the same through
-//!   [`block_on_thread`].
+//!   databases, dropped `WITH (FORCE)` ([`db::drop_database`]). A harness
+//!   keeps all of it in a [`Sandbox`], which does this on
+//!   [`Sandbox::remove`] and, for a test that panicked, when it is dropped
+//!   (through [`block_on_thread`]).
 //!
 //! Nothing here sleeps to synchronise: whatever a test waits for, it awaits
 //! against [`DEADLINE`] — an event where there is one ([`broker::Tap`]), a
@@ -34,7 +35,10 @@
 pub mod broker;
 pub mod db;
 pub mod probe;
+pub mod sandbox;
 pub mod tokens;
+
+pub use sandbox::Sandbox;
 
 use std::{future::Future, time::Duration};
 
