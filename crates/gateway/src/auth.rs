@@ -1,23 +1,24 @@
-//! Edge authentication: the gateway verifies the bearer token once, at the
-//! edge, and passes the verified subject to the services as `user_id`.
-//!
-//! Services behind the gateway never see a token. They trust the `user_id`
-//! in the gRPC request because only the gateway can reach them (the network
-//! boundary) and it puts there only what it verified. Verification is local
-//! (EdDSA signature against the auth service's JWKS, cached), so a protected
-//! request costs no call to the auth service.
+//! Edge authentication: the gateway verifies the bearer token at the edge,
+//! before any upstream call, and forwards it with every call it makes on the
+//! caller's behalf.
 //!
 //! The token is read from the `Authorization` header by the one parser all
-//! services share (`signalbox_platform::authorization`).
+//! services share (`signalbox_platform::authorization`) and verified locally
+//! (EdDSA signature against the auth service's JWKS, cached), so a
+//! protected request costs no call to the auth service. The services behind
+//! the gateway do not take the gateway's word for who the caller is: a call
+//! on a user's behalf carries that user's access token in its
+//! `authorization` metadata ([`AuthenticatedUser::request`]) and the callee
+//! verifies it again with the same verifier. Checking here still pays: a bad
+//! token is refused with a proper RFC 6750 answer and costs no upstream call.
 //!
 //! Failures follow RFC 6750 §3: a request without credentials, or with
-//! another scheme, gets a bare
-//! `WWW-Authenticate: Bearer realm="signalbox"` challenge (the client did not
-//! know it had to authenticate); a bad or expired token gets
-//! `error="invalid_token"` with a description (the client should get a new
-//! token). Both answer 401 with a problem body, code `unauthenticated`. When
-//! the keys themselves cannot be fetched the fault is ours, not the token's:
-//! 503 `unavailable`, and no challenge.
+//! another scheme, gets a bare `WWW-Authenticate: Bearer realm="signalbox"`
+//! challenge (the client did not know it had to authenticate); a malformed,
+//! bad or expired token gets `error="invalid_token"` with a description (the
+//! client should get a new token). Both answer 401 with a problem body, code
+//! `unauthenticated`. When the keys themselves cannot be fetched the fault
+//! is ours, not the token's: 503 `unavailable`, and no challenge.
 //!
 //! Authorization by scope (RFC 6750 §3.1, RFC 9068 §2.2.3): a handler that
 //! takes [`Authorized<S>`] needs a token whose `scope` claim holds
@@ -25,9 +26,9 @@
 //! `error="insufficient_scope", scope="…"` and a problem with code
 //! `forbidden`. Which user's data a request may touch (object-level
 //! authorization) is decided by the service that owns the data, from the
-//! verified `user_id` the gateway passes on.
+//! token it verified itself.
 
-use std::{marker::PhantomData, ops::Deref, sync::Arc};
+use std::{fmt, marker::PhantomData, ops::Deref, sync::Arc};
 
 use axum::{
     extract::{FromRef, FromRequestParts},
@@ -39,6 +40,7 @@ use signalbox_platform::{
     tokens::{AccessClaims, TokenError, TokenVerifier},
     ErrorCode, Problem,
 };
+use tonic::metadata::{Ascii, MetadataValue};
 
 /// The protection space named in every challenge.
 pub const REALM: &str = "signalbox";
@@ -46,9 +48,36 @@ pub const REALM: &str = "signalbox";
 /// The caller of a protected route, proven by a valid access token.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedUser {
-    /// The token's subject; what orders checks ownership against.
+    /// The token's subject, for logs; orders reads it from the token itself.
     pub user_id: String,
     pub claims: AccessClaims,
+    credential: Credential,
+}
+
+impl AuthenticatedUser {
+    /// `message` as a gRPC request on this user's behalf: with the user's
+    /// access token as `authorization: Bearer <token>` metadata, which the
+    /// service verifies itself (the public contract: no service trusts a
+    /// bare user id).
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.credential.0.clone());
+        request
+    }
+}
+
+/// The verified token as the value of the `authorization` metadata of the
+/// calls made on the user's behalf. Its `Debug` does not show the token: a
+/// bearer token in a log is a credential anyone reading the log can use.
+#[derive(Clone)]
+struct Credential(MetadataValue<Ascii>);
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credential(Bearer [REDACTED])")
+    }
 }
 
 impl<S> FromRequestParts<S> for AuthenticatedUser
@@ -62,9 +91,15 @@ where
         let token = authorization::bearer_in(&parts.headers)?;
         let verifier = Arc::<TokenVerifier>::from_ref(state);
         let claims = verifier.verify(token).await?;
+        // The parser let through visible ASCII without spaces only, which
+        // is always a valid metadata value; refused rather than unwrapped.
+        let credential = MetadataValue::try_from(format!("Bearer {token}"))
+            .map(Credential)
+            .map_err(|_| malformed("the bearer token cannot be forwarded"))?;
         Ok(Self {
             user_id: claims.sub.clone(),
             claims,
+            credential,
         })
     }
 }
@@ -298,6 +333,26 @@ mod tests {
             challenge,
             r#"Bearer realm="signalbox", error="invalid_token", error_description="the bearer token is empty""#
         );
+    }
+
+    #[test]
+    fn the_forwarded_credential_is_the_bearer_token_and_never_logged() {
+        let user = AuthenticatedUser {
+            user_id: "u".into(),
+            claims: serde_json::from_value(serde_json::json!({
+                "sub": "u", "iss": "i", "aud": "a", "exp": 1, "iat": 0, "jti": "j"
+            }))
+            .unwrap(),
+            credential: Credential("Bearer secret.token.value".parse().unwrap()),
+        };
+
+        let request = user.request(());
+
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer secret.token.value"
+        );
+        assert!(!format!("{user:?}").contains("secret"));
     }
 
     #[test]

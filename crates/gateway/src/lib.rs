@@ -5,8 +5,9 @@
 //! request it
 //! - finds the upstream in its routing table ([`routes`]),
 //! - authenticates the caller at the edge when the route is protected and
-//!   checks the token's scope ([`auth`]), so services receive a verified
-//!   user id and never a token,
+//!   checks the token's scope ([`auth`]), then forwards the caller's token
+//!   with every call made on the caller's behalf, for the service to verify
+//!   again (no service trusts a bare user id),
 //! - serves the OAuth 2.0 token and revocation endpoints ([`routes::oauth`]),
 //! - limits abuse: request size, header size, and the rate of credential
 //!   requests per client IP ([`limits`]),

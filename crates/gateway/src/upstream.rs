@@ -9,8 +9,9 @@
 //!
 //! Every call is bounded twice: by the connect timeout (an address that does
 //! not answer at all) and by the per-call timeout (a service that accepted
-//! the call and does not finish it). What a failed call answers the client
-//! is [`crate::error`]'s business.
+//! the call and does not finish it). A call on a user's behalf carries the
+//! user's access token (`crate::auth::AuthenticatedUser::request`); what a
+//! failed call answers the client is [`crate::error`]'s business.
 
 use std::time::Duration;
 

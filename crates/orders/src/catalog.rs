@@ -4,6 +4,12 @@
 //! yet) and every call has a deadline, so a slow catalog fails an order
 //! quickly instead of holding the gateway's request. This client is the seam
 //! where the resilience layers (circuit breaker, bulkhead) wrap the call.
+//!
+//! The call carries no access token, and needs none: pricing uses only
+//! `BatchGetProducts`, a public product read that catalog answers for
+//! anyone (the same data `GET /api/catalog/products` shows). The user's
+//! token stops at orders; a catalog method that acts for a user or needs a
+//! scope would have to be called with that user's token forwarded.
 
 use std::{collections::HashMap, time::Duration};
 

@@ -1,6 +1,9 @@
+//! Orders settings (defaults here, then `config/orders.yaml`, then
+//! `APP__…` environment variables).
+
 use serde::{Deserialize, Serialize};
 use signalbox_platform::config::{
-    AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings,
+    AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings, VerifierSettings,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -11,6 +14,11 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub upstreams: Upstreams,
+    /// How the access tokens that every call carries are verified: the
+    /// auth service's JWKS (`APP__TOKENS__JWKS_URL`, by default
+    /// `http://127.0.0.1:8082/.well-known/jwks.json`), issuer and audience,
+    /// as for the gateway and realtime.
+    pub tokens: VerifierSettings,
     /// Deadlines of the order saga.
     #[serde(default)]
     pub saga: SagaSettings,
@@ -58,6 +66,7 @@ impl Default for Settings {
                 catalog: "http://127.0.0.1:50053".to_owned(),
                 catalog_timeout_ms: 2000,
             },
+            tokens: VerifierSettings::default(),
             saga: SagaSettings::default(),
             telemetry: TelemetrySettings::default(),
         }

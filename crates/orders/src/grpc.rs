@@ -1,7 +1,19 @@
-//! The gRPC face of orders. Every request carries the `user_id` the gateway
-//! verified; ownership is enforced here, at the owner of the data.
+//! The gRPC face of orders, where ownership is enforced: at the owner of the
+//! data.
+//!
+//! No request names its user. Every call is made on behalf of one and
+//! carries that user's access token (`authorization: Bearer <token>`
+//! metadata, read by the parser every edge uses); orders verifies it with
+//! the same verifier as the gateway and realtime and acts for the token's
+//! `sub` ([`OrdersGrpc::caller`]). So reaching port 50052 is not enough to
+//! act as anyone: a caller needs a valid token of the user, with the scope
+//! the method needs (`orders:write` to create and cancel, `orders:read` to
+//! get and list). Errors map to gRPC codes in [`crate::error`].
+
+use std::sync::Arc;
 
 use signalbox_messages::channels::Namespace;
+use signalbox_platform::{authorization, tokens::TokenVerifier};
 use signalbox_proto::orders::v1::{
     order_service_server::OrderService, CancelOrderRequest, CreateOrderRequest, GetOrderRequest,
     ListOrdersRequest, ListOrdersResponse, Order as OrderMessage, OrderItem, OrderState as Proto,
@@ -22,19 +34,58 @@ use crate::{
 /// Most orders `ListOrders` returns.
 const LIST_LIMIT: i64 = 100;
 
+/// The scope that reading orders needs (`GetOrder`, `ListOrders`).
+pub const READ_SCOPE: &str = "orders:read";
+/// The scope that changing orders needs (`CreateOrder`, `CancelOrder`).
+pub const WRITE_SCOPE: &str = "orders:write";
+
 pub struct OrdersGrpc {
     pool: PgPool,
     catalog: CatalogClient,
     ns: Namespace,
+    verifier: Arc<TokenVerifier>,
 }
 
 impl OrdersGrpc {
-    pub fn new(pool: PgPool, catalog: CatalogClient, ns: Namespace) -> Self {
-        Self { pool, catalog, ns }
+    pub fn new(
+        pool: PgPool,
+        catalog: CatalogClient,
+        ns: Namespace,
+        verifier: Arc<TokenVerifier>,
+    ) -> Self {
+        Self {
+            pool,
+            catalog,
+            ns,
+            verifier,
+        }
     }
 
-    async fn create(&self, request: CreateOrderRequest) -> Result<Order, OrdersError> {
-        let user_id = user_id(&request.user_id)?;
+    /// The user a call is made for: the `sub` of the access token in its
+    /// `authorization` metadata, once the token is verified and grants
+    /// `scope`. Whatever else the call says about its user is not read.
+    /// The user id is recorded on the handler's span (its `user_id` field).
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        scope: &'static str,
+    ) -> Result<String, OrdersError> {
+        let values = request.metadata().get_all("authorization");
+        let token = authorization::bearer_token(values.iter().map(|v| v.as_bytes()))?;
+        let claims = self.verifier.verify(token).await?;
+        if !claims.has_scope(scope) {
+            tracing::info!(user_id = %claims.sub, scope, "insufficient scope");
+            return Err(OrdersError::MissingScope(scope));
+        }
+        tracing::Span::current().record("user_id", claims.sub.as_str());
+        Ok(claims.sub)
+    }
+
+    async fn create(
+        &self,
+        user_id: &str,
+        request: CreateOrderRequest,
+    ) -> Result<Order, OrdersError> {
         let items = RequestedItems::parse(
             request
                 .items
@@ -85,8 +136,11 @@ impl OrdersGrpc {
         Ok(order)
     }
 
-    async fn cancel(&self, request: CancelOrderRequest) -> Result<Order, OrdersError> {
-        let user_id = user_id(&request.user_id)?;
+    async fn cancel(
+        &self,
+        user_id: &str,
+        request: CancelOrderRequest,
+    ) -> Result<Order, OrdersError> {
         let id = order_id(&request.order_id)?;
         let mut tx = self.pool.begin().await?;
         let row = match repo::lock_order(&mut tx, id).await? {
@@ -105,13 +159,6 @@ impl OrdersGrpc {
             .await?
             .ok_or(OrdersError::NotFound(request.order_id))
     }
-}
-
-fn user_id(raw: &str) -> Result<&str, OrdersError> {
-    if raw.trim().is_empty() {
-        return Err(OrdersError::InvalidInput("user_id is required".to_owned()));
-    }
-    Ok(raw)
 }
 
 fn order_id(raw: &str) -> Result<Uuid, OrdersError> {
@@ -155,54 +202,59 @@ impl From<Order> for OrderMessage {
 
 #[tonic::async_trait]
 impl OrderService for OrdersGrpc {
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(user_id))]
     async fn create_order(
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<OrderMessage>, Status> {
-        let order = self.create(request.into_inner()).await?;
+        let user_id = self.caller(&request, WRITE_SCOPE).await?;
+        let order = self.create(&user_id, request.into_inner()).await?;
         Ok(Response::new(order.into()))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(user_id, order_id = %request.get_ref().order_id))]
     async fn cancel_order(
         &self,
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<OrderMessage>, Status> {
-        let order = self.cancel(request.into_inner()).await?;
+        let user_id = self.caller(&request, WRITE_SCOPE).await?;
+        let order = self.cancel(&user_id, request.into_inner()).await?;
         Ok(Response::new(order.into()))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id))]
     async fn revise_order(
         &self,
-        _request: Request<ReviseOrderRequest>,
+        request: Request<ReviseOrderRequest>,
     ) -> Result<Response<OrderMessage>, Status> {
+        // Refused like any other call without a valid token, so an
+        // anonymous caller learns nothing, not even what is implemented.
+        self.caller(&request, WRITE_SCOPE).await?;
         Err(OrdersError::Unimplemented("revising an order is not supported yet").into())
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(user_id, order_id = %request.get_ref().order_id))]
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<OrderMessage>, Status> {
+        let user_id = self.caller(&request, READ_SCOPE).await?;
         let request = request.into_inner();
-        let user_id = user_id(&request.user_id)?;
         let id = order_id(&request.order_id)?;
-        let order = repo::find_order(&self.pool, id, user_id)
+        let order = repo::find_order(&self.pool, id, &user_id)
             .await
             .map_err(OrdersError::from)?
             .ok_or(OrdersError::NotFound(request.order_id))?;
         Ok(Response::new(order.into()))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(user_id))]
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        let request = request.into_inner();
-        let user_id = user_id(&request.user_id)?;
-        let orders = repo::list_orders(&self.pool, user_id, LIST_LIMIT)
+        let user_id = self.caller(&request, READ_SCOPE).await?;
+        let orders = repo::list_orders(&self.pool, &user_id, LIST_LIMIT)
             .await
             .map_err(OrdersError::from)?;
         Ok(Response::new(ListOrdersResponse {

@@ -10,7 +10,7 @@ use signalbox_messaging::{
     retention::{self, Retention},
     Broker, Consumer, OutboxRelay, Source, WorkQueue,
 };
-use signalbox_platform::{health::Health, serve};
+use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use signalbox_proto::orders::v1::order_service_server::OrderServiceServer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -28,6 +28,8 @@ pub struct Application {
     broker: Arc<Broker>,
     consumer: Consumer,
     catalog: CatalogClient,
+    /// Verifies the access token every gRPC call carries.
+    verifier: Arc<TokenVerifier>,
     /// Rejects orders whose reservation had no reply in time.
     sweeper: DeadlineSweeper,
 }
@@ -64,6 +66,8 @@ impl Application {
         )?;
 
         let sweeper = DeadlineSweeper::new(pool.clone(), ns.clone(), &settings.saga);
+        // Keys are fetched on the first call, so orders starts without auth.
+        let verifier = Arc::new(TokenVerifier::new(settings.tokens.clone()));
 
         Ok(Self {
             grpc_listener,
@@ -72,6 +76,7 @@ impl Application {
             broker,
             consumer,
             catalog,
+            verifier,
             sweeper,
         })
     }
@@ -92,6 +97,7 @@ impl Application {
             broker,
             consumer,
             catalog,
+            verifier,
             sweeper,
         } = self;
 
@@ -101,6 +107,7 @@ impl Application {
                 pool.clone(),
                 catalog,
                 broker.namespace().clone(),
+                verifier,
             )),
             signalbox_proto::FILE_DESCRIPTOR_SET,
             shutdown.clone(),

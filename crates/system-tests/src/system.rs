@@ -127,6 +127,8 @@ impl TestSystem {
                 catalog: catalog_grpc.clone(),
                 ..defaults.upstreams.clone()
             },
+            // Orders verifies the token of every call, like the gateway.
+            tokens: verifier.clone(),
             ..defaults
         };
         let orders = signalbox_orders::Application::build(settings).await?;

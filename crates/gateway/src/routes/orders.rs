@@ -1,8 +1,12 @@
-//! `/api/orders*`: protected routes, translated to `OrderService` calls with
-//! the verified subject as `user_id`; reading one order is aggregated with
-//! catalog details (see [`crate::aggregate`]). Reads need the `orders:read`
-//! scope, placing and cancelling `orders:write`; orders itself makes sure
-//! the `user_id` owns the order (another user's order is a 404).
+//! `/api/orders*`: protected routes, translated to `OrderService` calls made
+//! on the caller's behalf (with the caller's access token in the call's
+//! metadata, [`AuthenticatedUser::request`]); reading one order is
+//! aggregated with catalog details (see [`crate::aggregate`]). Reads need
+//! the `orders:read` scope, placing and cancelling `orders:write`. Orders
+//! verifies the token again and makes sure its subject owns the order
+//! (another user's order is a 404).
+//!
+//! [`AuthenticatedUser::request`]: crate::auth::AuthenticatedUser::request
 
 use axum::{
     extract::State,
@@ -108,17 +112,18 @@ pub async fn create(
     let order = clients
         .orders
         .clone()
-        .create_order(CreateOrderRequest {
-            user_id: user.user_id,
-            items: body
-                .items
-                .into_iter()
-                .map(|item| LineItem {
-                    product_id: item.product_id.to_string(),
-                    quantity: item.quantity,
-                })
-                .collect(),
-        })
+        .create_order(
+            user.request(CreateOrderRequest {
+                items: body
+                    .items
+                    .into_iter()
+                    .map(|item| LineItem {
+                        product_id: item.product_id.to_string(),
+                        quantity: item.quantity,
+                    })
+                    .collect(),
+            }),
+        )
         .await
         .or_problem(Upstream::Orders)?;
     tracing::info!(order_id = %order.id, "order accepted");
@@ -147,9 +152,7 @@ pub async fn list(
     let listed = clients
         .orders
         .clone()
-        .list_orders(ListOrdersRequest {
-            user_id: user.user_id,
-        })
+        .list_orders(user.request(ListOrdersRequest {}))
         .await
         .or_problem(Upstream::Orders)?;
     Ok(Json(OrderList {
@@ -167,10 +170,9 @@ pub async fn get(
     let order = clients
         .orders
         .clone()
-        .get_order(GetOrderRequest {
-            user_id: user.user_id,
+        .get_order(user.request(GetOrderRequest {
             order_id: id.to_string(),
-        })
+        }))
         .await
         .or_problem(Upstream::Orders)?;
     let products = match product_details(&clients, aggregate::product_ids(&order)).await {
@@ -210,10 +212,9 @@ pub async fn cancel(
     let order = clients
         .orders
         .clone()
-        .cancel_order(CancelOrderRequest {
-            user_id: user.user_id,
+        .cancel_order(user.request(CancelOrderRequest {
             order_id: id.to_string(),
-        })
+        }))
         .await
         .or_problem(Upstream::Orders)?;
     tracing::info!(order_id = %order.id, "order cancelled");

@@ -1,10 +1,13 @@
 //! In-process stand-ins for the gRPC services behind the gateway, so the
 //! gateway's translation and aggregation are tested alone. They keep the
-//! rules the gateway relies on (orders answers NOT_FOUND for another user's
-//! order) and nothing more; the real services are exercised by the system
-//! tests.
+//! rules the gateway relies on and nothing more: orders takes its user from
+//! the access token the gateway forwards (verified with the shared verifier,
+//! against the test's JWKS) and answers NOT_FOUND for another user's order.
+//! The real services are exercised by the system tests.
 
 use std::{collections::HashMap, sync::Arc};
+
+use signalbox_platform::{authorization, config::VerifierSettings, tokens::TokenVerifier};
 
 use signalbox_proto::{
     auth::v1::{
@@ -74,9 +77,11 @@ pub fn catalog() -> tonic::transport::server::Router {
     tonic::transport::Server::builder().add_service(CatalogServiceServer::new(FakeCatalog))
 }
 
-pub fn orders(stuck: bool) -> tonic::transport::server::Router {
+/// A fake orders service that verifies the forwarded tokens with `tokens`.
+pub fn orders(stuck: bool, tokens: VerifierSettings) -> tonic::transport::server::Router {
     tonic::transport::Server::builder().add_service(OrderServiceServer::new(FakeOrders {
         stuck,
+        verifier: TokenVerifier::new(tokens),
         orders: Arc::default(),
     }))
 }
@@ -251,10 +256,25 @@ impl CatalogService for FakeCatalog {
 struct FakeOrders {
     /// Reads of an order never answer, to exercise the gateway's timeouts.
     stuck: bool,
+    verifier: TokenVerifier,
     orders: Arc<Mutex<HashMap<String, Order>>>,
 }
 
 impl FakeOrders {
+    /// The user a call is for: the subject of the token the gateway
+    /// forwarded, as orders reads it. A call without one is refused.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let values = request.metadata().get_all("authorization");
+        let token = authorization::bearer_token(values.iter().map(|v| v.as_bytes()))
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let claims = self
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        Ok(claims.sub)
+    }
+
     /// The order `id` if `user_id` owns it; NOT_FOUND otherwise, like orders.
     async fn owned(&self, user_id: &str, id: &str) -> Result<Order, Status> {
         if self.stuck {
@@ -277,6 +297,7 @@ impl OrderService for FakeOrders {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<Order>, Status> {
+        let user_id = self.caller(&request).await?;
         let request = request.into_inner();
         if request.items.is_empty() {
             return Err(Status::invalid_argument("an order needs at least one item"));
@@ -293,7 +314,7 @@ impl OrderService for FakeOrders {
         let now = "2025-06-01T12:00:00Z".to_owned();
         let order = Order {
             id: Uuid::now_v7().to_string(),
-            user_id: request.user_id,
+            user_id,
             state: OrderState::Pending as i32,
             total_cents: items.iter().map(|i| i.quantity * i.unit_price_cents).sum(),
             items,
@@ -313,8 +334,9 @@ impl OrderService for FakeOrders {
         &self,
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<Order>, Status> {
+        let user_id = self.caller(&request).await?;
         let request = request.into_inner();
-        let mut order = self.owned(&request.user_id, &request.order_id).await?;
+        let mut order = self.owned(&user_id, &request.order_id).await?;
         order.state = OrderState::Cancelled as i32;
         self.orders
             .lock()
@@ -334,9 +356,10 @@ impl OrderService for FakeOrders {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
+        let user_id = self.caller(&request).await?;
         let request = request.into_inner();
         Ok(Response::new(
-            self.owned(&request.user_id, &request.order_id).await?,
+            self.owned(&user_id, &request.order_id).await?,
         ))
     }
 
@@ -344,7 +367,7 @@ impl OrderService for FakeOrders {
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        let user_id = request.into_inner().user_id;
+        let user_id = self.caller(&request).await?;
         let mut orders: Vec<Order> = self
             .orders
             .lock()

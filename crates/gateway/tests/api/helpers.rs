@@ -82,13 +82,23 @@ pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Sett
     } else {
         format!("http://{}/.well-known/jwks.json", closed_address().await)
     };
+    let tokens = VerifierSettings {
+        jwks_url,
+        issuer: ISSUER.to_owned(),
+        audience: AUDIENCE.to_owned(),
+        leeway_secs: 5,
+    };
     let auth = if world.auth {
         fakes::serve(fakes::auth(keys.jwks().to_string()), stop.clone()).await
     } else {
         format!("http://{}", closed_address().await)
     };
     let orders = if world.orders {
-        fakes::serve(fakes::orders(world.orders_stuck), stop.clone()).await
+        fakes::serve(
+            fakes::orders(world.orders_stuck, tokens.clone()),
+            stop.clone(),
+        )
+        .await
     } else {
         format!("http://{}", closed_address().await)
     };
@@ -105,12 +115,7 @@ pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Sett
             orders,
             catalog,
         },
-        tokens: VerifierSettings {
-            jwks_url,
-            issuer: ISSUER.to_owned(),
-            audience: AUDIENCE.to_owned(),
-            leeway_secs: 5,
-        },
+        tokens,
         timeouts: world.timeouts,
         ..Settings::default()
     };

@@ -2,6 +2,10 @@
 //! random AMQP namespace, a fake catalog for pricing (gRPC), and NO catalog
 //! consumer: nothing answers `reserve_stock` unless the test does.
 //!
+//! The test stands in for the auth service too: it holds a signing key,
+//! serves its JWKS on port 0 for orders' verifier, and mints the access
+//! tokens its calls carry ([`TestApp::token_for`]).
+//!
 //! The test watches the broker through two private queues declared before
 //! the first order: one bound to the order events, one bound to the catalog
 //! commands. The second also makes the saga's commands routable (the relay
@@ -22,7 +26,9 @@ use signalbox_orders::{
     config::{SagaSettings, Upstreams},
     Application, Settings,
 };
-use signalbox_platform::config::{AmqpSettings, DatabaseSettings, ListenSettings};
+use signalbox_platform::config::{
+    AmqpSettings, DatabaseSettings, ListenSettings, VerifierSettings,
+};
 use signalbox_proto::{
     catalog::v1::{
         catalog_service_server::{CatalogService, CatalogServiceServer},
@@ -37,6 +43,7 @@ use signalbox_proto::{
 use signalbox_testkit::{
     broker::{self, amqp_url, Tap},
     db::TestDatabase,
+    tokens::{claims, serve_jwks, TestKey, AUDIENCE, ISSUER},
 };
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -69,6 +76,10 @@ pub fn distant_deadline() -> SagaSettings {
 
 pub struct TestApp {
     pub orders: OrderServiceClient<GrpcChannel>,
+    /// The connection to orders' gRPC port, for clients of other shapes.
+    pub grpc: GrpcChannel,
+    /// The key orders' verifier trusts (through the JWKS the test serves).
+    pub keys: TestKey,
     /// The orders database, for assertions and for running sweeps directly.
     pub pool: PgPool,
     pub ns: Namespace,
@@ -94,6 +105,8 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
 
     let shutdown = CancellationToken::new();
     let catalog = serve_fake_catalog(shutdown.clone()).await?;
+    let keys = TestKey::generate();
+    let jwks_url = serve_jwks(keys.jwks(), shutdown.clone()).await?;
 
     // The observers first: the saga's first command must find a queue.
     let broker = Broker::connect(&amqp_url(), ns.clone(), "orders-test", DEADLINE).await?;
@@ -131,21 +144,28 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
             catalog,
             catalog_timeout_ms: 2_000,
         },
+        tokens: VerifierSettings {
+            jwks_url,
+            issuer: ISSUER.to_owned(),
+            audience: AUDIENCE.to_owned(),
+            leeway_secs: 5,
+        },
         saga,
         ..Settings::default()
     };
     let app = Application::build(settings).await?;
     let grpc_port = app.grpc_port();
     let app = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let orders = OrderServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))?
-            .connect()
-            .await?,
-    );
+    let grpc = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))?
+        .connect()
+        .await?;
+    let orders = OrderServiceClient::new(grpc.clone());
     let pool = PgPool::connect(&database.url).await?;
 
     Ok(TestApp {
         orders,
+        grpc,
+        keys,
         pool,
         ns,
         events,
@@ -172,15 +192,21 @@ fn command_keys() -> Vec<String> {
 }
 
 impl TestApp {
-    /// Places an order of two units of one (fake) product for `user_id`.
+    /// A valid access token of `user_id`, with a user's scopes.
+    pub fn token_for(&self, user_id: &str) -> String {
+        self.keys.sign(&claims(user_id))
+    }
+
+    /// Places an order of two units of one (fake) product for `user_id`,
+    /// with a token of that user.
     pub async fn place_order(&self, user_id: &str) -> anyhow::Result<Order> {
         let request = CreateOrderRequest {
-            user_id: user_id.to_owned(),
             items: vec![LineItem {
                 product_id: Uuid::now_v7().to_string(),
                 quantity: 2,
             }],
         };
+        let request = with_token(request, &self.token_for(user_id));
         Ok(self
             .orders
             .clone()
@@ -189,11 +215,12 @@ impl TestApp {
             .into_inner())
     }
 
+    /// Reads an order with a token of `user_id`.
     pub async fn get_order(&self, user_id: &str, order_id: &str) -> anyhow::Result<Order> {
         let request = GetOrderRequest {
-            user_id: user_id.to_owned(),
             order_id: order_id.to_owned(),
         };
+        let request = with_token(request, &self.token_for(user_id));
         Ok(self.orders.clone().get_order(request).await?.into_inner())
     }
 
@@ -241,6 +268,18 @@ impl TestApp {
         self.pool.close().await;
         self.database.drop().await
     }
+}
+
+/// `message` as a call carrying `token`, the way the gateway makes it.
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .expect("a signed token is visible ASCII"),
+    );
+    request
 }
 
 /// An observer of order events or catalog commands: a [`Tap`] that reads

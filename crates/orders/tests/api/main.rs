@@ -1,6 +1,8 @@
 //! The orders service against the real PostgreSQL and RabbitMQ, with a fake
-//! catalog for pricing and no catalog consumer at all.
+//! catalog for pricing, no catalog consumer at all, and the test standing in
+//! for the auth service (its key, its JWKS, its tokens).
 
+mod authentication;
 mod census;
 mod helpers;
 mod saga_deadline;
