@@ -9,9 +9,9 @@
 pub mod config;
 pub mod domain;
 pub mod error;
-pub mod events;
 pub mod grpc;
 pub mod repo;
+pub mod reservations;
 pub mod startup;
 
 pub use config::Settings;

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{events::CommandHandler, grpc::CatalogGrpc, Settings};
+use crate::{grpc::CatalogGrpc, reservations::CommandHandler, Settings};
 
 pub struct Application {
     grpc_listener: TcpListener,
