@@ -1,17 +1,15 @@
 //! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, then serve
-//! gRPC, health, the command consumers, the outbox relay and the retention
-//! purge until shutdown.
+//! gRPC and consume the stock commands until shutdown, besides what every
+//! service with an outbox runs (`signalbox_servicekit::OutboxService`):
+//! health, the outbox relay, the retention purge and the census.
 
 use std::{sync::Arc, time::Duration};
 
-use signalbox_messages::channels::{commands, Namespace};
-use signalbox_messaging::{
-    census,
-    retention::{self, Retention},
-    Broker, OutboxRelay, ShardConsumers, Shards,
-};
+use signalbox_messages::channels::commands;
+use signalbox_messaging::{Broker, ShardConsumers, Shards};
 use signalbox_platform::{health::Health, serve};
 use signalbox_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+use signalbox_servicekit::{connect_broker, OutboxService};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,13 +34,7 @@ impl Application {
             .run(&pool)
             .await?;
 
-        let broker = Broker::connect(
-            &settings.amqp.url,
-            Namespace::new(&settings.amqp.namespace),
-            "catalog",
-            Duration::from_secs(settings.amqp.connect_timeout_secs),
-        )
-        .await?;
+        let broker = connect_broker(&settings.amqp, "catalog").await?;
         // The catalog's commands arrive on a sharded channel: the saga
         // routes every command about one order to the same shard queue
         // (by a hash of the order id), so a `release_stock` can never
@@ -103,37 +95,26 @@ impl Application {
             signalbox_proto::FILE_DESCRIPTOR_SET,
             shutdown.clone(),
         );
-
-        let attached = consumers.attached();
-        let health = Health::new()
-            .database(pool.clone())
-            .flag("broker", broker.probe())
-            .flag("commands", attached.probe());
-        let http = serve::http(http_listener, health.router(), shutdown.clone());
+        // Ready only while every shard has this instance's consumer.
+        let checks = Health::new().flag("commands", consumers.attached().probe());
         // One consumer task per shard queue, all with the same handler.
-        let consuming = consumers.run(
+        let commands = consumers.run(
             Arc::new(CommandHandler::new(pool.clone())),
             shutdown.clone(),
         );
-        let relay = OutboxRelay::new(pool.clone(), broker.clone()).run(shutdown.clone());
-        let purge = retention::run(pool.clone(), Retention::default(), shutdown.clone());
-        let census = census::Responder::new(broker.clone(), "catalog", env!("CARGO_PKG_VERSION"))
-            .run(shutdown.clone());
 
-        let result = serve::run_all(
-            shutdown.clone(),
-            vec![
-                serve::task("grpc", grpc),
-                serve::task("http", async move { Ok(http.await?) }),
-                serve::task("commands", async move { Ok(consuming.await?) }),
-                serve::background("outbox-relay", relay),
-                serve::background("retention", purge),
-                serve::task("census", async move { Ok(census.await?) }),
-            ],
+        OutboxService {
+            name: "catalog",
+            version: env!("CARGO_PKG_VERSION"),
+            pool,
+            broker,
+            http: http_listener,
+        }
+        .run(
+            checks,
+            vec![serve::task("grpc", grpc), serve::task("commands", commands)],
+            shutdown,
         )
-        .await;
-        broker.close().await;
-        pool.close().await;
-        result
+        .await
     }
 }
