@@ -1,5 +1,8 @@
 //! `spawn_app()`: a catalog on port 0 with a fresh database and a random
-//! namespace, plus what a test needs to talk to it like the saga does.
+//! namespace, plus what a test needs to talk to it like the saga does. The
+//! database, the queues and the exchanges are the test's [`Sandbox`]:
+//! removed by [`TestApp::cleanup`], or when the app is dropped if the test
+//! panicked first.
 
 use std::sync::Arc;
 
@@ -13,11 +16,10 @@ use signalbox_messages::{
     Envelope, Message,
 };
 use signalbox_messaging::{amqp, topology, Broker, ConfirmedPublisher, Outgoing, Shards};
-use signalbox_platform::config::{AmqpSettings, DatabaseSettings, ListenSettings};
+use signalbox_platform::config::ListenSettings;
 use signalbox_testkit::{
     broker::{self, amqp_url, Tap},
-    db::TestDatabase,
-    probe,
+    probe, Sandbox,
 };
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -40,7 +42,9 @@ pub struct TestApp {
     replies: Replies,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
-    database: TestDatabase,
+    /// Declared last, so it is dropped last: after the test's own
+    /// connections, when a panicking test drops the app.
+    sandbox: Sandbox,
 }
 
 /// The test's private reply queue: server-named, exclusive, read with a
@@ -54,29 +58,24 @@ struct Replies {
 pub async fn spawn_app() -> anyhow::Result<TestApp> {
     // Logs go through the test harness: shown for failing tests only.
     signalbox_platform::telemetry::init_for_tests();
-    let prefix = broker::random_namespace();
-    let database = TestDatabase::create(format!("{prefix}_catalog")).await?;
+    let mut sandbox = Sandbox::new();
+    let ns = sandbox.namespace().clone();
+    let database = sandbox.database("catalog").await?;
+    let shards = published_shards();
+    sandbox.queues(durable_queues(&ns, &shards));
 
     let settings = Settings {
         grpc: ListenSettings::ephemeral(),
         http: ListenSettings::ephemeral(),
-        database: DatabaseSettings {
-            url: database.url.clone(),
-            max_connections: 4,
-        },
-        amqp: AmqpSettings {
-            url: amqp_url(),
-            namespace: prefix.clone(),
-            connect_timeout_secs: 10,
-        },
+        database: database.settings(4),
+        amqp: broker::settings(&ns),
         ..Settings::default()
     };
-    let shards = Shards::new(commands::CATALOG_SHARDS);
     let app = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
+    sandbox.stops(shutdown.clone());
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
-    let ns = Namespace::new(prefix);
     let broker = Broker::connect(&amqp_url(), ns.clone(), "catalog-test", DEADLINE).await?;
     let channel = broker.channel().await?;
     // Bound to nothing: replies come through the default exchange, by name.
@@ -95,8 +94,29 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
         },
         shutdown,
         task,
-        database,
+        sandbox,
     })
+}
+
+/// The durable queues catalog declares in `ns`: every command shard queue
+/// with its retry and dead-letter queues.
+fn durable_queues(ns: &Namespace, shards: &Shards) -> Vec<String> {
+    shards
+        .work_queues(
+            &ns.catalog_commands_queue(),
+            &ns.commands_exchange(),
+            &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
+        )
+        .into_iter()
+        .flat_map(|work| {
+            let retries = (0..work.retry.delays.len())
+                .map(|attempt| topology::retry_queue(&work.name, attempt))
+                .collect::<Vec<_>>();
+            [Namespace::dead_letter_queue(&work.name), work.name]
+                .into_iter()
+                .chain(retries)
+        })
+        .collect()
 }
 
 impl TestApp {
@@ -212,24 +232,50 @@ impl TestApp {
         Ok(self.broker.channel().await?)
     }
 
-    /// Stops the app and removes its database, queues and exchanges.
-    pub async fn cleanup(self) -> anyhow::Result<()> {
+    /// Stops the app (it must stop cleanly) and removes its database,
+    /// queues and exchanges.
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.task.await??;
-        let queues: Vec<String> = self
-            .shards
-            .queues(&self.ns.catalog_commands_queue())
-            .into_iter()
-            .flat_map(|queue| [Namespace::dead_letter_queue(&queue), queue])
-            .collect();
-        broker::delete_namespace(&self.ns, &queues).await?;
+        (&mut self.task).await??;
         self.broker.close().await;
         self.pool.close().await;
-        self.database.drop().await
+        self.sandbox.remove().await
     }
 }
 
 /// The catalog's command shard count, as the publishers use it.
 pub fn published_shards() -> Shards {
     Shards::new(commands::CATALOG_SHARDS)
+}
+
+/// The harness itself: a test that fails half-way leaves nothing behind.
+#[tokio::test]
+async fn a_test_that_panics_leaves_no_database_queues_or_exchanges() -> anyhow::Result<()> {
+    use std::panic::AssertUnwindSafe;
+
+    use futures::FutureExt;
+
+    let app = spawn_app().await?;
+    let footprint = app.sandbox.footprint();
+    let present = footprint.present().await?;
+    let expected = published_shards()
+        .queues(&app.ns.catalog_commands_queue())
+        .into_iter()
+        .map(|queue| format!("queue {queue}"))
+        .chain([
+            format!("database {}_catalog", app.ns.prefix()),
+            format!("exchange {}", app.ns.events_exchange()),
+            format!("exchange {}", app.ns.commands_exchange()),
+        ]);
+    for object in expected {
+        assert!(present.contains(&object), "{object} missing in {present:?}");
+    }
+
+    let test = AssertUnwindSafe(async move {
+        let _app = app;
+        panic!("a failed assertion");
+    });
+    assert!(test.catch_unwind().await.is_err());
+
+    footprint.await_gone().await
 }
