@@ -92,7 +92,7 @@ impl Application {
                 // gateway, plus the gRPC health protocol and reflection.
                 serve::task("grpc", grpc),
                 // The JWKS for token verifiers, and liveness / readiness.
-                serve::task("http", async move { Ok(http.await?) }),
+                serve::task("http", http),
             ],
         )
         .await;

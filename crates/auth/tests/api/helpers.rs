@@ -1,7 +1,7 @@
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use signalbox_auth::{Application, Settings};
 use signalbox_platform::{
-    config::{DatabaseSettings, ListenSettings, VerifierSettings},
+    config::{ListenSettings, VerifierSettings},
     telemetry,
     tokens::TokenVerifier,
 };
@@ -50,10 +50,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings {
         grpc: ListenSettings::ephemeral(),
         http: ListenSettings::ephemeral(),
-        database: DatabaseSettings {
-            url: database.url,
-            max_connections: 10,
-        },
+        database: database.settings(10),
         ..Settings::default()
     };
     configure(&mut settings);
@@ -67,7 +64,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     let client = AuthServiceClient::new(grpc_channel(grpc_port).await);
-    let db = PgPool::connect(&settings.database.url)
+    let db = PgPool::connect(settings.database.url.expose_secret())
         .await
         .expect("connect to the test database");
 
