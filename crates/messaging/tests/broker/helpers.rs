@@ -1,11 +1,12 @@
 //! A fresh database (with the messaging tables) and a fresh namespace per
-//! test, removed again by [`Fixture::cleanup`].
+//! test, removed again by [`Fixture::cleanup`] or, when a test panicked,
+//! when the fixture is dropped (it keeps them in a [`Sandbox`]).
 
 use std::sync::Arc;
 
 use signalbox_messages::channels::Namespace;
 use signalbox_messaging::{topology, Broker, WorkQueue};
-use signalbox_testkit::{broker, db::TestDatabase};
+use signalbox_testkit::Sandbox;
 use sqlx::PgPool;
 
 pub use signalbox_testkit::{
@@ -17,27 +18,26 @@ pub struct Fixture {
     pub pool: PgPool,
     pub broker: Arc<Broker>,
     pub ns: Namespace,
-    database: TestDatabase,
-    queues: Vec<String>,
+    /// Declared last, so it is dropped after the pool and the broker.
+    sandbox: Sandbox,
 }
 
 impl Fixture {
     pub async fn new() -> anyhow::Result<Self> {
         // Logs go through the test harness: shown for failing tests only.
         signalbox_platform::telemetry::init_for_tests();
-        let prefix = broker::random_namespace();
-        let database = TestDatabase::create(format!("{prefix}_messaging")).await?;
+        let mut sandbox = Sandbox::new();
+        let ns = sandbox.namespace().clone();
+        let database = sandbox.database("messaging").await?;
         let pool = PgPool::connect(&database.url).await?;
         // Every service schema carries the messaging tables; orders' will do.
         sqlx::migrate!("../../migrations/orders").run(&pool).await?;
-        let ns = Namespace::new(prefix);
         let broker = Broker::connect(&amqp_url(), ns.clone(), "test", DEADLINE).await?;
         Ok(Self {
             pool,
             broker,
             ns,
-            database,
-            queues: Vec::new(),
+            sandbox,
         })
     }
 
@@ -55,18 +55,49 @@ impl Fixture {
     pub async fn declare(&mut self, work: &WorkQueue) -> anyhow::Result<()> {
         let channel = self.broker.channel().await?;
         topology::declare_work_queue(&channel, &self.ns, work).await?;
-        self.queues.push(work.name.clone());
-        self.queues.push(Namespace::dead_letter_queue(&work.name));
-        for attempt in 0..work.retry.delays.len() {
-            self.queues.push(topology::retry_queue(&work.name, attempt));
-        }
+        self.sandbox.queues(
+            [work.name.clone(), Namespace::dead_letter_queue(&work.name)]
+                .into_iter()
+                .chain(
+                    (0..work.retry.delays.len())
+                        .map(|attempt| topology::retry_queue(&work.name, attempt)),
+                ),
+        );
         Ok(())
     }
 
-    pub async fn cleanup(self) -> anyhow::Result<()> {
-        broker::delete_namespace(&self.ns, &self.queues).await?;
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.broker.close().await;
         self.pool.close().await;
-        self.database.drop().await
+        self.sandbox.remove().await
     }
+}
+
+/// The fixture itself: a test that fails half-way leaves nothing behind.
+#[tokio::test]
+async fn a_test_that_panics_leaves_no_database_queues_or_exchanges() -> anyhow::Result<()> {
+    use std::panic::AssertUnwindSafe;
+
+    use futures::FutureExt;
+
+    let mut fx = Fixture::new().await?;
+    let queue = fx.queue("work", "order.*").await?;
+    let footprint = fx.sandbox.footprint();
+    let present = footprint.present().await?;
+    for object in [
+        format!("database {}_messaging", fx.ns.prefix()),
+        format!("queue {queue}"),
+        format!("queue {}", Namespace::dead_letter_queue(&queue)),
+        format!("exchange {}", fx.ns.events_exchange()),
+    ] {
+        assert!(present.contains(&object), "{object} missing in {present:?}");
+    }
+
+    let test = AssertUnwindSafe(async move {
+        let _fx = fx;
+        panic!("a failed assertion");
+    });
+    assert!(test.catch_unwind().await.is_err());
+
+    footprint.await_gone().await
 }
