@@ -74,9 +74,7 @@ impl Application {
         tracing::info!(port = listener.local_addr()?.port(), "gateway listening");
         let result = serve::run_all(
             shutdown.clone(),
-            vec![serve::task("http", async move {
-                Ok(serve::http(listener, router, shutdown).await?)
-            })],
+            vec![serve::task("http", serve::http(listener, router, shutdown))],
         )
         .await;
         census.close().await;

@@ -22,9 +22,9 @@ use axum::{
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
-use signalbox_messages::channels::Namespace;
-use signalbox_messaging::{census, Broker, RequestError, Requester, RequesterOptions};
+use signalbox_messaging::{census, RequestError, Requester, RequesterOptions};
 use signalbox_platform::{config::AmqpSettings, ErrorCode, Problem};
+use signalbox_servicekit::connect_broker_within;
 use tokio::sync::OnceCell;
 
 /// How long a census waits for answers unless the caller asks otherwise.
@@ -101,8 +101,7 @@ impl Census {
 async fn connect(settings: &AmqpSettings) -> anyhow::Result<Requester> {
     let budget = CONNECT_BUDGET.min(Duration::from_secs(settings.connect_timeout_secs));
     let attempt = async {
-        let namespace = Namespace::new(&settings.namespace);
-        let broker = Broker::connect(&settings.url, namespace, "gateway", budget).await?;
+        let broker = connect_broker_within(settings, "gateway", budget).await?;
         let options = RequesterOptions::new("gateway-census").max_outstanding(MAX_CENSUSES);
         anyhow::Ok(Requester::start(broker, options).await?)
     };

@@ -15,7 +15,7 @@ use crate::helpers::{assert_problem, spawn_app_configured, World};
 
 fn amqp(url: &str, namespace: &str) -> AmqpSettings {
     AmqpSettings {
-        url: url.to_owned(),
+        url: url.into(),
         namespace: namespace.to_owned(),
         connect_timeout_secs: 15,
     }
