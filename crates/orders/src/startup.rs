@@ -1,17 +1,15 @@
 //! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, then serve
-//! gRPC, health, the reply consumer, the saga's deadline sweeper, the outbox
-//! relay, the retention purge and the census responder until shutdown.
+//! gRPC, the reply consumer and the saga's deadline sweeper until shutdown,
+//! besides what every service with an outbox runs
+//! (`signalbox_servicekit::OutboxService`): health, the outbox relay, the
+//! retention purge and the census.
 
 use std::{sync::Arc, time::Duration};
 
-use signalbox_messages::channels::Namespace;
-use signalbox_messaging::{
-    census,
-    retention::{self, Retention},
-    Broker, Consumer, OutboxRelay, Source, WorkQueue,
-};
+use signalbox_messaging::{Broker, Consumer, Source, WorkQueue};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use signalbox_proto::orders::v1::order_service_server::OrderServiceServer;
+use signalbox_servicekit::{connect_broker, OutboxService};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,13 +40,7 @@ impl Application {
         let pool = serve::database(&settings.database).await?;
         sqlx::migrate!("../../migrations/orders").run(&pool).await?;
 
-        let broker = Broker::connect(
-            &settings.amqp.url,
-            Namespace::new(&settings.amqp.namespace),
-            "orders",
-            Duration::from_secs(settings.amqp.connect_timeout_secs),
-        )
-        .await?;
+        let broker = connect_broker(&settings.amqp, "orders").await?;
         // The reply channel of the saga: catalog answers `reserve_stock` here
         // (through the default exchange, addressed by queue name). Durable,
         // so replies wait while orders is down; declared before orders can
@@ -113,37 +105,30 @@ impl Application {
             shutdown.clone(),
         );
 
-        let attached = consumer.attached();
-        let health = Health::new()
-            .database(pool.clone())
-            .flag("broker", broker.probe())
-            .flag("replies", attached.probe());
-        let http = serve::http(http_listener, health.router(), shutdown.clone());
-        let consuming = consumer.run(
+        // Ready only while the saga's reply consumer is attached.
+        let checks = Health::new().flag("replies", consumer.attached().probe());
+        let replies = consumer.run(
             ReplyHandler::new(pool.clone(), broker.namespace().clone()),
             shutdown.clone(),
         );
-        let relay = OutboxRelay::new(pool.clone(), broker.clone()).run(shutdown.clone());
-        let purge = retention::run(pool.clone(), Retention::default(), shutdown.clone());
         let deadlines = sweeper.run(shutdown.clone());
-        let census = census::Responder::new(broker.clone(), "orders", env!("CARGO_PKG_VERSION"))
-            .run(shutdown.clone());
 
-        let result = serve::run_all(
-            shutdown.clone(),
+        OutboxService {
+            name: "orders",
+            version: env!("CARGO_PKG_VERSION"),
+            pool,
+            broker,
+            http: http_listener,
+        }
+        .run(
+            checks,
             vec![
                 serve::task("grpc", grpc),
-                serve::task("http", async move { Ok(http.await?) }),
-                serve::task("replies", async move { Ok(consuming.await?) }),
-                serve::background("outbox-relay", relay),
-                serve::background("retention", purge),
+                serve::task("replies", replies),
                 serve::background("saga-deadlines", deadlines),
-                serve::task("census", async move { Ok(census.await?) }),
             ],
+            shutdown,
         )
-        .await;
-        broker.close().await;
-        pool.close().await;
-        result
+        .await
     }
 }
