@@ -26,9 +26,7 @@ use signalbox_orders::{
     config::{SagaSettings, Upstreams},
     Application, Settings,
 };
-use signalbox_platform::config::{
-    AmqpSettings, DatabaseSettings, ListenSettings, VerifierSettings,
-};
+use signalbox_platform::config::{ListenSettings, VerifierSettings};
 use signalbox_proto::{
     catalog::v1::{
         catalog_service_server::{CatalogService, CatalogServiceServer},
@@ -42,8 +40,8 @@ use signalbox_proto::{
 };
 use signalbox_testkit::{
     broker::{self, amqp_url, Tap},
-    db::TestDatabase,
     tokens::{claims, serve_jwks, TestKey, AUDIENCE, ISSUER},
+    Sandbox,
 };
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -91,19 +89,24 @@ pub struct TestApp {
     broker: Arc<Broker>,
     /// Keeps the observers' channel open.
     _channel: Channel,
-    database: TestDatabase,
     shutdown: CancellationToken,
     app: JoinHandle<anyhow::Result<()>>,
+    /// The database, the durable queues and the exchanges of the test,
+    /// removed by [`TestApp::cleanup`] or, when a test panicked, on drop.
+    /// Declared last, so it is dropped after the test's own connections.
+    sandbox: Sandbox,
 }
 
 pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
     // Logs go through the test harness: shown for failing tests only.
     signalbox_platform::telemetry::init_for_tests();
-    let prefix = broker::random_namespace();
-    let ns = Namespace::new(prefix.clone());
-    let database = TestDatabase::create(format!("{prefix}_orders")).await?;
+    let mut sandbox = Sandbox::new();
+    let ns = sandbox.namespace().clone();
+    let database = sandbox.database("orders").await?;
+    sandbox.queues(durable_queues(&ns));
 
     let shutdown = CancellationToken::new();
+    sandbox.stops(shutdown.clone());
     let catalog = serve_fake_catalog(shutdown.clone()).await?;
     let keys = TestKey::generate();
     let jwks_url = serve_jwks(keys.jwks(), shutdown.clone()).await?;
@@ -127,19 +130,11 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
     let events = Observer(Tap::open(&channel, &events_queue).await?);
     let commands = Observer(Tap::open(&channel, &commands_queue).await?);
 
-    let amqp = AmqpSettings {
-        url: amqp_url(),
-        namespace: prefix,
-        connect_timeout_secs: 15,
-    };
     let settings = Settings {
         grpc: ListenSettings::ephemeral(),
         http: ListenSettings::ephemeral(),
-        database: DatabaseSettings {
-            url: database.url.clone(),
-            max_connections: 5,
-        },
-        amqp,
+        database: database.settings(5),
+        amqp: broker::settings(&ns),
         upstreams: Upstreams {
             catalog,
             catalog_timeout_ms: 2_000,
@@ -172,10 +167,22 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
         commands,
         broker,
         _channel: channel,
-        database,
         shutdown,
         app,
+        sandbox,
     })
+}
+
+/// The durable queues orders declares in `ns`: its reply queue with its
+/// retry and dead-letter queues.
+fn durable_queues(ns: &Namespace) -> Vec<String> {
+    let replies = ns.orders_replies_queue();
+    let mut queues = vec![replies.clone(), Namespace::dead_letter_queue(&replies)];
+    queues.extend(
+        (0..RetryPolicy::default().delays.len())
+            .map(|attempt| topology::retry_queue(&replies, attempt)),
+    );
+    queues
 }
 
 /// Every routing key a catalog command carries: the saga routes each one to
@@ -253,20 +260,14 @@ impl TestApp {
         broker::queue_depth(&channel, &dead_letters).await
     }
 
-    /// Stops the service and removes everything the test created.
-    pub async fn cleanup(self) -> anyhow::Result<()> {
+    /// Stops the service (it must stop cleanly) and removes everything the
+    /// test created.
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.app.await??;
-        let replies = self.ns.orders_replies_queue();
-        let mut queues = vec![replies.clone(), Namespace::dead_letter_queue(&replies)];
-        queues.extend(
-            (0..RetryPolicy::default().delays.len())
-                .map(|attempt| topology::retry_queue(&replies, attempt)),
-        );
-        broker::delete_namespace(&self.ns, &queues).await?;
+        (&mut self.app).await??;
         self.broker.close().await;
         self.pool.close().await;
-        self.database.drop().await
+        self.sandbox.remove().await
     }
 }
 
@@ -360,4 +361,31 @@ impl CatalogService for FakeCatalog {
             missing: Vec::new(),
         }))
     }
+}
+
+/// The harness itself: a test that fails half-way leaves nothing behind.
+#[tokio::test]
+async fn a_test_that_panics_leaves_no_database_queues_or_exchanges() -> anyhow::Result<()> {
+    use std::panic::AssertUnwindSafe;
+
+    use futures::FutureExt;
+
+    let app = spawn_app(distant_deadline()).await?;
+    let footprint = app.sandbox.footprint();
+    let present = footprint.present().await?;
+    for object in [
+        format!("database {}_orders", app.ns.prefix()),
+        format!("queue {}", app.ns.orders_replies_queue()),
+        format!("exchange {}", app.ns.events_exchange()),
+    ] {
+        assert!(present.contains(&object), "{object} missing in {present:?}");
+    }
+
+    let test = AssertUnwindSafe(async move {
+        let _app = app;
+        panic!("a failed assertion");
+    });
+    assert!(test.catch_unwind().await.is_err());
+
+    footprint.await_gone().await
 }
