@@ -63,12 +63,12 @@ impl TestSystem {
         };
         // From here on, a failure still cleans up (Drop).
         let database = |url: String| DatabaseSettings {
-            url,
+            url: url.into(),
             max_connections: 4,
         };
         let amqp = AmqpSettings {
             namespace: prefix.clone(),
-            url: infra::amqp_url(),
+            url: infra::amqp_url().into(),
             connect_timeout_secs: 10,
         };
 
