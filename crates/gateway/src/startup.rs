@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use anyhow::Context;
 use axum::{
     body::Body,
     error_handling::HandleErrorLayer,
@@ -46,7 +47,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = serve::bind(&settings.http).await?;
         let proxies = TrustedProxies::parse(&settings.trusted_proxies)
-            .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
+            .map_err(anyhow::Error::msg)
+            .context("trusted_proxies")?;
         let state = AppState {
             clients: Clients::new(&settings.upstreams, &settings.timeouts)?,
             verifier: Arc::new(TokenVerifier::new(settings.tokens.clone())),
