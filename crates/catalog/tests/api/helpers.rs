@@ -34,6 +34,8 @@ pub const TABLET: Uuid = Uuid::from_u128(0x0193a4c0_0000_7000_8000_000000000004)
 
 pub struct TestApp {
     pub ns: Namespace,
+    /// Where catalog answers liveness and readiness.
+    pub http_port: u16,
     /// The catalog's own database.
     pub pool: PgPool,
     /// The test's connection to the broker, in the app's namespace.
@@ -72,6 +74,7 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
         ..Settings::default()
     };
     let app = Application::build(settings).await?;
+    let http_port = app.http_port();
     let shutdown = CancellationToken::new();
     sandbox.stops(shutdown.clone());
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -84,6 +87,7 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
 
     Ok(TestApp {
         ns,
+        http_port,
         pool: PgPool::connect(&database.url).await?,
         broker,
         shards,

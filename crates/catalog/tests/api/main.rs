@@ -2,4 +2,5 @@
 //! process per test, a fresh database and namespace each.
 
 mod commands;
+mod health;
 mod helpers;
