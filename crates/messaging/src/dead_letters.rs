@@ -9,7 +9,9 @@
 //! that did not exist yet, a database that was down for longer than the
 //! retries waited. After the fix an operator replays them.
 //!
-//! This module is the library behind the `dlq` binary:
+//! This module holds the two operations, [`list`] and [`replay`], for any
+//! caller; the `dlq` binary (`src/bin/dlq.rs`) parses its command line,
+//! calls them and prints what they return:
 //!
 //! ```text
 //! dlq list   <queue> [--limit N]   # print <queue>.dlq without consuming it
@@ -47,8 +49,6 @@
 //! (see [`crate::sharding`]) that means it comes after later messages of the
 //! same aggregate: replay is an operator's decision, made knowing that.
 
-use std::fmt;
-
 use chrono::Utc;
 use lapin::{
     message::Delivery,
@@ -67,8 +67,6 @@ use crate::{
     headers::{retry_count, FAILED_AT, FAILURE_REASON, ORIGINAL_QUEUE, REPLAYED_AT, RETRY_COUNT},
 };
 
-/// Where the tool connects unless told otherwise.
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How much of a body [`DeadLetter::body_preview`] keeps.
 const PREVIEW_CHARS: usize = 200;
 
@@ -121,25 +119,6 @@ impl DeadLetter {
             replayed_at: header(REPLAYED_AT),
             body_preview: preview(&delivery.data),
         }
-    }
-}
-
-impl fmt::Display for DeadLetter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
-        writeln!(
-            f,
-            "message {}  type {}  retries {}  failed at {}",
-            or_dash(&self.message_id),
-            or_dash(&self.message_type),
-            self.retry_count,
-            or_dash(&self.failed_at),
-        )?;
-        writeln!(f, "  reason: {}", or_dash(&self.failure_reason))?;
-        if let Some(replayed_at) = &self.replayed_at {
-            writeln!(f, "  replayed before at {replayed_at}")?;
-        }
-        write!(f, "  body:   {}", self.body_preview)
     }
 }
 
@@ -338,140 +317,17 @@ fn preview(body: &[u8]) -> String {
     preview
 }
 
-/// A connection for the tool, with its I/O on the tokio runtime.
+/// A plain connection for [`list`] and [`replay`], named `dlq` in the
+/// broker, with its I/O on the tokio runtime. It does not reconnect: an
+/// operator's run either completes or fails and is run again.
 pub async fn connect(url: &str) -> Result<Connection, lapin::Error> {
     let properties = connection_properties().with_connection_name("dlq".into());
     Connection::connect(url, properties).await
 }
 
-/// What the `dlq` binary was asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    List { queue: String, limit: Option<usize> },
-    Replay { queue: String, limit: Option<usize> },
-    Help,
-}
-
-/// The parsed command line of the `dlq` binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cli {
-    pub command: Command,
-    pub amqp_url: String,
-}
-
-pub const USAGE: &str = "\
-usage: dlq list   <queue> [--limit N] [--amqp-url URL]
-       dlq replay <queue> [--limit N] [--amqp-url URL]
-
-  list     print the dead letters of <queue> (that is, <queue>.dlq) with
-           their failure reason, retry count and a body preview; nothing is
-           consumed
-  replay   move dead letters from <queue>.dlq back to <queue>, oldest first,
-           with the retry count reset
-
-  <queue>      the full queue name, e.g. signalbox.orders.replies
-  --limit N    at most N messages
-  --amqp-url   broker URL (default: $APP__AMQP__URL, else
-               amqp://guest:guest@127.0.0.1:5672/%2f)";
-
-/// Parses the arguments after the program name. `env_url` is the value of
-/// `APP__AMQP__URL`, if set.
-pub fn parse_args(
-    args: impl IntoIterator<Item = String>,
-    env_url: Option<String>,
-) -> Result<Cli, String> {
-    let mut amqp_url = env_url.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
-    let mut limit = None;
-    let mut positional = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" | "help" => {
-                return Ok(Cli {
-                    command: Command::Help,
-                    amqp_url,
-                })
-            }
-            "--limit" => {
-                let value = args.next().ok_or("--limit needs a number")?;
-                let n = value
-                    .parse()
-                    .map_err(|_| format!("--limit needs a number, not `{value}`"))?;
-                limit = Some(n);
-            }
-            "--amqp-url" => amqp_url = args.next().ok_or("--amqp-url needs a URL")?,
-            flag if flag.starts_with("--") => return Err(format!("unknown option `{flag}`")),
-            _ => positional.push(arg),
-        }
-    }
-    let command = match positional.as_slice() {
-        [verb, queue] if verb == "list" => Command::List {
-            queue: queue.clone(),
-            limit,
-        },
-        [verb, queue] if verb == "replay" => Command::Replay {
-            queue: queue.clone(),
-            limit,
-        },
-        [] => return Err("missing command".to_owned()),
-        [verb, ..] if verb != "list" && verb != "replay" => {
-            return Err(format!("unknown command `{verb}`"))
-        }
-        _ => return Err("expected exactly one queue name".to_owned()),
-    };
-    Ok(Cli { command, amqp_url })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(line: &str) -> Vec<String> {
-        line.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn the_command_line_names_the_queue_the_limit_and_the_broker() {
-        let cli = parse_args(args("replay q.x --limit 5 --amqp-url amqp://b"), None).unwrap();
-        assert_eq!(
-            cli.command,
-            Command::Replay {
-                queue: "q.x".into(),
-                limit: Some(5)
-            }
-        );
-        assert_eq!(cli.amqp_url, "amqp://b");
-    }
-
-    #[test]
-    fn the_broker_url_comes_from_the_environment_then_the_default() {
-        let cli = parse_args(args("list q.x"), Some("amqp://env".into())).unwrap();
-        assert_eq!(cli.amqp_url, "amqp://env");
-        let cli = parse_args(args("list q.x"), None).unwrap();
-        assert_eq!(cli.amqp_url, DEFAULT_AMQP_URL);
-        assert_eq!(
-            cli.command,
-            Command::List {
-                queue: "q.x".into(),
-                limit: None
-            }
-        );
-    }
-
-    #[test]
-    fn a_wrong_command_line_is_refused_with_a_reason() {
-        for (line, reason) in [
-            ("", "missing command"),
-            ("purge q", "unknown command"),
-            ("list", "exactly one queue"),
-            ("list a b", "exactly one queue"),
-            ("list q --limit x", "needs a number"),
-            ("list q --force", "unknown option"),
-        ] {
-            let error = parse_args(args(line), None).unwrap_err();
-            assert!(error.contains(reason), "{line:?}: {error}");
-        }
-    }
 
     #[test]
     fn either_name_of_the_pair_means_the_pair() {
