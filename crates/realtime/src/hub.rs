@@ -12,20 +12,38 @@
 //!                                                  └─ full? evict the socket, never wait
 //! ```
 //!
-//! Per channel the hub keeps an `offset` that grows by one per event and a
-//! ring of the last [`HISTORY_LEN`] events; with the instance's random
-//! `epoch` they name a position a client can later ask to resume from
-//! (recovery itself is not wired to `subscribe` yet: `recovered` is `false`).
+//! Per channel the hub keeps an `offset` that grows by one per event (every
+//! `event` frame carries it, with the instance's random `epoch`) and a ring
+//! of the last [`HISTORY_LEN`] events ([`Hub::history_since`] reads it).
+//! Nothing replays that history to clients: there is no recovery of missed
+//! events, `subscribe` ignores a `recover` position and always answers
+//! `recovered: false`.
+//!
+//! A channel lives exactly as long as it has a subscriber on this instance.
+//! When the last one leaves (unsubscribes, its socket ends, or it is
+//! evicted) the channel goes, offset and history with it, so the hub's
+//! memory follows the sockets open now, not every user who ever connected.
+//! A later subscriber starts the channel afresh at offset 0: an offset
+//! orders the events of one life of a channel, nothing more.
 //!
 //! The hub never waits for a socket. Pushing to a socket whose buffer is full
 //! would stall every other subscriber behind it (head-of-line blocking), so
 //! such a slow consumer is evicted instead: its subscription is dropped and
 //! its socket task is told to close with 1008 "slow consumer". The client
-//! reconnects and recovers, which costs it less than it would cost everyone
-//! else to wait.
+//! may reconnect and subscribe again (what was published in between is not
+//! replayed), which costs it less than it would cost everyone else to wait.
 //!
 //! The map sits behind a plain `std::sync::Mutex`: every critical section is
-//! a few map operations and non-blocking `try_send`s, never an `.await`.
+//! a few map operations and non-blocking `try_send`s, never an `.await`. One
+//! lock over the whole map is also what makes dropping an empty channel
+//! race-free: leaving removes the subscriber, sees the channel empty and
+//! removes it under one guard ([`leave`]), and `subscribe` finds or creates
+//! the channel and inserts itself under one guard. So a subscribe runs
+//! wholly before a leave (the channel is not empty and stays) or wholly after
+//! it (the channel is gone and is created afresh). Had the emptiness check
+//! and the removal taken the lock separately, a subscribe landing between
+//! them would join a channel that is then removed, and its socket would
+//! silently receive nothing more.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -46,7 +64,8 @@ use crate::frames::ServerFrame;
 /// The public channel every user may subscribe to (price changes).
 pub const CATALOG_CHANNEL: &str = "catalog";
 
-/// Events kept per channel for recovery.
+/// Events kept per channel while it has subscribers: at most this many
+/// frames per live channel, however many events it carries.
 pub const HISTORY_LEN: usize = 256;
 
 /// The private channel of one user.
@@ -69,7 +88,8 @@ pub struct Publication {
 }
 
 /// Where a channel's stream stands: the instance epoch and the offset of
-/// its latest event (0 before the first).
+/// its latest event (0 before the first, and again when the channel is
+/// created afresh after its last subscriber left).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub epoch: String,
@@ -81,7 +101,12 @@ pub struct Hub {
     /// before and after a restart) are not comparable, and a differing epoch
     /// tells the client so.
     epoch: String,
+    /// Hands out socket ids. `Relaxed`: the ids only need to be unique, and
+    /// `fetch_add` is atomic whatever the ordering; no other memory is
+    /// published through this counter.
     next_socket: AtomicU64,
+    /// Every channel with at least one subscriber on this instance, and no
+    /// other (see the module doc).
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -142,10 +167,10 @@ impl Hub {
     }
 
     /// Pushes an event to every subscriber of `channel` on this instance and
-    /// returns its offset. Returns `None` when no socket of this instance has
-    /// ever subscribed to the channel: no client can hold a position of this
-    /// instance's epoch in it, so there is nothing to keep, and the hub's
-    /// memory grows with its own sockets, not with every user of the system.
+    /// returns its offset. Returns `None` when no socket of this instance is
+    /// subscribed to the channel: there is nobody to push to, and nothing is
+    /// kept (most events are for users connected to another instance, or to
+    /// none).
     pub fn publish(&self, channel: &str, data: Value) -> Option<u64> {
         let mut channels = self.lock();
         let state = channels.get_mut(channel)?;
@@ -182,12 +207,18 @@ impl Hub {
                 Err(TrySendError::Closed(_)) => false,
             }
         });
+        // Evicting the last subscriber empties the channel; it goes under
+        // this same guard, like any other last leave (see [`leave`]).
+        if state.subscribers.is_empty() {
+            channels.remove(channel);
+        }
         Some(offset)
     }
 
     /// The kept events of `channel` after `offset`, oldest first; `None` when
-    /// the history no longer reaches back that far (or the channel is
-    /// unknown), that is, when recovery from `offset` is impossible.
+    /// the history no longer reaches back that far, when `offset` is ahead of
+    /// the channel, or when the channel has no subscriber here (and so no
+    /// history).
     pub fn history_since(&self, channel: &str, offset: u64) -> Option<Vec<Publication>> {
         let channels = self.lock();
         let state = channels.get(channel)?;
@@ -215,9 +246,16 @@ impl Hub {
             .map_or(0, |state| state.subscribers.len())
     }
 
+    /// How many channels the hub holds, which is how many distinct channels
+    /// the sockets of this instance are subscribed to right now.
+    pub fn channel_count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// A panic while the lock was held cannot leave the map half-updated in
-    /// a way that matters (every operation is a single insert or remove), so
-    /// a poisoned lock is used as is rather than taking the service down.
+    /// a way that matters (each step is a single insert or remove; the worst
+    /// case is an empty channel, removed by its next publish or leave), so a
+    /// poisoned lock is used as is rather than taking the service down.
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -261,9 +299,7 @@ impl Membership {
         if !self.channels.remove(channel) {
             return false;
         }
-        if let Some(state) = self.hub.lock().get_mut(channel) {
-            state.subscribers.remove(&self.id);
-        }
+        leave(&mut self.hub.lock(), channel, self.id);
         true
     }
 
@@ -277,10 +313,23 @@ impl Drop for Membership {
     fn drop(&mut self) {
         let mut channels = self.hub.lock();
         for channel in &self.channels {
-            if let Some(state) = channels.get_mut(channel) {
-                state.subscribers.remove(&self.id);
-            }
+            leave(&mut channels, channel, self.id);
         }
+    }
+}
+
+/// Takes socket `id` out of `channel`, and the channel out of the hub when
+/// no subscriber is left. The caller passes the locked map, so both happen
+/// under one guard: no subscribe can slip in between (see the module doc).
+/// The socket may already be gone from the channel (the hub evicted it), or
+/// the channel from the hub; both are fine.
+fn leave(channels: &mut HashMap<String, Channel>, channel: &str, id: SocketId) {
+    let Some(state) = channels.get_mut(channel) else {
+        return;
+    };
+    state.subscribers.remove(&id);
+    if state.subscribers.is_empty() {
+        channels.remove(channel);
     }
 }
 
@@ -349,9 +398,9 @@ mod tests {
     #[test]
     fn history_keeps_the_latest_events_and_knows_when_it_falls_short() {
         let hub = Arc::new(Hub::new());
-        let (mut socket, _inbox) = hub.join(1);
+        // Room for every event, so the one subscriber is never evicted.
+        let (mut socket, _inbox) = hub.join(HISTORY_LEN + 10);
         socket.subscribe("user:1");
-        drop(socket); // the channel's stream outlives its subscribers
         for _ in 0..HISTORY_LEN + 10 {
             hub.publish("user:1", json!({}));
         }
@@ -371,5 +420,104 @@ mod tests {
             hub.history_since("user:1", last + 1).is_none(),
             "from the future"
         );
+    }
+
+    #[test]
+    fn the_last_subscriber_leaving_drops_the_channel_and_its_history() {
+        let hub = Arc::new(Hub::new());
+        let (mut first, _first_inbox) = hub.join(8);
+        let (mut second, _second_inbox) = hub.join(8);
+        first.subscribe("user:1");
+        second.subscribe("user:1");
+        first.subscribe("catalog");
+        hub.publish("user:1", json!({}));
+
+        assert!(first.unsubscribe("user:1"));
+        assert_eq!(hub.channel_count(), 2, "user:1 still has a subscriber");
+        assert_eq!(hub.history_since("user:1", 0).map(|h| h.len()), Some(1));
+
+        drop(second);
+        assert_eq!(hub.channel_count(), 1, "only catalog is left");
+        assert!(hub.history_since("user:1", 0).is_none());
+        assert_eq!(hub.publish("user:1", json!({})), None);
+
+        drop(first);
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn a_channel_subscribed_again_after_it_was_dropped_starts_at_offset_zero() {
+        let hub = Arc::new(Hub::new());
+        let (mut socket, _inbox) = hub.join(8);
+        socket.subscribe("user:1");
+        hub.publish("user:1", json!({}));
+        hub.publish("user:1", json!({}));
+        socket.unsubscribe("user:1");
+
+        assert_eq!(socket.subscribe("user:1").offset, 0);
+        assert_eq!(hub.publish("user:1", json!({})), Some(1));
+    }
+
+    #[test]
+    fn evicting_the_last_subscriber_drops_the_channel() {
+        let hub = Arc::new(Hub::new());
+        let (mut slow, _inbox) = hub.join(1);
+        slow.subscribe("user:1");
+
+        hub.publish("user:1", json!({}));
+        hub.publish("user:1", json!({}));
+
+        assert!(slow.subscriber.evicted.is_cancelled());
+        assert_eq!(hub.channel_count(), 0);
+        drop(slow); // leaving a channel the hub already dropped is a no-op
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    /// Sockets of one user come and go on several threads at once, so a
+    /// subscribe often lands right as another socket leaves the channel
+    /// empty. Each socket publishes an event of its own while it is
+    /// subscribed and checks that it arrived: a subscription lost to a
+    /// racing removal of the channel would fail that check.
+    #[test]
+    fn a_subscribe_racing_the_last_leave_is_never_lost() {
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 2_000;
+        let hub = Arc::new(Hub::new());
+        let workers: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let hub = Arc::clone(&hub);
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS {
+                        // Room for every event any thread publishes, so no
+                        // socket is ever evicted as a slow consumer.
+                        let (mut socket, mut inbox) = hub.join(THREADS * ROUNDS);
+                        socket.subscribe("user:1");
+                        let mark = json!({"thread": thread, "round": round});
+                        assert!(
+                            hub.publish("user:1", mark.clone()).is_some(),
+                            "round {round}: the channel vanished under a subscriber"
+                        );
+                        // `publish` has pushed to every subscriber before it
+                        // returns, so our own event is in the inbox now.
+                        let got_own = std::iter::from_fn(|| inbox.try_recv().ok()).any(|frame| {
+                            let value: Value = serde_json::from_str(frame.as_str()).unwrap();
+                            value["data"] == mark
+                        });
+                        assert!(
+                            got_own,
+                            "round {round}: a subscribed socket missed its event"
+                        );
+                        if round % 2 == 0 {
+                            socket.unsubscribe("user:1");
+                        }
+                        drop(socket);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("no thread saw a lost subscription");
+        }
+        assert_eq!(hub.channel_count(), 0);
     }
 }

@@ -76,6 +76,13 @@ impl Application {
         self.hub.epoch()
     }
 
+    /// The instance's hub, shared with its sockets and its events consumer;
+    /// a handle to watch its state from outside (tests read
+    /// [`Hub::channel_count`]).
+    pub fn hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.hub)
+    }
+
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             http_listener,

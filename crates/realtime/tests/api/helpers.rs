@@ -21,7 +21,7 @@ use signalbox_platform::{
     config::ListenSettings,
     tokens::{now_secs, AccessClaims},
 };
-use signalbox_realtime::{Application, Settings};
+use signalbox_realtime::{hub::Hub, Application, Settings};
 use signalbox_testkit::{
     broker::{self, amqp_url, random_namespace},
     tokens::{self, serve_jwks, TestKey},
@@ -79,6 +79,8 @@ impl Keys {
 pub struct Instance {
     pub port: u16,
     pub epoch: String,
+    /// The instance's hub, to read its state (how many channels it holds).
+    pub hub: Arc<Hub>,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -114,7 +116,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         http: ListenSettings::ephemeral(),
         ..Settings::default()
     };
-    settings.amqp.url = amqp_url();
+    settings.amqp.url = amqp_url().into();
     settings.amqp.namespace = namespace.clone();
     settings.amqp.connect_timeout_secs = 10;
     settings.tokens.jwks_url = jwks_url;
@@ -148,6 +150,7 @@ impl TestApp {
         let instance = Instance {
             port: application.http_port(),
             epoch: application.epoch().to_owned(),
+            hub: application.hub(),
             shutdown: shutdown.clone(),
             handle: tokio::spawn(application.run_until_stopped(shutdown)),
         };

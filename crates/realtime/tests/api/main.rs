@@ -6,4 +6,5 @@ mod events;
 mod expiry;
 mod handshake;
 mod helpers;
+mod memory;
 mod protocol;
