@@ -258,7 +258,7 @@ impl Consumer {
         let prepared = self.prepared.take();
         let (this, handler, stop) = (&self, &handler, &shutdown);
         session::run(
-            &shutdown,
+            stop,
             prepared,
             // A channel (waiting for a reconnect if the broker is gone), and
             // the queue declared and consumed on it.

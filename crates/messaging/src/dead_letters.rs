@@ -59,6 +59,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
     Channel, Confirmation, Connection,
 };
+use signalbox_messages::channels::Namespace;
 
 use crate::{
     amqp::{self, long_string},
@@ -126,7 +127,7 @@ impl DeadLetter {
 /// and `orders.x.dlq` both mean the pair (`orders.x`, `orders.x.dlq`).
 pub fn queue_pair(name: &str) -> (String, String) {
     let work = name.strip_suffix(".dlq").unwrap_or(name);
-    (work.to_owned(), format!("{work}.dlq"))
+    (work.to_owned(), Namespace::dead_letter_queue(work))
 }
 
 /// The dead letters of `queue` (a work queue, or its `.dlq`), oldest first,

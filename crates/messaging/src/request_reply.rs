@@ -709,9 +709,9 @@ async fn route_replies(
     sessions: watch::Sender<Option<Arc<Session>>>,
     stop: CancellationToken,
 ) {
-    let (broker, name, sessions, stop_serving) = (&broker, name.as_str(), &sessions, &stop);
+    let (broker, name, sessions, stop) = (&broker, name.as_str(), &sessions, &stop);
     session::run(
-        &stop,
+        stop,
         Some(first),
         // A new channel (reconnecting first if needed) and a new reply
         // queue on it.
@@ -723,7 +723,7 @@ async fn route_replies(
         move |(session, deliveries)| async move {
             // New requests address this queue from now on.
             sessions.send_replace(Some(session.clone()));
-            let ended = serve_session(&session, deliveries, stop_serving).await;
+            let ended = serve_session(&session, deliveries, stop).await;
             // No reply can reach the old queue any more: new requests wait
             // for the next session, and those waiting on this one fail now
             // instead of at their deadlines.
