@@ -42,8 +42,20 @@ pub struct WsSettings {
     /// How long a socket opened without an `Authorization` header may take to
     /// send its `auth` frame.
     pub auth_timeout_secs: u64,
-    /// Largest message (and frame) a client may send, in bytes.
+    /// Largest message (and frame) a client may send, in bytes; a larger one
+    /// closes the socket with 1009.
     pub max_frame_bytes: usize,
+    /// Read buffer of each socket, in bytes. It is allocated, and filled on
+    /// the first read, when the socket opens, and kept for the socket's
+    /// life: an idle socket costs this much whatever it does. It is not a
+    /// limit: a longer frame (up to `max_frame_bytes`) grows the buffer to
+    /// fit, and the socket may keep that larger buffer afterwards.
+    pub read_buffer_bytes: usize,
+    /// How many bytes of outgoing frames are gathered before they are
+    /// written to the connection. The write buffer is not allocated up
+    /// front: it holds the frame being written and keeps the capacity of the
+    /// largest one so far.
+    pub write_buffer_bytes: usize,
     /// Frames the hub may queue for one socket before it counts as a slow
     /// consumer and is disconnected.
     pub send_buffer: usize,
@@ -57,7 +69,21 @@ impl Default for WsSettings {
         Self {
             allowed_origins: Vec::new(),
             auth_timeout_secs: 5,
+            // Client frames are small JSON: `subscribe` is tens of bytes,
+            // `auth` and `refresh` carry a token of about a kilobyte. 64 KiB
+            // is far above any of them and small enough that a client cannot
+            // make the service buffer much on its behalf.
             max_frame_bytes: 64 * 1024,
+            // tungstenite's default is 128 KiB, which would make every idle
+            // socket cost 128 KiB. One page holds any client frame of this
+            // protocol in a single read; the rare larger one grows the
+            // buffer (see the field).
+            read_buffer_bytes: 4 * 1024,
+            // Nothing to gather: the socket task writes one frame at a time
+            // and flushes it at once (the hub's queue is drained frame by
+            // frame), so each frame is written as it is sent, instead of
+            // tungstenite's default of waiting for 128 KiB.
+            write_buffer_bytes: 0,
             send_buffer: 256,
             heartbeat_secs: 20,
         }

@@ -109,7 +109,19 @@ async fn upgrade(
     };
 
     let max = context.settings.max_frame_bytes;
+    let read_buffer = context.settings.read_buffer_bytes;
+    let write_buffer = context.settings.write_buffer_bytes;
     Ok(ws
+        // Buffers sized for many idle sockets with small JSON frames, not
+        // for throughput: an idle socket costs a few KiB instead of
+        // tungstenite's 128 KiB read buffer (the numbers, and why, are in
+        // `WsSettings`). The write buffer keeps tungstenite's default bound
+        // (none): it never holds more than the frame being written and a
+        // pong or close frame, because every send waits for its flush (at
+        // most `SEND_TIMEOUT`) before the next frame is taken from the hub's
+        // bounded queue; a bound would only refuse events larger than it.
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(write_buffer)
         // A client message (or single frame) above the limit fails the read
         // with a capacity error; the socket task answers it with close 1009
         // "frame too large". The client sees that close frame unless its own
@@ -421,9 +433,11 @@ impl<'a> Session<'a> {
                     );
                     return send(socket, &frame).await;
                 }
-                // Recovery (replaying `Hub::history_since` from `recover`) is
-                // not offered yet: the client is told nothing was recovered
-                // and gets the current position to resume from next time.
+                // There is no recovery of missed events: a `recover`
+                // position is ignored and the answer always says
+                // `recovered: false`. The position in the answer is where
+                // the channel stands; the events after it are the ones this
+                // socket will receive.
                 let _ = recover;
                 let position = self.membership.subscribe(&channel);
                 tracing::debug!(%channel, offset = position.offset, "subscribed");

@@ -76,6 +76,32 @@ async fn a_message_above_the_size_limit_closes_the_socket_with_1009() {
 }
 
 #[tokio::test]
+async fn a_message_longer_than_the_read_buffer_is_read_whole_up_to_the_size_limit() {
+    let app = spawn_app().await;
+    let (read_buffer, limit) = (
+        app.settings.ws.read_buffer_bytes,
+        app.settings.ws.max_frame_bytes,
+    );
+    let mut client = app.client("alice").await;
+
+    // Several read buffers long, still under the limit: read and answered.
+    let padding = "x".repeat(8 * read_buffer);
+    assert!(padding.len() < limit);
+    client
+        .send_json(json!({"type": "ping", "padding": padding}))
+        .await;
+    assert_eq!(client.next_frame().await["type"], "pong");
+
+    // Over the limit: closed with 1009, whatever the read buffer.
+    let padding = "x".repeat(limit);
+    client
+        .send_json(json!({"type": "ping", "padding": padding}))
+        .await;
+    assert_eq!(client.closed().await.0, 1009);
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_open_sockets_with_1001() {
     let app = spawn_app().await;
     let mut client = app.client("alice").await;
