@@ -71,7 +71,10 @@ pub struct Incoming {
 /// How a handler failed, which decides what happens to the message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// The message itself is bad: retrying cannot help.
+    /// The message itself is bad: retrying cannot help. A reason rather
+    /// than a source, because it is written into the dead letter's
+    /// `x-failure-reason` header; [`crate::chain::Chain`] puts a cause's
+    /// whole chain into it.
     #[error("rejected: {0}")]
     Reject(String),
     /// Something around the message failed: retry later.

@@ -30,6 +30,12 @@
 //! correlation id, with a deadline and a bound on outstanding requests
 //! ([`request_reply`]). Asking every instance at once and taking the answers
 //! that come in time is the same machinery ([`census`]).
+//!
+//! Underneath, every long-lived user of the broker works in sessions that
+//! end when a channel fails and start again ([`session`]), on a connection
+//! that heals itself ([`connection`]), each retry waiting with the one
+//! [`backoff::Backoff`]. The names of the headers a message carries are in
+//! [`headers`].
 
 pub mod amqp;
 pub mod backoff;
