@@ -10,9 +10,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use signalbox_messages::channels::Namespace;
 use signalbox_messaging::{census, Broker, Consumer, Source};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
+use signalbox_servicekit::connect_broker;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -40,13 +40,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let http_listener = serve::bind(&settings.http).await?;
 
-        let broker = Broker::connect(
-            &settings.amqp.url,
-            Namespace::new(&settings.amqp.namespace),
-            "realtime",
-            Duration::from_secs(settings.amqp.connect_timeout_secs),
-        )
-        .await?;
+        let broker = connect_broker(&settings.amqp, "realtime").await?;
         // This instance's private queue (server-named, exclusive, deleted
         // with the connection), bound to the order and catalog events: every
         // instance gets its own copy of each event (fan-out). After a broker
@@ -117,9 +111,9 @@ impl Application {
         let result = serve::run_all(
             shutdown.clone(),
             vec![
-                serve::task("http", async move { Ok(http.await?) }),
-                serve::task("events", async move { Ok(events.await?) }),
-                serve::task("census", async move { Ok(census.await?) }),
+                serve::task("http", http),
+                serve::task("events", events),
+                serve::task("census", census),
             ],
         )
         .await;
