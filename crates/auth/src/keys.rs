@@ -63,7 +63,9 @@ impl PublicKey {
     fn named(jwk: Jwk, kid: Option<String>) -> Result<Self, KeyError> {
         let kid = match kid {
             Some(kid) => kid,
-            None => jwk.thumbprint(ThumbprintHash::SHA256).map_err(KeyError::Jwk)?,
+            None => jwk
+                .thumbprint(ThumbprintHash::SHA256)
+                .map_err(KeyError::Jwk)?,
         };
         Ok(Self { kid, jwk })
     }

@@ -44,7 +44,10 @@ impl TokenFactory {
 
     /// The public half under this factory's `kid`.
     pub fn public(&self) -> PublicKey {
-        PublicKey::new(self.key.verifying_key(), Some(self.kid.clone()))
+        signalbox_auth::keys::SigningKey::from_pkcs8_pem(&self.pem(), Some(self.kid.clone()))
+            .expect("the auth service reads its own key format")
+            .public()
+            .clone()
     }
 
     /// The public key as a JWK (RFC 8037), as the JWKS publishes it.
@@ -137,7 +140,7 @@ pub fn bad_tokens(
         // The classic confusion: HMAC keyed with the (public) verification key.
         let header = json!({"alg": "HS256", "typ": "at+jwt", "kid": auth.kid()});
         let input = signing_input(&header, &valid);
-        let public = auth.public().x();
+        let public = auth.public().x().to_owned();
         let signature = jsonwebtoken::crypto::sign(
             input.as_bytes(),
             &jsonwebtoken::EncodingKey::from_secret(public.as_bytes())
