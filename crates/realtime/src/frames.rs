@@ -34,7 +34,8 @@ pub enum ClientFrame {
         token: String,
     },
     /// Starts the pushes of a channel. `recover` names the last event the
-    /// client saw, for catching up after a reconnect.
+    /// client saw; it is parsed but not acted on yet: nothing is replayed,
+    /// and the answer is always `recovered: false`.
     Subscribe {
         channel: String,
         #[serde(default)]
@@ -87,8 +88,8 @@ pub enum ServerFrame {
         data: Value,
     },
     /// The subscription is active. `epoch` and `offset` are the position of
-    /// the channel's latest event (the client's starting point for a later
-    /// recovery); `recovered` says whether missed events were replayed.
+    /// the channel's latest event on this instance; `recovered` says whether
+    /// missed events were replayed, which today they never are.
     Subscribed {
         channel: String,
         recovered: bool,
