@@ -1,7 +1,12 @@
 //! Whole-system scenarios: all five services against the real PostgreSQL and
 //! RabbitMQ, driven through the gateway and the realtime socket.
 
+// Auth and edge security, by topic; `auth_helpers` is what they share.
+mod abuse_limits;
+mod access_tokens;
+mod auth_helpers;
 mod edge;
 mod order_saga;
-mod security;
+mod ownership;
 mod socket_auth;
+mod token_endpoint;
