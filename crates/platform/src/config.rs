@@ -159,7 +159,7 @@ pub mod secret {
     }
 }
 
-/// How gateway and realtime verify access tokens.
+/// How gateway, realtime and orders verify access tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifierSettings {
     pub jwks_url: String,

@@ -1,5 +1,6 @@
-//! `/api/orders*`: translation with the verified subject, and aggregation of
-//! an order with catalog details.
+//! `/api/orders*`: translation with the caller's token forwarded (the fake
+//! orders takes its user from that token), and aggregation of an order with
+//! catalog details.
 
 use reqwest::header;
 use serde_json::{json, Value};
