@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod oauth_error;
 pub mod order_state;
 pub mod routes;
 pub mod startup;

@@ -27,7 +27,7 @@ use axum::{
 };
 use signalbox_platform::{ErrorCode, Problem};
 
-use crate::{config::RateLimitSettings, routes::oauth::OAuthError};
+use crate::{config::RateLimitSettings, oauth_error::OAuthError};
 
 /// Buckets kept before full (idle) ones are dropped.
 const MAX_TRACKED_CLIENTS: usize = 10_000;

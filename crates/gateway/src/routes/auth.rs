@@ -18,7 +18,7 @@ use tonic::Status;
 use crate::{
     error::{throttled, upstream_problem, UpstreamResult},
     extract::ApiJson,
-    routes::oauth::no_store,
+    oauth_error::no_store,
     upstream::{Clients, Upstream},
 };
 

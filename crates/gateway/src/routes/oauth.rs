@@ -15,121 +15,23 @@ use std::collections::HashSet;
 
 use axum::{
     extract::{rejection::FormRejection, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Form, Json,
 };
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::Serialize;
-use signalbox_platform::{authorization::credentials, ErrorCode};
+use signalbox_platform::authorization::credentials;
 use signalbox_proto::auth::v1::{
     token_grant_response, RevokeRequest, TokenErrorCode, TokenRequest,
 };
 use tonic::Status;
 
 use crate::{
-    error::{throttled, upstream_problem},
-    upstream::{Clients, Upstream},
+    error::throttled,
+    oauth_error::{no_store, OAuthError},
+    upstream::Clients,
 };
-
-/// An error response of the token or revocation endpoint (RFC 6749 §5.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OAuthError {
-    status: StatusCode,
-    error: &'static str,
-    description: String,
-    /// Answer with `WWW-Authenticate: Basic` (the client used the header).
-    challenge: bool,
-}
-
-#[derive(Serialize)]
-struct OAuthErrorBody<'a> {
-    error: &'a str,
-    error_description: &'a str,
-}
-
-impl OAuthError {
-    fn new(error: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            error,
-            description: description.into(),
-            challenge: false,
-        }
-    }
-
-    pub fn invalid_request(description: impl Into<String>) -> Self {
-        Self::new("invalid_request", description)
-    }
-
-    /// `invalid_client`: 401 with a `Basic` challenge when the client
-    /// authenticated with the `Authorization` header, 400 otherwise.
-    pub fn invalid_client(description: impl Into<String>, used_header: bool) -> Self {
-        Self {
-            status: if used_header {
-                StatusCode::UNAUTHORIZED
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            challenge: used_header,
-            ..Self::new("invalid_client", description)
-        }
-    }
-
-    /// Throttled (429). `slow_down` is the token-endpoint error registered
-    /// for "ask less often" (RFC 8628 §3.5).
-    pub fn slow_down(description: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            ..Self::new("slow_down", description)
-        }
-    }
-
-    /// The auth service could not answer: not a protocol error, but the
-    /// client still gets the endpoint's format (and `no-store`).
-    fn unavailable(status: Status) -> Self {
-        let problem = upstream_problem(Upstream::Auth, status);
-        match problem.code {
-            ErrorCode::Unavailable | ErrorCode::Timeout => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                ..Self::new("temporarily_unavailable", problem.detail)
-            },
-            _ => Self {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                ..Self::new("server_error", problem.detail)
-            },
-        }
-    }
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = OAuthErrorBody {
-            error: self.error,
-            error_description: &self.description,
-        };
-        let mut response = no_store((self.status, Json(&body)).into_response());
-        if self.challenge {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(BASIC_CHALLENGE),
-            );
-        }
-        response
-    }
-}
-
-/// The challenge of a failed HTTP Basic client authentication (a test
-/// checks it names `auth::REALM`).
-const BASIC_CHALLENGE: &str = "Basic realm=\"signalbox\"";
-
-/// Tokens must not be stored by any cache on the way (RFC 6749 §5.1).
-pub fn no_store(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
 
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Serialize)]
@@ -374,12 +276,7 @@ pub async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::REALM;
-
-    #[test]
-    fn the_basic_challenge_names_the_realm() {
-        assert_eq!(BASIC_CHALLENGE, format!("Basic realm=\"{REALM}\""));
-    }
+    use axum::http::HeaderValue;
 
     #[test]
     fn form_decoding_handles_plus_and_percent_escapes() {
