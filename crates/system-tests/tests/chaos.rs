@@ -12,9 +12,10 @@
 //! quantities, every dead-letter queue must be empty, and both realtime
 //! instances must push events again.
 //!
-//! This test disturbs every other user of the broker, so it is `#[ignore]`d
-//! and `scripts/test` runs it alone, after everything else:
-//! `cargo test -p signalbox-system-tests --test chaos -- --ignored --nocapture`.
+//! This test disturbs every other user of the broker, so its target is left
+//! out of `cargo test --workspace` (`test = false` in Cargo.toml) and
+//! `scripts/test` runs it alone, after everything else:
+//! `cargo test -p signalbox-system-tests --test chaos -- --nocapture`.
 //! `SIGNALBOX_RABBITMQCTL` names the control command (default `rabbitmqctl`).
 
 use std::{
@@ -184,7 +185,6 @@ async fn dead_letters(ns: &Namespace) -> anyhow::Result<Vec<(String, u32)>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "restarts the broker: run alone, after the other tests (scripts/test does)"]
 async fn every_accepted_order_settles_and_stock_adds_up_despite_broker_faults() -> anyhow::Result<()>
 {
     let system = TestSystem::start().await?;
