@@ -90,6 +90,13 @@ impl Namespace {
         self.queue("orders.replies")
     }
 
+    /// The work queue of socket commands that orders handles, bound to the
+    /// inbound exchange by command name and consumed by every orders
+    /// instance (competing consumers).
+    pub fn orders_inbound_queue(&self) -> String {
+        self.queue("orders.inbound")
+    }
+
     /// The queue where a queue's dead letters end up.
     pub fn dead_letter_queue(queue: &str) -> String {
         format!("{queue}.dlq")

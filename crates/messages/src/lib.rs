@@ -4,13 +4,15 @@
 //! exactly once: [`envelope`] holds the metadata that travels with every
 //! message (ids, correlation, causation, trace context), [`channels`] names the
 //! exchanges, queues and routing keys, [`orders`] / [`catalog`] hold the
-//! business payloads and [`system`] those about the running system (the
+//! business payloads, [`inbound`] the commands sockets send to the backend
+//! and their replies, and [`system`] those about the running system (the
 //! census). Payloads are JSON so they stay readable in the RabbitMQ
 //! management UI, which matters for a teaching system.
 
 pub mod catalog;
 pub mod channels;
 pub mod envelope;
+pub mod inbound;
 pub mod orders;
 pub mod system;
 

@@ -124,7 +124,7 @@ impl ConfirmedPublisher {
     /// stored in `slot`. Long-lived publishers keep theirs this way: a
     /// channel that closed (its broker session ended) is replaced on the
     /// next use, reconnecting first if need be.
-    pub(crate) async fn reuse_or_open<'a>(
+    pub async fn reuse_or_open<'a>(
         slot: &'a mut Option<Self>,
         broker: &Broker,
     ) -> Result<&'a Self, lapin::Error> {

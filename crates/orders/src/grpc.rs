@@ -21,14 +21,13 @@ use signalbox_proto::orders::v1::{
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::{
+    actions,
     catalog::CatalogClient,
-    domain::{self, OrderState, PricedItem, RequestedItems},
+    domain::{OrderState, RequestedItems},
     error::OrdersError,
     repo::{self, Order},
-    saga,
 };
 
 /// Most orders `ListOrders` returns.
@@ -93,46 +92,12 @@ impl OrdersGrpc {
                 .map(|item| (item.product_id.as_str(), item.quantity)),
         )
         .map_err(OrdersError::InvalidInput)?;
-
-        // Synchronous step: catalog quotes the current prices.
-        let quote = self.catalog.quote(&items.product_ids()).await?;
-        if !quote.missing.is_empty() {
-            return Err(OrdersError::FailedPrecondition(format!(
-                "unknown products: {}",
-                quote.missing.join(", ")
-            )));
-        }
-        let mut priced = Vec::new();
-        let mut currency: Option<String> = None;
-        for (product_id, quantity) in items.iter() {
-            let product = quote.products.get(&product_id).ok_or_else(|| {
-                OrdersError::FailedPrecondition(format!("unknown products: {product_id}"))
-            })?;
-            match &currency {
-                Some(c) if *c != product.currency => {
-                    return Err(OrdersError::FailedPrecondition(
-                        "products in one order must share a currency".to_owned(),
-                    ))
-                }
-                _ => currency = Some(product.currency.clone()),
-            }
-            priced.push(PricedItem {
-                product_id,
-                quantity,
-                unit_price_cents: product.price_cents,
-            });
-        }
-        let total = domain::total_cents(&priced)
-            .ok_or_else(|| OrdersError::InvalidInput("the order total is too large".to_owned()))?;
-        let currency = currency.unwrap_or_else(|| "EUR".to_owned());
-
+        // Priced before the transaction opens: no connection waits on catalog.
+        let priced = actions::price(&self.catalog, &items).await?;
         // One transaction: the order and the messages that start the saga.
         let mut tx = self.pool.begin().await?;
-        let order =
-            repo::insert_order(&mut tx, Uuid::now_v7(), user_id, &priced, total, &currency).await?;
-        saga::start(&mut tx, &self.ns, &order).await?;
+        let order = actions::place(&mut tx, &self.ns, user_id, &priced).await?;
         tx.commit().await?;
-        tracing::info!(order_id = %order.row.id, total_cents = total, "order created");
         Ok(order)
     }
 
@@ -141,29 +106,13 @@ impl OrdersGrpc {
         user_id: &str,
         request: CancelOrderRequest,
     ) -> Result<Order, OrdersError> {
-        let id = order_id(&request.order_id)?;
         let mut tx = self.pool.begin().await?;
-        let row = match repo::lock_order(&mut tx, id).await? {
-            Some(row) if row.user_id == user_id => row,
-            _ => return Err(OrdersError::NotFound(request.order_id)),
-        };
-        if !row.state().can_cancel() {
-            return Err(OrdersError::FailedPrecondition(format!(
-                "a {} order cannot be cancelled",
-                row.state
-            )));
-        }
-        saga::cancel(&mut tx, &self.ns, &row).await?;
+        let row = actions::cancel(&mut tx, &self.ns, user_id, &request.order_id).await?;
         tx.commit().await?;
-        repo::find_order(&self.pool, id, user_id)
+        repo::find_order(&self.pool, row.id, user_id)
             .await?
             .ok_or(OrdersError::NotFound(request.order_id))
     }
-}
-
-fn order_id(raw: &str) -> Result<Uuid, OrdersError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| OrdersError::InvalidInput(format!("`{raw}` is not a valid order id")))
 }
 
 fn proto_state(state: OrderState) -> Proto {
@@ -240,7 +189,7 @@ impl OrderService for OrdersGrpc {
     ) -> Result<Response<OrderMessage>, Status> {
         let user_id = self.caller(&request, READ_SCOPE).await?;
         let request = request.into_inner();
-        let id = order_id(&request.order_id)?;
+        let id = actions::order_id(&request.order_id)?;
         let order = repo::find_order(&self.pool, id, &user_id)
             .await
             .map_err(OrdersError::from)?

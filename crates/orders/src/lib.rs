@@ -7,12 +7,18 @@
 //! into APPROVED or REJECTED and publishes that event, which the realtime
 //! service pushes to the user's socket. An order whose reservation has no
 //! reply within the saga's deadline is rejected by [`saga_timeouts`].
+//!
+//! Sockets place and cancel orders too: realtime forwards their commands
+//! over the inbound exchange to a work queue every orders instance consumes
+//! ([`inbound`]). Both doors run the same [`actions`].
 
+pub mod actions;
 pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod inbound;
 pub mod repo;
 pub mod saga;
 pub mod saga_timeouts;

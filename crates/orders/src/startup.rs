@@ -1,5 +1,6 @@
 //! Wiring: bind listeners, connect to PostgreSQL and RabbitMQ, then serve
-//! gRPC, the reply consumer and the saga's deadline sweeper until shutdown,
+//! gRPC, the reply consumer, the socket-command consumer and the saga's
+//! deadline sweeper until shutdown,
 //! besides what every service with an outbox runs
 //! (`signalbox_servicekit::OutboxService`): health, the outbox relay, the
 //! retention purge and the census.
@@ -15,7 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    catalog::CatalogClient, grpc::OrdersGrpc, saga::ReplyHandler, saga_timeouts::DeadlineSweeper,
+    catalog::CatalogClient,
+    grpc::OrdersGrpc,
+    inbound::{self, InboundHandler},
+    saga::ReplyHandler,
+    saga_timeouts::DeadlineSweeper,
     Settings,
 };
 
@@ -25,6 +30,8 @@ pub struct Application {
     pool: PgPool,
     broker: Arc<Broker>,
     consumer: Consumer,
+    /// Consumes `<ns>.orders.inbound`, the commands sockets send.
+    inbound: Consumer,
     catalog: CatalogClient,
     /// Verifies the access token every gRPC call carries.
     verifier: Arc<TokenVerifier>,
@@ -49,6 +56,15 @@ impl Application {
         let replies = WorkQueue::new(ns.orders_replies_queue());
         let mut consumer = Consumer::new(broker.clone(), Source::Work(replies), "orders");
         consumer.attach().await?;
+        // Commands from sockets (`order.place`, `order.cancel`): one durable
+        // work queue on the inbound exchange that every instance consumes.
+        let inbound_queue = inbound::work_queue(ns);
+        let mut inbound = Consumer::new(
+            broker.clone(),
+            Source::Work(inbound_queue),
+            inbound::CONSUMER_TAG,
+        );
+        inbound.attach().await?;
 
         // Pricing calls to catalog: platform-provided discovery (the address
         // is configuration, resolved by compose / Kubernetes DNS).
@@ -67,6 +83,7 @@ impl Application {
             pool,
             broker,
             consumer,
+            inbound,
             catalog,
             verifier,
             sweeper,
@@ -88,6 +105,7 @@ impl Application {
             pool,
             broker,
             consumer,
+            inbound,
             catalog,
             verifier,
             sweeper,
@@ -97,7 +115,7 @@ impl Application {
             grpc_listener,
             OrderServiceServer::new(OrdersGrpc::new(
                 pool.clone(),
-                catalog,
+                catalog.clone(),
                 broker.namespace().clone(),
                 verifier,
             )),
@@ -106,12 +124,18 @@ impl Application {
         );
 
         // Ready only while the saga's reply consumer is attached.
-        let checks = Health::new().flag("replies", consumer.attached().probe());
+        let checks = Health::new()
+            .flag("replies", consumer.attached().probe())
+            .flag("inbound", inbound.attached().probe());
         let replies = consumer.run(
             ReplyHandler::new(pool.clone(), broker.namespace().clone()),
             shutdown.clone(),
         );
         let deadlines = sweeper.run(shutdown.clone());
+        let inbound = inbound.run(
+            InboundHandler::new(pool.clone(), catalog, broker.clone()),
+            shutdown.clone(),
+        );
 
         OutboxService {
             name: "orders",
@@ -125,6 +149,7 @@ impl Application {
             vec![
                 serve::task("grpc", grpc),
                 serve::task("replies", replies),
+                serve::task("inbound", inbound),
                 serve::background("saga-deadlines", deadlines),
             ],
             shutdown,

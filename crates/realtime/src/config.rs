@@ -62,6 +62,15 @@ pub struct WsSettings {
     /// Interval of the server's WebSocket pings; three silent intervals close
     /// the socket.
     pub heartbeat_secs: u64,
+    /// How long a `command` waits for the backend's reply before it is
+    /// answered `timeout`, in milliseconds. A reply that comes later is
+    /// dropped.
+    pub command_timeout_ms: u64,
+    /// Commands one socket may send per second, on average...
+    pub command_rate_per_sec: u32,
+    /// ...and at once after a quiet spell (the token bucket's size). A
+    /// command beyond them is answered `rate_limited` and not sent.
+    pub command_burst: u32,
 }
 
 impl Default for WsSettings {
@@ -86,6 +95,9 @@ impl Default for WsSettings {
             write_buffer_bytes: 0,
             send_buffer: 256,
             heartbeat_secs: 20,
+            command_timeout_ms: 10_000,
+            command_rate_per_sec: 20,
+            command_burst: 40,
         }
     }
 }

@@ -41,7 +41,6 @@ pub mod frame_code {
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const FORBIDDEN: &str = "forbidden";
     pub const BAD_REQUEST: &str = "bad_request";
-    pub const UNSUPPORTED: &str = "unsupported";
     pub const UNAVAILABLE: &str = "unavailable";
 }
 

@@ -49,7 +49,9 @@ pub enum ClientFrame {
     Refresh {
         token: String,
     },
-    /// A message for the backend, answered by a `reply` with the same `id`.
+    /// A message for the backend (`order.place`, `order.cancel`), answered
+    /// by a `reply` with the same `id`; resending an `id` has one effect and
+    /// gets the same reply (see [`crate::commands`]).
     Command {
         id: String,
         name: String,
@@ -99,7 +101,8 @@ pub enum ServerFrame {
     Unsubscribed {
         channel: String,
     },
-    /// The answer to a `command`.
+    /// The answer to a `command`: `data` when `ok`, else `error` with one of
+    /// the codes of `signalbox_messages::inbound::codes`.
     Reply {
         id: String,
         ok: bool,
@@ -195,14 +198,14 @@ mod tests {
             ok: false,
             data: None,
             error: Some(ErrorBody {
-                code: "unsupported".into(),
-                message: "not yet".into(),
+                code: "not_found".into(),
+                message: "order o1 not found".into(),
             }),
         };
         assert_eq!(
             serde_json::to_value(frame).unwrap(),
             json!({"type": "reply", "id": "c1", "ok": false,
-                   "error": {"code": "unsupported", "message": "not yet"}})
+                   "error": {"code": "not_found", "message": "order o1 not found"}})
         );
     }
 }

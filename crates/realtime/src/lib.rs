@@ -6,8 +6,11 @@
 //! ([`events`]) and the [`hub`] pushes each one to the sockets of this
 //! instance that subscribed to its channel ([`socket`]). Several instances
 //! run side by side; every one of them receives every event, and the one
-//! holding the user's socket delivers it.
+//! holding the user's socket delivers it. The other way, a socket's
+//! `command` goes to the backend over the inbound exchange and its reply
+//! comes back to this instance ([`commands`]).
 
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -18,13 +18,21 @@
 //! everything that can happen to it:
 //!
 //! ```text
-//!            ┌──────────── client frames (auth, subscribe, refresh, command, ping)
-//!            │ ┌────────── hub events (bounded mpsc, filled by the events consumer)
-//!            │ │ ┌──────── token_expiring warning, then expiry (close 4001)
-//!  socket ◀──┤ │ │ ┌────── heartbeat ticker (ping; 3 silent intervals close)
-//!   task     │ │ │ │ ┌──── eviction by the hub (slow consumer, close 1008)
-//!            │ │ │ │ │ ┌── shutdown (close 1001)
+//!            ┌────────────── client frames (auth, subscribe, refresh, command, ping)
+//!            │ ┌──────────── hub events (bounded mpsc, filled by the events consumer)
+//!            │ │ ┌────────── replies to this socket's commands (JoinSet)
+//!            │ │ │ ┌──────── token_expiring warning, then expiry (close 4001)
+//!  socket ◀──┤ │ │ │ ┌────── heartbeat ticker (ping; 3 silent intervals close)
+//!   task     │ │ │ │ │ ┌──── eviction by the hub (slow consumer, close 1008)
+//!            │ │ │ │ │ │ ┌── shutdown (close 1001)
 //! ```
+//!
+//! A `command` is not answered inside the loop: its round trip to the
+//! backend may take up to the command deadline, and the socket must keep
+//! pushing events and answering pings meanwhile. Each one runs as a task of
+//! the socket's own `JoinSet` ([`crate::commands`]), whose result is the
+//! `reply` frame; the set is dropped with the session, which aborts what is
+//! still waiting. A per-socket token bucket bounds how many are started.
 //!
 //! Whatever ends the socket, its [`Membership`] is dropped, which removes
 //! it from every channel it joined, before the close handshake.
@@ -46,21 +54,24 @@ use axum::{
     routing::get,
     Router,
 };
+use signalbox_messages::inbound::{codes, ClientReply};
 use signalbox_platform::{
     authorization::{self, AuthorizationError},
     tokens::{AccessClaims, TokenError, TokenVerifier},
 };
 use tokio::{
     sync::mpsc,
+    task::JoinSet,
     time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
+    commands::{reply_frame, Commands, RateLimit},
     config::WsSettings,
     error::{close, frame_code, UpgradeError},
-    frames::{ClientFrame, ErrorBody, ServerFrame, SUBPROTOCOL},
+    frames::{ClientFrame, ServerFrame, SUBPROTOCOL},
     hub::{user_channel, Hub, Membership, Outbound, CATALOG_CHANNEL},
 };
 
@@ -77,6 +88,8 @@ const HEARTBEAT_MISSES: u32 = 3;
 /// What every socket task shares.
 pub struct SocketContext {
     pub hub: Arc<Hub>,
+    /// Sends the sockets' commands to the backend and awaits the replies.
+    pub commands: Arc<Commands>,
     pub verifier: Arc<TokenVerifier>,
     pub settings: WsSettings,
     /// Cancelled when the service shuts down; every socket then closes 1001.
@@ -285,6 +298,9 @@ fn token_error_frame(error: &TokenError) -> ServerFrame {
 struct Session<'a> {
     context: &'a SocketContext,
     user_id: String,
+    /// The scopes of the socket's current token (replaced by a `refresh`),
+    /// sent with every command for the handler's permission check.
+    scopes: Vec<String>,
     membership: Membership,
     /// Events the hub routed to this socket.
     outbound: mpsc::Receiver<Outbound>,
@@ -297,6 +313,11 @@ struct Session<'a> {
     expiry: Pin<Box<Sleep>>,
     /// The last time anything arrived from the client.
     last_seen: Instant,
+    /// Commands waiting for their replies; each task's output is the
+    /// `reply` frame.
+    commands: JoinSet<ServerFrame>,
+    /// How many commands the socket may start (`rate_limited` beyond).
+    rate: RateLimit,
 }
 
 impl<'a> Session<'a> {
@@ -307,8 +328,10 @@ impl<'a> Session<'a> {
         outbound: mpsc::Receiver<Outbound>,
     ) -> Self {
         let expires_at = deadline_of(claims.exp);
+        let settings = &context.settings;
         Self {
             context,
+            scopes: scopes_of(&claims),
             user_id: claims.sub,
             membership,
             outbound,
@@ -317,6 +340,8 @@ impl<'a> Session<'a> {
             warned: false,
             expiry: Box::pin(sleep_until(expires_at)),
             last_seen: Instant::now(),
+            commands: JoinSet::new(),
+            rate: RateLimit::new(settings.command_rate_per_sec, settings.command_burst),
         }
     }
 
@@ -352,6 +377,13 @@ impl<'a> Session<'a> {
                 // our own membership, so the queue cannot close under us.
                 Some(frame) = self.outbound.recv() => {
                     send_text(socket, frame).await?;
+                }
+                // A command's reply (or the error standing in for it).
+                Some(done) = self.commands.join_next(), if !self.commands.is_empty() => {
+                    match done {
+                        Ok(frame) => send(socket, &frame).await?,
+                        Err(error) => tracing::error!(%error, "command task failed"),
+                    }
                 }
                 // Shortly before expiry: ask the client to refresh.
                 () = &mut self.warning, if !self.warned => {
@@ -456,17 +488,20 @@ impl<'a> Session<'a> {
                 send(socket, &ServerFrame::Unsubscribed { channel }).await
             }
             ClientFrame::Refresh { token } => self.refresh(socket, &token).await,
-            ClientFrame::Command { id, name, .. } => {
-                let frame = ServerFrame::Reply {
-                    id,
-                    ok: false,
-                    data: None,
-                    error: Some(ErrorBody {
-                        code: frame_code::UNSUPPORTED.to_owned(),
-                        message: format!("command `{name}` cannot be handled yet"),
-                    }),
-                };
-                send(socket, &frame).await
+            ClientFrame::Command { id, name, data } => {
+                if !self.rate.try_take() {
+                    tracing::info!(%name, "command rate limited");
+                    let reply =
+                        ClientReply::failed(codes::RATE_LIMITED, "too many commands; slow down");
+                    return send(socket, &reply_frame(id, reply)).await;
+                }
+                let commands = Arc::clone(&self.context.commands);
+                let (user_id, scopes) = (self.user_id.clone(), self.scopes.clone());
+                self.commands.spawn(
+                    async move { commands.send(&user_id, scopes, id, name, data).await }
+                        .in_current_span(),
+                );
+                Ok(())
             }
             ClientFrame::Ping => send(socket, &ServerFrame::Pong).await,
         }
@@ -489,6 +524,7 @@ impl<'a> Session<'a> {
                 Err(Exit::Close(close::FORBIDDEN, "token of another user"))
             }
             Ok(claims) => {
+                self.scopes = scopes_of(&claims);
                 self.expires_at = deadline_of(claims.exp);
                 self.expiry.as_mut().reset(self.expires_at);
                 self.warning.as_mut().reset(warning_of(self.expires_at));
@@ -504,6 +540,11 @@ impl<'a> Session<'a> {
 /// Who may subscribe to what: one's own user channel and public channels.
 fn may_subscribe(user_id: &str, channel: &str) -> bool {
     channel == CATALOG_CHANNEL || channel == user_channel(user_id)
+}
+
+/// The scopes a token grants (its space-separated `scope` claim).
+fn scopes_of(claims: &AccessClaims) -> Vec<String> {
+    claims.scope.split_whitespace().map(str::to_owned).collect()
 }
 
 /// The instant a token's `exp` (seconds since the epoch) falls on.

@@ -10,13 +10,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use signalbox_messaging::{census, Broker, Consumer, Source};
+use signalbox_messaging::{census, Broker, Consumer, Requester, RequesterOptions, Source};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use signalbox_servicekit::connect_broker;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    commands::Commands,
     events::{EventRouter, BINDINGS, CONSUMER_TAG},
     hub::Hub,
     socket::{self, SocketContext},
@@ -32,6 +33,8 @@ pub struct Application {
     /// Consumes this instance's queue; attached (queue declared and bound)
     /// during `build`, so no event published after start-up is missed.
     events: Consumer,
+    /// Sends socket commands; its reply queue is declared during `build`.
+    commands: Arc<Commands>,
     hub: Arc<Hub>,
     settings: Settings,
 }
@@ -50,11 +53,19 @@ impl Application {
         };
         let mut events = Consumer::new(broker.clone(), source, CONSUMER_TAG);
         events.attach().await?;
+        // This instance's reply queue for socket commands (server-named,
+        // exclusive): the `reply_to` of every command its sockets send.
+        let requester = Requester::start(broker.clone(), RequesterOptions::new("realtime")).await?;
+        let commands = Arc::new(Commands::new(
+            requester,
+            Duration::from_millis(settings.ws.command_timeout_ms),
+        ));
 
         Ok(Self {
             http_listener,
             broker,
             events,
+            commands,
             hub: Arc::new(Hub::new()),
             settings,
         })
@@ -82,6 +93,7 @@ impl Application {
             http_listener,
             broker,
             events,
+            commands,
             hub,
             settings,
         } = self;
@@ -89,6 +101,7 @@ impl Application {
         let tracker = TaskTracker::new();
         let context = Arc::new(SocketContext {
             hub: hub.clone(),
+            commands: commands.clone(),
             verifier: Arc::new(TokenVerifier::new(settings.tokens.clone())),
             settings: settings.ws.clone(),
             shutdown: shutdown.clone(),
@@ -128,6 +141,7 @@ impl Application {
         {
             tracing::warn!(open = tracker.len(), "sockets still open at shutdown");
         }
+        commands.close().await;
         broker.close().await;
         result
     }

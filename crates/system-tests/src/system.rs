@@ -38,6 +38,8 @@ pub struct Options {
     pub auth: Option<Configure<signalbox_auth::Settings>>,
     /// For the gateway (e.g. its rate limit or header limit).
     pub gateway: Option<Configure<signalbox_gateway::Settings>>,
+    /// How many orders instances run (competing consumers); 0 means one.
+    pub orders_instances: usize,
 }
 
 impl TestSystem {
@@ -131,10 +133,17 @@ impl TestSystem {
             tokens: verifier.clone(),
             ..defaults
         };
-        let orders = signalbox_orders::Application::build(settings).await?;
-        let orders_grpc = format!("http://127.0.0.1:{}", orders.grpc_port());
-        system.health.push(("orders", orders.http_port()));
-        system.spawn(orders.run_until_stopped(shutdown.child_token()));
+        // The gateway calls the first instance; every instance consumes the
+        // shared queues (saga replies, socket commands).
+        let mut orders_grpc = String::new();
+        for _ in 0..options.orders_instances.max(1) {
+            let orders = signalbox_orders::Application::build(settings.clone()).await?;
+            if orders_grpc.is_empty() {
+                orders_grpc = format!("http://127.0.0.1:{}", orders.grpc_port());
+            }
+            system.health.push(("orders", orders.http_port()));
+            system.spawn(orders.run_until_stopped(shutdown.child_token()));
+        }
 
         // realtime, twice: each instance has its own queue on the events exchange
         for _ in 0..REALTIME_INSTANCES {

@@ -2,6 +2,7 @@
 //! stand-in JWKS server for the auth service.
 
 mod auth;
+mod commands;
 mod events;
 mod expiry;
 mod handshake;

@@ -20,23 +20,6 @@ async fn ping_is_answered_with_pong() {
 }
 
 #[tokio::test]
-async fn a_command_is_answered_as_unsupported_with_its_id() {
-    let app = spawn_app().await;
-    let mut client = app.client("alice").await;
-
-    client
-        .send_json(json!({"type": "command", "id": "c-1", "name": "orders.cancel", "data": {}}))
-        .await;
-    let reply = client.next_frame().await;
-
-    assert_eq!(reply["type"], "reply");
-    assert_eq!(reply["id"], "c-1");
-    assert_eq!(reply["ok"], false);
-    assert_eq!(reply["error"]["code"], "unsupported");
-    app.cleanup().await;
-}
-
-#[tokio::test]
 async fn bad_json_unknown_frames_and_binary_get_errors_and_the_socket_stays_open() {
     let app = spawn_app().await;
     let mut client = app.client("alice").await;

@@ -9,4 +9,5 @@ mod edge;
 mod order_saga;
 mod ownership;
 mod socket_auth;
+mod socket_commands;
 mod token_endpoint;
