@@ -2,6 +2,7 @@
 //! Kubernetes override them with `APP__UPSTREAMS__ORDERS=http://orders:50052`
 //! and the like (see `signalbox_platform::config::load`).
 
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use signalbox_platform::config::{
     comma_list, AmqpSettings, ListenSettings, TelemetrySettings, VerifierSettings,
@@ -22,10 +23,9 @@ pub struct Settings {
     /// separators); larger ones get 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Per-client-IP limit on the credential endpoints (`/api/auth/*`,
-    /// `/oauth/*`).
+    /// Rate limits of every route, per route class (see [`LimitSettings`]).
     #[serde(default)]
-    pub rate_limit: RateLimitSettings,
+    pub limits: LimitSettings,
     /// Addresses (`10.0.0.7`) or networks (`10.0.0.0/8`) of the reverse
     /// proxies in front of the gateway, whose `X-Forwarded-For` is believed
     /// (`APP__TRUSTED_PROXIES` takes a comma-separated list). Empty: the
@@ -44,23 +44,92 @@ fn default_amqp() -> Option<AmqpSettings> {
     Some(AmqpSettings::default())
 }
 
-/// A token bucket per client IP: `burst` requests at once, refilled at
-/// `per_minute`. Each gateway instance counts for itself (in memory): with N
-/// instances behind a balancer a client gets up to N times the rate. That is
-/// acceptable because the limit that matters for password guessing, per
-/// account, is kept by the auth service in its database.
+/// The rate limits of the edge (see `crate::limits`): one per route class,
+/// each counted per client IP and, on routes that take a token, per user
+/// (the verified token's subject) as well.
+///
+/// By default each gateway instance counts on its own, in memory: behind a
+/// balancer with N instances a client gets up to N times each rate. With
+/// `redis_url` set (`APP__LIMITS__REDIS_URL=redis://127.0.0.1:6379`) the
+/// instances share their counts in Redis and the rates hold for the whole
+/// edge; while Redis is unreachable each instance counts alone again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
-pub struct RateLimitSettings {
+pub struct LimitSettings {
+    /// `/api/auth/*` and `/oauth/*`: public, per client IP only. The limit
+    /// that matters against password guessing, per account, is the auth
+    /// service's, kept in its database.
+    pub credentials: ClassLimits,
+    /// `GET` routes: the catalog, the JWKS, reading orders, the census.
+    pub reads: ClassLimits,
+    /// Routes that change something: placing, revising, cancelling orders.
+    pub writes: ClassLimits,
+    /// Operator routes (scope `catalog:admin`, system internals).
+    pub admin: ClassLimits,
+    /// Redis, for counts shared by every gateway instance; `None`: each
+    /// instance counts alone.
+    #[serde(default, serialize_with = "optional_secret")]
+    pub redis_url: Option<SecretString>,
+    /// Prefix of the gateway's keys in Redis, so that several systems (or
+    /// tests) can share one server.
+    pub redis_prefix: String,
+}
+
+/// One route class's limits.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ClassLimits {
+    /// Per client IP (one address can hold many users: NAT, offices).
+    pub per_ip: Rate,
+    /// Per user, on routes that take a token; `None` on public routes.
+    #[serde(default)]
+    pub per_user: Option<Rate>,
+}
+
+/// `burst` requests at once, refilled at `per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
     pub burst: u32,
     pub per_minute: u32,
 }
 
-impl Default for RateLimitSettings {
+impl Rate {
+    pub const fn new(burst: u32, per_minute: u32) -> Self {
+        Self { burst, per_minute }
+    }
+}
+
+/// A secret that may be absent, serialised like `secret::serialize`.
+fn optional_secret<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => signalbox_platform::config::secret::serialize(secret, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl Default for LimitSettings {
     fn default() -> Self {
         Self {
-            burst: 20,
-            per_minute: 60,
+            credentials: ClassLimits {
+                per_ip: Rate::new(20, 60),
+                per_user: None,
+            },
+            reads: ClassLimits {
+                per_ip: Rate::new(200, 1200),
+                per_user: Some(Rate::new(100, 600)),
+            },
+            writes: ClassLimits {
+                per_ip: Rate::new(60, 300),
+                per_user: Some(Rate::new(30, 120)),
+            },
+            admin: ClassLimits {
+                per_ip: Rate::new(20, 60),
+                per_user: Some(Rate::new(20, 60)),
+            },
+            redis_url: None,
+            redis_prefix: "signalbox:gateway:limits".to_owned(),
         }
     }
 }
@@ -97,7 +166,7 @@ impl Default for Settings {
             timeouts: Timeouts::default(),
             max_body_bytes: 64 * 1024,
             max_header_bytes: default_max_header_bytes(),
-            rate_limit: RateLimitSettings::default(),
+            limits: LimitSettings::default(),
             trusted_proxies: Vec::new(),
             amqp: default_amqp(),
             telemetry: TelemetrySettings::default(),

@@ -1,36 +1,56 @@
-//! Abuse limits at the edge: who the client is (its IP), how fast it may
-//! hit the credential endpoints, and how large its request headers may be.
+//! Abuse limits at the edge: who the client is (its IP, and on routes that
+//! take a token, its user), how fast it may call each class of routes, and
+//! how large its request headers may be.
 //!
 //! - **Client IP.** The socket's peer address. `X-Forwarded-For` is believed
 //!   only when the peer is one of `trusted_proxies`; then the client is the
 //!   rightmost address in the header that is not itself a trusted proxy
 //!   (everything left of it could have been written by the client).
-//! - **Per-IP rate limit** on `/api/auth/*` and `/oauth/*`: a token bucket per
-//!   client IP, in this process's memory, so each gateway instance counts on
-//!   its own. Past it: 429 with `Retry-After`. The per-account limit on
-//!   failed logins lives in the auth service (shared through its database).
+//! - **Rate limits on every route** ([`enforce`]), per route class
+//!   ([`Class`]: credentials, reads, writes, admin; the table's
+//!   `routes::class_of` says which route is which). Each request takes one
+//!   unit from its client IP's limit of the class and, when it carries a
+//!   token that verifies, from the token subject's limit too, both or
+//!   neither. The algorithm is GCRA ([`gcra`]); the counts live in this
+//!   process's memory, or in Redis when `limits.redis_url` is set, so that
+//!   every gateway instance shares them ([`shared`]), falling back to memory
+//!   while Redis is unreachable. Past a limit: 429, problem `rate_limited`
+//!   (the OAuth endpoints: `slow_down` in their own format) with
+//!   `Retry-After`. Every limited response, refused or not, says where the
+//!   client stands in the `RateLimit-Policy` and `RateLimit` fields of the
+//!   IETF draft ([`fields`]). The per-account limit on failed logins lives
+//!   in the auth service (shared through its database).
 //! - **Header size**: requests whose headers exceed `max_header_bytes` get a
 //!   431 problem before any routing.
 
+pub mod gcra;
+pub mod shared;
+
 use std::{
-    collections::HashMap,
+    fmt,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
-    http::{header, HeaderMap, HeaderValue},
+    extract::{ConnectInfo, MatchedPath, Request, State},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method},
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use signalbox_platform::{ErrorCode, Problem};
+use secrecy::ExposeSecret;
+use signalbox_platform::{authorization, tokens::TokenVerifier, ErrorCode, Problem};
 
-use crate::{config::RateLimitSettings, oauth_error::OAuthError};
+use crate::{
+    config::{ClassLimits, LimitSettings, Rate},
+    oauth_error::OAuthError,
+};
 
-/// Buckets kept before full (idle) ones are dropped.
-const MAX_TRACKED_CLIENTS: usize = 10_000;
+use self::{
+    gcra::{Cell, LocalCells},
+    shared::SharedCells,
+};
 
 /// A trusted proxy: an address, or a network in CIDR notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,100 +156,272 @@ impl TrustedProxies {
     }
 }
 
-/// A token bucket per client IP.
-pub struct RateLimiter {
-    burst: f64,
-    per_sec: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+/// A class of routes with limits of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Credentials,
+    Reads,
+    Writes,
+    Admin,
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl RateLimiter {
-    pub fn new(settings: &RateLimitSettings) -> Self {
-        Self {
-            burst: f64::from(settings.burst.max(1)),
-            per_sec: f64::from(settings.per_minute) / 60.0,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `ip`; when there is none, how long until there is.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        // A poisoned lock only means another request panicked mid-update;
-        // the counts are still usable.
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_TRACKED_CLIENTS {
-            let (burst, per_sec) = (self.burst, self.per_sec);
-            buckets
-                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
-        }
-        let bucket = buckets.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        let refilled = bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.per_sec;
-        bucket.tokens = refilled.min(self.burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else if self.per_sec > 0.0 {
-            Err(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / self.per_sec,
-            ))
-        } else {
-            Err(Duration::from_secs(3600))
+impl Class {
+    /// The name of its per-IP policy in the `RateLimit*` fields; the
+    /// per-user policy adds `-user`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Credentials => "credentials",
+            Self::Reads => "reads",
+            Self::Writes => "writes",
+            Self::Admin => "admin",
         }
     }
 }
 
-/// How a throttled request is answered: the route family's error format.
-#[derive(Clone, Copy, Debug)]
+/// How a refused request is answered: the route family's error format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// RFC 9457 problem (`/api/auth/*`).
+    /// RFC 9457 problem (`/api/*`).
     Problem,
     /// RFC 6749 error JSON with `no-store` (`/oauth/*`).
     OAuth,
 }
 
-/// The state of the per-IP limit middleware.
-#[derive(Clone)]
-pub struct PerIp {
-    pub limiter: Arc<RateLimiter>,
-    pub proxies: Arc<TrustedProxies>,
-    pub answer: Answer,
+/// Whose count a request takes from: `reads:ip:203.0.113.9`,
+/// `reads:user:<sub>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(String);
+
+impl Key {
+    pub fn ip(class: Class, ip: IpAddr) -> Self {
+        Self(format!("{}:ip:{ip}", class.name()))
+    }
+
+    pub fn user(class: Class, subject: &str) -> Self {
+        Self(format!("{}:user:{subject}", class.name()))
+    }
 }
 
-/// Middleware: one token per request from the client's bucket, or 429.
-pub async fn per_ip(State(limit): State<PerIp>, request: Request, next: Next) -> Response {
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What one limit says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests left right now.
+    pub remaining: u64,
+    /// Until the whole burst is available again.
+    pub reset: Duration,
+    /// For a refusal: until one request is admitted again.
+    pub retry_after: Duration,
+}
+
+/// One limit that applies to a request: its policy name and its rate.
+#[derive(Debug, Clone)]
+struct Applied {
+    policy: String,
+    rate: Rate,
+    key: Key,
+}
+
+/// The limits of every class, the stores that count them, and what is
+/// needed to tell who a request is from.
+pub struct Limits {
+    settings: LimitSettings,
+    local: LocalCells,
+    shared: Option<SharedCells>,
+    proxies: TrustedProxies,
+    verifier: Arc<TokenVerifier>,
+    classify: fn(&Method, &str) -> Option<(Class, Answer)>,
+}
+
+impl Limits {
+    /// `classify` names the class of a route from its method and matched
+    /// path (the routing table's `routes::class_of`); `None`: not limited.
+    pub fn new(
+        settings: &LimitSettings,
+        proxies: TrustedProxies,
+        verifier: Arc<TokenVerifier>,
+        classify: fn(&Method, &str) -> Option<(Class, Answer)>,
+    ) -> Result<Self, redis::RedisError> {
+        let shared = settings
+            .redis_url
+            .as_ref()
+            .map(|url| SharedCells::new(url.expose_secret(), settings.redis_prefix.clone()))
+            .transpose()?;
+        Ok(Self {
+            settings: settings.clone(),
+            local: LocalCells::default(),
+            shared,
+            proxies,
+            verifier,
+            classify,
+        })
+    }
+
+    fn class_limits(&self, class: Class) -> ClassLimits {
+        match class {
+            Class::Credentials => self.settings.credentials,
+            Class::Reads => self.settings.reads,
+            Class::Writes => self.settings.writes,
+            Class::Admin => self.settings.admin,
+        }
+    }
+
+    /// The limits that apply to a request of `class` from `ip`, by `user`.
+    fn applied(&self, class: Class, ip: IpAddr, user: Option<&str>) -> Vec<Applied> {
+        let limits = self.class_limits(class);
+        let mut applied = vec![Applied {
+            policy: class.name().to_owned(),
+            rate: limits.per_ip,
+            key: Key::ip(class, ip),
+        }];
+        if let (Some(rate), Some(user)) = (limits.per_user, user) {
+            applied.push(Applied {
+                policy: format!("{}-user", class.name()),
+                rate,
+                key: Key::user(class, user),
+            });
+        }
+        applied
+    }
+
+    /// One decision per limit: from Redis when it is configured and
+    /// answers, from this instance's memory otherwise.
+    async fn decide(&self, applied: &[Applied]) -> Vec<Decision> {
+        let cells: Vec<(Key, Cell)> = applied
+            .iter()
+            .map(|a| (a.key.clone(), Cell::of(a.rate)))
+            .collect();
+        if let Some(shared) = &self.shared {
+            if let Some(decisions) = shared.check(&cells).await {
+                return decisions;
+            }
+        }
+        self.local.check(&cells)
+    }
+
+    /// The verified subject of the request's bearer token, if it has one.
+    /// A missing or bad token is not refused here: the route's extractor
+    /// answers it, and the request still counts against its IP.
+    async fn user(&self, headers: &HeaderMap) -> Option<String> {
+        let token = authorization::bearer_in(headers).ok()?;
+        self.verifier
+            .verify(token)
+            .await
+            .ok()
+            .map(|claims| claims.sub)
+    }
+}
+
+/// Middleware on every route of the table: the request's limits, then the
+/// route, then the `RateLimit*` fields on whatever it answers.
+pub async fn enforce(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let Some((class, answer)) = route.and_then(|r| (limits.classify)(request.method(), &r)) else {
+        return next.run(request).await;
+    };
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let client = limit.proxies.client_ip(peer, request.headers());
-    match limit.limiter.check(client) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => {
-            // Whole seconds, rounded up, at least one.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let secs = secs.max(1);
-            tracing::warn!(%client, retry_after_secs = secs, "client rate limited");
-            let description = "too many requests from this address; retry later";
-            let mut response = match limit.answer {
+    let client = limits.proxies.client_ip(peer, request.headers());
+    let user = match limits.class_limits(class).per_user {
+        Some(_) => limits.user(request.headers()).await,
+        None => None,
+    };
+    let applied = limits.applied(class, client, user.as_deref());
+    let decisions = limits.decide(&applied).await;
+
+    let refusal = decisions
+        .iter()
+        .filter(|d| !d.allowed)
+        .map(|d| d.retry_after)
+        .max();
+    let mut response = match refusal {
+        None => next.run(request).await,
+        Some(wait) => {
+            let secs = whole_secs(wait).max(1);
+            tracing::warn!(%client, user = user.as_deref().unwrap_or("-"), class = class.name(), retry_after_secs = secs, "client rate limited");
+            let description = "too many requests; retry later";
+            let mut refused = match answer {
                 Answer::Problem => {
                     Problem::new(ErrorCode::RateLimited, description).into_response()
                 }
                 Answer::OAuth => OAuthError::slow_down(description).into_response(),
             };
-            response
+            refused
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            response
+            refused
+        }
+    };
+    fields::insert(response.headers_mut(), &applied, &decisions);
+    response
+}
+
+/// Whole seconds, rounded up.
+fn whole_secs(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// The `RateLimit-Policy` and `RateLimit` response fields, as defined by
+/// draft-ietf-httpapi-ratelimit-headers-10 (the latest revision; the field
+/// syntax is the one introduced in -08): each is a Structured Fields list
+/// with one item per policy, a String naming it with parameters
+/// `q` (quota) and `w` (window, seconds) in the policy field, `r`
+/// (remaining) and `t` (seconds until the quota is whole again) in the
+/// other:
+///
+/// ```text
+/// RateLimit-Policy: "reads";q=200;w=10, "reads-user";q=100;w=10
+/// RateLimit: "reads";r=199;t=1, "reads-user";r=99;t=1
+/// ```
+///
+/// For a GCRA limit the quota is the burst and the window is the time the
+/// burst takes to refill.
+pub mod fields {
+    use super::*;
+
+    pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+    pub(super) fn insert(headers: &mut HeaderMap, applied: &[Applied], decisions: &[Decision]) {
+        let policy = applied
+            .iter()
+            .map(|a| {
+                let window = whole_secs(Cell::of(a.rate).tolerance);
+                format!("\"{}\";q={};w={window}", a.policy, a.rate.burst)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let state = applied
+            .iter()
+            .zip(decisions)
+            .map(|(a, d)| {
+                format!(
+                    "\"{}\";r={};t={}",
+                    a.policy,
+                    d.remaining,
+                    whole_secs(d.reset)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Policy names are ours and plain ASCII, so both always parse.
+        if let (Ok(policy), Ok(state)) = (
+            HeaderValue::from_str(&policy),
+            HeaderValue::from_str(&state),
+        ) {
+            headers.insert(RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT, state);
         }
     }
 }
@@ -311,24 +503,5 @@ mod tests {
         assert!(Network::parse("::1").unwrap().contains(ip("::1")));
         assert!(Network::parse("10.0.0.0/33").is_err());
         assert!(Network::parse("nope").is_err());
-    }
-
-    #[test]
-    fn a_bucket_allows_its_burst_then_says_how_long_to_wait() {
-        let limiter = RateLimiter::new(&RateLimitSettings {
-            burst: 3,
-            per_minute: 6,
-        });
-        let client = ip("203.0.113.1");
-        for _ in 0..3 {
-            limiter.check(client).unwrap();
-        }
-        let wait = limiter.check(client).unwrap_err();
-        assert!(
-            wait <= Duration::from_secs(10) && wait > Duration::from_secs(9),
-            "{wait:?}"
-        );
-        // Another address has its own bucket.
-        limiter.check(ip("203.0.113.2")).unwrap();
     }
 }

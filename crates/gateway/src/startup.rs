@@ -23,7 +23,7 @@ use tracing::Level;
 
 use crate::{
     error,
-    limits::{self, RateLimiter, TrustedProxies},
+    limits::{self, Limits, TrustedProxies},
     routes::system::Census,
     routes::{self, AppState},
     upstream::Clients,
@@ -49,11 +49,18 @@ impl Application {
         let proxies = TrustedProxies::parse(&settings.trusted_proxies)
             .map_err(anyhow::Error::msg)
             .context("trusted_proxies")?;
+        let verifier = Arc::new(TokenVerifier::new(settings.tokens.clone()));
+        let limits = Limits::new(
+            &settings.limits,
+            proxies,
+            verifier.clone(),
+            routes::class_of,
+        )
+        .context("limits.redis_url")?;
         let state = AppState {
             clients: Clients::new(&settings.upstreams, &settings.timeouts)?,
-            verifier: Arc::new(TokenVerifier::new(settings.tokens.clone())),
-            limiter: Arc::new(RateLimiter::new(&settings.rate_limit)),
-            proxies: Arc::new(proxies),
+            verifier,
+            limits: Arc::new(limits),
         };
         let census = Census::new(settings.amqp.clone());
         Ok(Self {
@@ -141,12 +148,16 @@ pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
         // oversized body becomes the same 413 problem as any other bad body.
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
 
-    // The per-client-IP limit of the credential endpoints is a route layer
-    // inside the routing table (see `routes::table`): it applies to those
-    // routes only, and a refused request is still logged by the trace above.
+    let limits = state.limits.clone();
     routes::table(state)
         // → the broker: the system census, with its own lazily connected state.
         .merge(routes::system::router(census))
+        // The rate limits of every route above (not of health, merged
+        // below: a refused probe would take the gateway out of service). A
+        // route layer, so it runs after routing and knows the route's
+        // class; inside the stack, so a refusal is still traced and the
+        // 431 and the timeout still apply.
+        .route_layer(middleware::from_fn_with_state(limits, limits::enforce))
         .merge(health)
         .layer(stack)
 }

@@ -2,7 +2,8 @@
 //! on the caller's behalf (with the caller's access token in the call's
 //! metadata, [`AuthenticatedUser::request`]); reading one order is
 //! aggregated with catalog details (see [`crate::aggregate`]). Reads need
-//! the `orders:read` scope, placing and cancelling `orders:write`. Orders
+//! the `orders:read` scope, placing, revising and cancelling
+//! `orders:write`. Orders
 //! verifies the token again and makes sure its subject owns the order
 //! (another user's order is a 404).
 //!
@@ -19,7 +20,8 @@ use signalbox_platform::{ErrorCode, Problem};
 use signalbox_proto::{
     catalog::v1::{BatchGetProductsRequest, Product},
     orders::v1::{
-        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest, Order,
+        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest,
+        Order, ReviseOrderRequest,
     },
 };
 use uuid::Uuid;
@@ -47,6 +49,22 @@ pub struct NewOrder {
 pub struct NewItem {
     pub product_id: Uuid,
     pub quantity: i64,
+}
+
+/// `PATCH /api/orders/{id}`: the order's new items, all of them.
+#[derive(Debug, Deserialize)]
+pub struct Revision {
+    pub items: Vec<NewItem>,
+}
+
+fn line_items(items: Vec<NewItem>) -> Vec<LineItem> {
+    items
+        .into_iter()
+        .map(|item| LineItem {
+            product_id: item.product_id.to_string(),
+            quantity: item.quantity,
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -112,18 +130,9 @@ pub async fn create(
     let order = clients
         .orders
         .clone()
-        .create_order(
-            user.request(CreateOrderRequest {
-                items: body
-                    .items
-                    .into_iter()
-                    .map(|item| LineItem {
-                        product_id: item.product_id.to_string(),
-                        quantity: item.quantity,
-                    })
-                    .collect(),
-            }),
-        )
+        .create_order(user.request(CreateOrderRequest {
+            items: line_items(body.items),
+        }))
         .await
         .or_problem(Upstream::Orders)?;
     tracing::info!(order_id = %order.id, "order accepted");
@@ -184,6 +193,39 @@ pub async fn get(
         }
     };
     Ok(Json(aggregate::compose(order, products)))
+}
+
+/// Revises the items of a PENDING or APPROVED order: 202, because catalog
+/// still has to reserve (or release) the difference; the outcome arrives
+/// on the socket (`order.approved`, or `order.revision_rejected` with the
+/// order as it was) and in `GET /api/orders/{id}`. A revision that loses a
+/// race with a cancellation, or meets one still in progress, is a 409.
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
+pub async fn revise(
+    State(clients): State<Clients>,
+    Authorized { user, .. }: Authorized<OrdersWrite>,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(body): ApiJson<Revision>,
+) -> Result<Response, Problem> {
+    let id = parse_id(&raw, "order")?;
+    let order = clients
+        .orders
+        .clone()
+        .revise_order(user.request(ReviseOrderRequest {
+            order_id: id.to_string(),
+            items: line_items(body.items),
+        }))
+        .await
+        .or_problem(Upstream::Orders)?;
+    tracing::info!(order_id = %order.id, "order revision accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            state: state_name(order.state),
+            order_id: order.id,
+        }),
+    )
+        .into_response())
 }
 
 /// The catalog products of `ids`, in batches catalog accepts.

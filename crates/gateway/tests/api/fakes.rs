@@ -347,9 +347,15 @@ impl OrderService for FakeOrders {
 
     async fn revise_order(
         &self,
-        _: Request<ReviseOrderRequest>,
+        request: Request<ReviseOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        Err(Status::unimplemented("not used by the gateway"))
+        let user_id = self.caller(&request).await?;
+        let order = self.owned(&user_id, &request.get_ref().order_id).await?;
+        // What orders answers the loser of a race with a cancellation.
+        if order.state == OrderState::Cancelled as i32 {
+            return Err(Status::aborted("the order was cancelled"));
+        }
+        Ok(Response::new(order))
     }
 
     async fn get_order(

@@ -1,14 +1,16 @@
 //! Abuse limits at the edge: per-client-IP rate of the credential
 //! endpoints, `X-Forwarded-For` only from trusted proxies, header size.
+//! The other route classes and the per-user limits: `rate_limits.rs`.
 
 use reqwest::header;
 use serde_json::json;
 
+use signalbox_gateway::config::Rate;
+
 use crate::helpers::{assert_oauth_error, assert_problem, spawn_app_configured, World};
 
 fn strict(settings: &mut signalbox_gateway::Settings) {
-    settings.rate_limit.burst = 2;
-    settings.rate_limit.per_minute = 1;
+    settings.limits.credentials.per_ip = Rate::new(2, 1);
 }
 
 fn retry_after(response: &reqwest::Response) -> u64 {
@@ -69,12 +71,17 @@ async fn the_token_endpoint_shares_the_bucket_and_answers_in_its_own_format() {
 }
 
 #[tokio::test]
-async fn other_routes_are_not_limited() {
+async fn the_credential_limit_is_its_own_and_leaves_reads_alone() {
     let app = spawn_app_configured(World::all_up(), strict).await;
-
-    for _ in 0..5 {
-        assert_eq!(app.get("/api/catalog/products").await.status(), 200);
+    let credentials = json!({"email": "ada@example.com", "password": "wrong"});
+    for _ in 0..3 {
+        app.post_json("/api/auth/login", &credentials).await;
     }
+
+    let read = app.get("/api/catalog/products").await;
+
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["ratelimit-policy"], r#""reads";q=200;w=10"#);
 }
 
 #[tokio::test]

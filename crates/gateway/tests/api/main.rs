@@ -10,5 +10,8 @@ mod input;
 mod limits;
 mod oauth;
 mod orders;
+mod rate_limits;
+mod revise;
+mod shared_limits;
 mod system;
 mod timeouts;

@@ -48,8 +48,7 @@ async fn failed_logins_are_throttled_per_account_with_retry_after() -> anyhow::R
 async fn credential_requests_are_throttled_per_client_ip() -> anyhow::Result<()> {
     let system = TestSystem::start_with(Options {
         gateway: Some(Box::new(|s| {
-            s.rate_limit.burst = 3;
-            s.rate_limit.per_minute = 1;
+            s.limits.credentials.per_ip = signalbox_gateway::config::Rate::new(3, 1);
         })),
         ..Options::default()
     })
