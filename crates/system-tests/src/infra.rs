@@ -27,6 +27,7 @@ pub fn durable_queues(ns: &Namespace) -> Vec<String> {
         &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
     );
     work.push(WorkQueue::new(ns.orders_replies_queue()));
+    work.push(WorkQueue::new(ns.orders_inbound_queue()));
     work.iter()
         .flat_map(|queue| {
             let retries = (0..queue.retry.delays.len())
