@@ -35,11 +35,22 @@
 //!
 //! Every transition is logged once, with the upstream, the two states and
 //! why, and kept in a short history for the admin view.
+//!
+//! **Readiness.** A breaker in front of a whole upstream is always *ready*:
+//! its caller must get the fast [`Rejection::Open`], not wait. A breaker in
+//! front of one *endpoint* behind a load balancer is the opposite case
+//! ([`CircuitBreakerLayer::unready_while_open`]): the balancer picks among
+//! the endpoints that are ready, so an endpoint whose breaker is open must
+//! not be ready, and must wake the balancer when its open interval ends
+//! (or, half-open, when a probe slot frees). That is how a failing or hung
+//! endpoint is ejected from the balance and let back in for probing.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use futures::future::{self, BoxFuture, Either};
@@ -141,6 +152,19 @@ struct Inner {
     /// Opens since the breaker last closed: the exponent of the interval.
     reopens: u32,
     history: VecDeque<Transition>,
+    /// Services that found every half-open probe slot taken and are not
+    /// ready until one frees (only with `unready_while_open`); woken by the
+    /// next verdict or transition.
+    parked: Vec<Waker>,
+}
+
+/// Whether a call may be admitted now, as `poll_ready` asks it.
+enum Admissible {
+    Yes,
+    /// Open: not before this instant.
+    After(Instant),
+    /// Half-open with every probe slot taken: the waker is parked.
+    Parked,
 }
 
 /// How a call was admitted, so that its outcome is booked to the right state.
@@ -209,8 +233,42 @@ impl Shared {
         }
     }
 
+    /// What [`Shared::admit`] would decide, without deciding it: for
+    /// `poll_ready` of a breaker that is unready while open.
+    fn admissible(&self, now: Instant, cx: &mut Context<'_>) -> Admissible {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Closed => Admissible::Yes,
+            Phase::Open { until } if now < until => Admissible::After(until),
+            // The interval has passed: the next call is the first probe.
+            Phase::Open { .. } => Admissible::Yes,
+            Phase::HalfOpen { in_flight, .. } if in_flight < self.settings.half_open_probes => {
+                Admissible::Yes
+            }
+            Phase::HalfOpen { .. } => {
+                if !inner.parked.iter().any(|w| w.will_wake(cx.waker())) {
+                    inner.parked.push(cx.waker().clone());
+                }
+                Admissible::Parked
+            }
+        }
+    }
+
+    /// How long the breaker stays open, while it is.
+    fn open_for(&self, now: Instant) -> Option<Duration> {
+        match self.lock().phase {
+            Phase::Open { until } if now < until => Some(until - now),
+            _ => None,
+        }
+    }
+
     fn settle(&self, admission: Admission, verdict: Verdict, now: Instant) {
         let mut inner = self.lock();
+        // Whatever the verdict, a probe slot may have freed or the state
+        // moved: let parked services look again.
+        for waker in inner.parked.drain(..) {
+            waker.wake();
+        }
         match (admission, &mut inner.phase) {
             (Admission::Normal, Phase::Closed) => {
                 let failed = match &verdict {
@@ -289,6 +347,9 @@ impl Shared {
         let from = inner.phase.state();
         let to = phase.state();
         inner.phase = phase;
+        for waker in inner.parked.drain(..) {
+            waker.wake();
+        }
         match to {
             State::Open => {
                 tracing::warn!(upstream = %self.upstream, %from, %to, %reason, "circuit breaker")
@@ -313,6 +374,7 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer {
     shared: Arc<Shared>,
+    unready_while_open: bool,
 }
 
 impl CircuitBreakerLayer {
@@ -327,9 +389,27 @@ impl CircuitBreakerLayer {
                     window,
                     reopens: 0,
                     history: VecDeque::with_capacity(HISTORY),
+                    parked: Vec::new(),
                 }),
             }),
+            unready_while_open: false,
         }
+    }
+
+    /// Makes the services this layer builds *not ready* while the breaker
+    /// is open (and while half-open with every probe slot taken), waking
+    /// when that ends, instead of always ready with calls refused in
+    /// `call`. For one endpoint among several behind a balancer, which then
+    /// sends its calls to the others; never for a whole upstream, whose
+    /// callers would wait instead of failing fast.
+    pub fn unready_while_open(mut self) -> Self {
+        self.unready_while_open = true;
+        self
+    }
+
+    /// While the breaker is open, how long until it lets a probe through.
+    pub fn open_for(&self) -> Option<Duration> {
+        self.shared.open_for(Instant::now())
     }
 
     pub fn upstream(&self) -> &str {
@@ -352,14 +432,62 @@ impl<S> Layer<S> for CircuitBreakerLayer {
         CircuitBreaker {
             inner,
             shared: self.shared.clone(),
+            unready_while_open: self.unready_while_open,
+            reopens_at: None,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CircuitBreaker<S> {
     inner: S,
     shared: Arc<Shared>,
+    unready_while_open: bool,
+    /// With `unready_while_open`: the timer that wakes `poll_ready` when
+    /// the open interval ends. Each service has its own; none is shared.
+    reopens_at: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: Clone> Clone for CircuitBreaker<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            unready_while_open: self.unready_while_open,
+            // A timer belongs to the task that polls it.
+            reopens_at: None,
+        }
+    }
+}
+
+impl<S> CircuitBreaker<S> {
+    /// `Pending` while the breaker refuses calls (open, or half-open with
+    /// every probe slot taken), with a wake-up arranged for when that ends.
+    fn poll_admissible(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.shared.admissible(Instant::now(), cx) {
+                Admissible::Yes => {
+                    self.reopens_at = None;
+                    return Poll::Ready(());
+                }
+                Admissible::Parked => return Poll::Pending,
+                Admissible::After(until) => {
+                    let timer = self
+                        .reopens_at
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                    if timer.deadline() != until {
+                        timer.as_mut().reset(until);
+                    }
+                    match timer.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        // The interval is over: look again (it is now
+                        // admissible, unless the breaker moved meanwhile).
+                        Poll::Ready(()) => self.reopens_at = None,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A call the breaker let through. Dropped without a verdict (the caller
@@ -408,6 +536,9 @@ where
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.unready_while_open && self.poll_admissible(cx).is_pending() {
+            return Poll::Pending;
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
@@ -622,6 +753,92 @@ mod tests {
                 (State::HalfOpen, State::Closed),
             ]
         );
+    }
+
+    /// A waker that records that it was woken.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl futures::task::ArcWake for Woken {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Woken {
+        fn take(&self) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_breaker_is_not_ready_while_open_and_wakes_when_the_interval_ends() {
+        let upstream = Upstream::new();
+        let layer = CircuitBreakerLayer::new("catalog@a", settings()).unready_while_open();
+        let mut svc = layer.layer(upstream.service());
+        // The same breaker settings for a whole upstream stay ready: its
+        // callers get the fast rejection instead.
+        let whole = CircuitBreakerLayer::new("catalog", settings());
+        let mut plain = whole.layer(upstream.service());
+        upstream.answer(Some(14));
+        for _ in 0..4 {
+            let _ = call(&mut svc).await;
+            let _ = call(&mut plain).await;
+        }
+        assert_eq!(layer.state(), State::Open);
+        assert_eq!(whole.state(), State::Open);
+        let opened = Instant::now();
+        let open_for = layer.open_for().expect("open");
+
+        let woken = Arc::new(Woken::default());
+        let waker = futures::task::waker(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(svc.poll_ready(&mut cx).is_pending(), "ready while open");
+        assert!(plain.poll_ready(&mut cx).is_ready());
+
+        // Jittered within [1 s, 2 s]: nothing before the first second.
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!woken.take(), "woken before the interval ended");
+        assert!(svc.poll_ready(&mut cx).is_pending());
+        tokio::time::advance(open_for).await;
+        assert!(woken.take(), "not woken when the interval ended");
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert!(opened.elapsed() >= open_for);
+
+        // Ready means admitted: the call is the first probe.
+        upstream.answer(Some(0));
+        assert_eq!(call(&mut svc).await, Ok(()));
+        assert_eq!(layer.state(), State::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_breaker_with_every_probe_out_waits_for_a_slot() {
+        let upstream = Upstream::new();
+        let layer = CircuitBreakerLayer::new("catalog@a", settings()).unready_while_open();
+        let mut svc = layer.layer(upstream.service());
+        upstream.answer(Some(14));
+        for _ in 0..4 {
+            let _ = call(&mut svc).await;
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        upstream.answer(None); // probes hang
+        let first = svc.call(http::Request::new(()));
+        let second = svc.call(http::Request::new(()));
+        assert_eq!(layer.state(), State::HalfOpen);
+
+        let woken = Arc::new(Woken::default());
+        let waker = futures::task::waker(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            svc.poll_ready(&mut cx).is_pending(),
+            "ready with both probes out"
+        );
+
+        // A probe given up early frees its slot without a verdict.
+        drop(first);
+        assert!(woken.take(), "not woken when a probe slot freed");
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        drop(second);
     }
 
     #[tokio::test(start_paused = true)]
