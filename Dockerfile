@@ -17,10 +17,19 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 
+# protoc and the protobuf well-known types: the etcd client crate
+# (service discovery, registry mode) compiles etcd's protos in its build
+# script. Signalbox's own protos need neither (protox compiles them).
+# Versions as in Debian 12, the builder's release.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        protobuf-compiler=3.21.* libprotobuf-dev=3.21.* \
+ && rm -rf /var/lib/apt/lists/*
+
 # .dockerignore is an allowlist, so this copies only what the build needs:
-# Cargo.toml, Cargo.lock, crates/, proto/ (compiled by protox inside build.rs,
-# so no protoc here), migrations/ (embedded into the binaries), config/ and
-# deploy/docker/ (and .sqlx/ if it ever exists).
+# Cargo.toml, Cargo.lock, crates/, proto/ (Signalbox's own, compiled by
+# protox inside build.rs), migrations/ (embedded into the binaries), config/
+# and deploy/docker/ (and .sqlx/ if it ever exists).
 COPY . .
 
 # No database exists while the image builds: should compile-time checked sqlx
