@@ -66,6 +66,10 @@ pub struct Incoming {
     /// The broker delivered this very copy before (to us or another
     /// consumer) and it was not acked.
     pub redelivered: bool,
+    /// The message's offset when it comes from a stream
+    /// ([`Source::Stream`]): its position in the log, the same for every
+    /// reader.
+    pub stream_offset: Option<u64>,
 }
 
 /// How a handler failed, which decides what happens to the message.
@@ -126,6 +130,16 @@ pub enum Source {
     /// server-named, exclusive, re-created by every session. Failed messages
     /// are requeued; there is nothing to dead-letter for a push.
     Instance { patterns: Vec<String> },
+    /// A stream on the events exchange, read by every instance (fan-out
+    /// with a history, see [`crate::stream`]). The first session starts at
+    /// `start`; every later one resumes right after the last offset handled,
+    /// so what was appended while the broker was unreachable is still
+    /// delivered. A message is never retried: a stream does not requeue, and
+    /// a failed push is logged and passed over.
+    Stream {
+        stream: crate::stream::StreamQueue,
+        start: crate::stream::Start,
+    },
 }
 
 /// A shared yes/no the consumer sets while it is attached to its queue;
@@ -213,6 +227,10 @@ pub struct Consumer {
     attached: Flag,
     /// A session opened by [`Consumer::attach`], used first by `run`.
     prepared: Option<Attached>,
+    /// The last stream offset handled ([`Source::Stream`] only), where the
+    /// next session resumes. A `std` mutex: it is written after each
+    /// delivery and read when a session opens, never across an `.await`.
+    resume: std::sync::Mutex<Option<u64>>,
 }
 
 /// A channel consuming from a declared queue.
@@ -231,6 +249,7 @@ impl Consumer {
             tag: tag.into(),
             attached: Flag::default(),
             prepared: None,
+            resume: std::sync::Mutex::new(None),
         }
     }
 
@@ -296,6 +315,26 @@ impl Consumer {
                 let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
                 topology::declare_instance_queue(&channel, ns, &patterns).await?
             }
+            Source::Stream { stream, start } => {
+                crate::stream::declare(&channel, ns, stream).await?;
+                let resume = *self
+                    .resume
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Right after the last offset handled, or where the
+                // consumer was told to start.
+                let start = resume.map_or(*start, |last| crate::stream::Start::Offset(last + 1));
+                let deliveries =
+                    crate::stream::consume(&channel, &stream.name, &self.tag, start, PREFETCH)
+                        .await?;
+                self.attached.set(true);
+                tracing::info!(consumer = %self.tag, stream = %stream.name, ?start, "consuming");
+                return Ok(Attached {
+                    channel,
+                    queue: stream.name.clone(),
+                    deliveries,
+                });
+            }
         };
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
@@ -332,8 +371,9 @@ impl Consumer {
         } = attached;
         let work = match &self.source {
             Source::Work(work) => Some(work),
-            Source::Instance { .. } => None,
+            Source::Instance { .. } | Source::Stream { .. } => None,
         };
+        let stream = matches!(self.source, Source::Stream { .. });
         loop {
             let delivery = tokio::select! {
                 // Stop taking new deliveries; the one being handled (if any)
@@ -354,12 +394,19 @@ impl Consumer {
                     None => return Err(ConsumeError::Cancelled(queue)),
                 },
             };
-            if let Err(error) = process(&channel, &queue, work, handler, delivery).await {
+            let offset = crate::stream::offset_of(&delivery.properties);
+            if let Err(error) = process(&channel, &queue, work, stream, handler, delivery).await {
                 // A channel that is still open keeps its unacked deliveries
                 // until it closes; close it so they return to the queue now,
                 // for the next session (or another instance).
                 close_quietly(&channel).await;
                 return Err(error);
+            }
+            if let Some(offset) = offset {
+                *self
+                    .resume
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(offset);
             }
         }
     }
@@ -378,6 +425,7 @@ async fn process<H: Handler>(
     channel: &Channel,
     queue: &str,
     work: Option<&WorkQueue>,
+    stream: bool,
     handler: &H,
     delivery: Delivery,
 ) -> Result<(), ConsumeError> {
@@ -400,6 +448,7 @@ async fn process<H: Handler>(
         body: delivery.data.clone(),
         attempt,
         redelivered: delivery.redelivered,
+        stream_offset: crate::stream::offset_of(&delivery.properties),
     };
 
     match handler.handle(incoming).await {
@@ -414,6 +463,12 @@ async fn process<H: Handler>(
         Err(HandleError::Reject(reason)) => {
             tracing::warn!(%reason, "message rejected; dead-lettering");
             give_up(channel, queue, work, &delivery, &reason).await
+        }
+        Err(HandleError::Transient(error)) if stream => {
+            // A stream keeps the message whatever we do; there is no
+            // requeue, and waiting here would hold up every later event.
+            tracing::error!(error = %Chain(&*error), "handler failed; passing over the stream message");
+            settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await
         }
         Err(HandleError::Transient(error)) => {
             let reason = Chain(&*error).to_string();

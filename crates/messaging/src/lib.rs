@@ -34,7 +34,9 @@
 //! Underneath, every long-lived user of the broker works in sessions that
 //! end when a channel fails and start again ([`session`]), on a connection
 //! that heals itself ([`connection`]), each retry waiting with the one
-//! [`backoff::Backoff`]. The names of the headers a message carries are in
+//! [`backoff::Backoff`]. An event log every reader can read from any
+//! position, for recovering what a client missed, is a RabbitMQ stream
+//! ([`stream`]). The names of the headers a message carries are in
 //! [`headers`].
 
 pub mod amqp;
@@ -52,6 +54,7 @@ pub mod request_reply;
 pub mod retention;
 pub mod session;
 pub mod sharding;
+pub mod stream;
 pub mod topology;
 
 pub use connection::Broker;

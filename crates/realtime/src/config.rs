@@ -1,6 +1,7 @@
 //! Settings of the realtime service (defaults here, then
 //! `config/realtime.yaml`, then `APP__…` environment variables).
 
+pub use crate::recovery::RecoverySettings;
 use serde::{Deserialize, Serialize};
 use signalbox_platform::config::{
     comma_list, AmqpSettings, ListenSettings, TelemetrySettings, VerifierSettings,
@@ -14,6 +15,9 @@ pub struct Settings {
     /// How access tokens presented by sockets are verified (JWKS of auth).
     pub tokens: VerifierSettings,
     pub ws: WsSettings,
+    /// How much history is kept for recovering clients, and for how long.
+    #[serde(default)]
+    pub recovery: RecoverySettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -24,6 +28,7 @@ impl Default for Settings {
             amqp: AmqpSettings::default(),
             tokens: VerifierSettings::default(),
             ws: WsSettings::default(),
+            recovery: RecoverySettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

@@ -1,12 +1,12 @@
 //! From the broker to the hub: the fan-out consumer.
 //!
-//! Publish-subscribe across instances. Each realtime instance declares its
-//! own server-named, exclusive, auto-delete queue and binds it to the events
-//! exchange with [`BINDINGS`]; RabbitMQ puts a copy of every matching event
-//! in every such queue. So whichever instance holds a user's socket, it gets
-//! the user's `order.approved`: the instance does not need to know where the
-//! user is connected, and instances can come and go freely (a queue lives and
-//! dies with its instance's connection).
+//! Publish-subscribe across instances, with a memory. The events exchange
+//! feeds one stream, bound with [`BINDINGS`] (see [`crate::recovery`]), and
+//! every realtime instance reads all of it: so whichever instance holds a
+//! user's socket, it gets the user's `order.approved`; the instance does not
+//! need to know where the user is connected, and instances can come and go
+//! freely. Each event arrives with its stream offset, its position for
+//! every instance alike, and goes to the hub with it.
 //!
 //! Routing onto channels (see [`channels_for`]): an event whose envelope names
 //! a `user_id` goes to `user:<user_id>`; a `catalog.*` event goes to the
@@ -16,7 +16,8 @@
 //!
 //! The consumer loop acks after [`EventRouter::handle`] returns: the effect of
 //! an event here is the push into the hub, which cannot fail in a way a
-//! redelivery would fix. Nothing is stored, so nothing needs deduplicating.
+//! redelivery would fix (and an ack on a stream only gives credit back).
+//! Nothing is stored here, so nothing needs deduplicating.
 
 use std::sync::Arc;
 
@@ -76,21 +77,30 @@ impl EventRouter {
 impl Handler for EventRouter {
     #[tracing::instrument(skip_all, fields(message_id = %message.envelope.message_id, message_type = %message.envelope.message_type))]
     async fn handle(&self, message: Incoming) -> Result<(), HandleError> {
+        let Some(offset) = message.stream_offset else {
+            return Err(HandleError::Reject(
+                "an event without a stream offset".to_owned(),
+            ));
+        };
         let channels = channels_for(&message.envelope);
-        if channels.is_empty() {
-            tracing::debug!("event for no channel");
-            return Ok(());
-        }
-        // A malformed payload is rejected; the instance queue has no
-        // dead-letter exchange, so the broker drops it (it is logged by the
-        // consumer loop). It could not be shown to anyone anyway.
-        let data = frame_data(&message.envelope, &message.body)?;
-        for channel in channels {
-            match self.hub.publish(&channel, data.clone()) {
-                Some(offset) => tracing::debug!(%channel, offset, "event pushed"),
-                None => tracing::trace!(%channel, "no subscriber on this instance"),
+        // Whatever it carries, the event moves the hub's position: it has
+        // been handled, and a replay up to here must not wait for it.
+        let data = match frame_data(&message.envelope, &message.body) {
+            Ok(data) if !channels.is_empty() => data,
+            Ok(_) => {
+                self.hub.publish(offset, &[], &Value::Null);
+                tracing::trace!(offset, "event for no channel");
+                return Ok(());
             }
-        }
+            // A malformed payload is passed over (logged by the consumer
+            // loop): it could not be shown to anyone anyway.
+            Err(error) => {
+                self.hub.publish(offset, &[], &Value::Null);
+                return Err(error);
+            }
+        };
+        let pushed = self.hub.publish(offset, &channels, &data);
+        tracing::debug!(offset, pushed, "event handled");
         Ok(())
     }
 }

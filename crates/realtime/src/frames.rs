@@ -34,8 +34,8 @@ pub enum ClientFrame {
         token: String,
     },
     /// Starts the pushes of a channel. `recover` names the last event the
-    /// client saw; it is parsed but not acted on yet: nothing is replayed,
-    /// and the answer is always `recovered: false`.
+    /// client saw on it: the events after it are replayed first, and the
+    /// answer says whether that was possible (see [`crate::recovery`]).
     Subscribe {
         channel: String,
         #[serde(default)]
@@ -63,8 +63,7 @@ pub enum ClientFrame {
     Ping,
 }
 
-/// A position in a channel's stream: the instance's epoch and the offset of
-/// an event in it.
+/// A position in the event log: its epoch and the offset of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct StreamPosition {
     pub epoch: String,
@@ -80,18 +79,21 @@ pub enum ServerFrame {
     Welcome {
         ttl: u64,
     },
-    /// A backend event pushed on a channel. `offset` grows by one per event
-    /// in the channel; `epoch` changes when the stream restarts (a new
-    /// instance), which tells a client its offsets are no longer comparable.
+    /// A backend event pushed on a channel, with its position in the event
+    /// log: `offset` is the same on every instance and strictly increases
+    /// within a channel (with gaps: the log holds every channel's events);
+    /// `epoch` changes only when the log is created anew, which tells a
+    /// client its offsets are no longer comparable.
     Event {
         channel: String,
         epoch: String,
         offset: u64,
         data: Value,
     },
-    /// The subscription is active. `epoch` and `offset` are the position of
-    /// the channel's latest event on this instance; `recovered` says whether
-    /// missed events were replayed, which today they never are.
+    /// The subscription is active. `offset` is the last position this
+    /// instance had handled when it subscribed (later events follow live);
+    /// with `recover`, `recovered` says whether the missed events were
+    /// replayed (they follow this frame, before any live one) or cannot be.
     Subscribed {
         channel: String,
         recovered: bool,

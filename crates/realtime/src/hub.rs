@@ -12,26 +12,30 @@
 //!                                                  └─ full? evict the socket, never wait
 //! ```
 //!
-//! Per channel the hub keeps an `offset` that grows by one per event (every
-//! `event` frame carries it, with the instance's random `epoch`) and a ring
-//! of the last [`HISTORY_LEN`] events ([`Hub::history_since`] reads it).
-//! Nothing replays that history to clients: there is no recovery of missed
-//! events, `subscribe` ignores a `recover` position and always answers
-//! `recovered: false`.
+//! Every event arrives with its *stream offset*: its position in the event
+//! log every instance reads (a RabbitMQ stream, see [`crate::recovery`]).
+//! The hub puts that offset, and the log's epoch, on the `event` frame, so
+//! the same event has the same `(epoch, offset)` on every instance, and the
+//! offsets of one channel strictly increase. The hub also remembers the
+//! offset of the last event it handled, for any channel or none
+//! ([`Hub::position`]): everything up to it has been pushed, everything
+//! after it will be, which is where a recovering subscriber's replay ends.
+//! The history itself is not kept here: it is the stream, so it survives
+//! the instance.
 //!
 //! A channel lives exactly as long as it has a subscriber on this instance.
 //! When the last one leaves (unsubscribes, its socket ends, or it is
-//! evicted) the channel goes, offset and history with it, so the hub's
-//! memory follows the sockets open now, not every user who ever connected.
-//! A later subscriber starts the channel afresh at offset 0: an offset
-//! orders the events of one life of a channel, nothing more.
+//! evicted) the channel goes, so the hub's memory follows the sockets open
+//! now, not every user who ever connected; nothing is lost by it, since
+//! positions come from the stream, not from the channel.
 //!
 //! The hub never waits for a socket. Pushing to a socket whose buffer is full
 //! would stall every other subscriber behind it (head-of-line blocking), so
 //! such a slow consumer is evicted instead: its subscription is dropped and
 //! its socket task is told to close with 1008 "slow consumer". The client
-//! may reconnect and subscribe again (what was published in between is not
-//! replayed), which costs it less than it would cost everyone else to wait.
+//! may reconnect and subscribe again with `recover`, which replays what it
+//! missed from the stream; that costs it less than it would cost everyone
+//! else to wait.
 //!
 //! The map sits behind a plain `std::sync::Mutex`: every critical section is
 //! a few map operations and non-blocking `try_send`s, never an `.await`. One
@@ -46,7 +50,7 @@
 //! silently receive nothing more.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -54,7 +58,6 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use rand::RngExt;
 use serde_json::Value;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -63,10 +66,6 @@ use crate::frames::ServerFrame;
 
 /// The public channel every user may subscribe to (price changes).
 pub const CATALOG_CHANNEL: &str = "catalog";
-
-/// Events kept per channel while it has subscribers: at most this many
-/// frames per live channel, however many events it carries.
-pub const HISTORY_LEN: usize = 256;
 
 /// The private channel of one user.
 pub fn user_channel(user_id: &str) -> String {
@@ -77,43 +76,65 @@ pub fn user_channel(user_id: &str) -> String {
 pub type SocketId = u64;
 
 /// What the hub hands a socket: an `event` frame, serialised once for all
-/// subscribers (the bytes are reference-counted, so a clone is cheap).
-pub type Outbound = Utf8Bytes;
+/// subscribers, with the channel and offset it carries (the socket skips
+/// events a recovery already covered). Behind an `Arc`, so the clone for
+/// each subscriber is cheap.
+pub type Outbound = Arc<Publication>;
 
-/// One event in a channel's history.
-#[derive(Debug, Clone)]
+/// One event on one channel.
+#[derive(Debug)]
 pub struct Publication {
+    pub channel: String,
     pub offset: u64,
-    pub frame: Outbound,
+    pub frame: Utf8Bytes,
 }
 
-/// Where a channel's stream stands: the instance epoch and the offset of
-/// its latest event (0 before the first, and again when the channel is
-/// created afresh after its last subscriber left).
+impl Publication {
+    /// The `event` frame for `data` at `offset` of `channel`.
+    pub fn new(channel: &str, epoch: &str, offset: u64, data: Value) -> Self {
+        let frame = ServerFrame::Event {
+            channel: channel.to_owned(),
+            epoch: epoch.to_owned(),
+            offset,
+            data,
+        };
+        Self {
+            channel: channel.to_owned(),
+            offset,
+            frame: Utf8Bytes::from(frame.to_json()),
+        }
+    }
+}
+
+/// Where the event log stands for this instance: its epoch and the offset
+/// of the last event handled (`None` before the first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub epoch: String,
-    pub offset: u64,
+    pub offset: Option<u64>,
 }
 
 pub struct Hub {
-    /// Random per process: offsets of two instances (or of this instance
-    /// before and after a restart) are not comparable, and a differing epoch
-    /// tells the client so.
+    /// The epoch of the event log (the stream), the same on every instance.
     epoch: String,
     /// Hands out socket ids. `Relaxed`: the ids only need to be unique, and
     /// `fetch_add` is atomic whatever the ordering; no other memory is
     /// published through this counter.
     next_socket: AtomicU64,
     /// Every channel with at least one subscriber on this instance, and no
-    /// other (see the module doc).
-    channels: Mutex<HashMap<String, Channel>>,
+    /// other (see the module doc), and the last offset handled. One lock
+    /// for both: a subscribe reads the position under the same guard that
+    /// a publish moves it, so "handled before" and "pushed to me" agree.
+    state: Mutex<State>,
+}
+
+struct State {
+    channels: HashMap<String, Channel>,
+    last_offset: Option<u64>,
 }
 
 /// A channel's state on this instance.
 struct Channel {
-    offset: u64,
-    history: VecDeque<Publication>,
     subscribers: HashMap<SocketId, Subscriber>,
 }
 
@@ -126,19 +147,24 @@ struct Subscriber {
     evicted: CancellationToken,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Hub {
-    pub fn new() -> Self {
-        let epoch: [u8; 8] = rand::rng().random();
+    /// A hub for the event log of `epoch`.
+    pub fn new(epoch: impl Into<String>) -> Self {
         Self {
-            epoch: epoch.iter().map(|b| format!("{b:02x}")).collect(),
+            epoch: epoch.into(),
             next_socket: AtomicU64::new(1),
-            channels: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                channels: HashMap::new(),
+                last_offset: None,
+            }),
+        }
+    }
+
+    /// Where the log stands for this instance.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.lock().last_offset,
         }
     }
 
@@ -166,82 +192,35 @@ impl Hub {
         (membership, receiver)
     }
 
-    /// Pushes an event to every subscriber of `channel` on this instance and
-    /// returns its offset. Returns `None` when no socket of this instance is
-    /// subscribed to the channel: there is nobody to push to, and nothing is
-    /// kept (most events are for users connected to another instance, or to
-    /// none).
-    pub fn publish(&self, channel: &str, data: Value) -> Option<u64> {
-        let mut channels = self.lock();
-        let state = channels.get_mut(channel)?;
-        state.offset += 1;
-        let offset = state.offset;
-        let frame = Outbound::from(
-            ServerFrame::Event {
-                channel: channel.to_owned(),
-                epoch: self.epoch.clone(),
-                offset,
-                data,
+    /// Handles the log's event at `offset`: pushes it to every subscriber
+    /// of each of `channels` on this instance, and moves the position to
+    /// `offset` (also when nobody here listens, or the event is for no
+    /// channel at all). Returns how many sockets it was pushed to; most
+    /// events are for users connected to another instance, or to none.
+    pub fn publish(&self, offset: u64, channels: &[String], data: &Value) -> usize {
+        let mut state = self.lock();
+        state.last_offset = Some(state.last_offset.map_or(offset, |last| last.max(offset)));
+        let mut pushed = 0;
+        for channel in channels {
+            let Some(subscribers) = state.channels.get_mut(channel) else {
+                continue;
+            };
+            let event = Arc::new(Publication::new(channel, &self.epoch, offset, data.clone()));
+            pushed += push(subscribers, channel, &event);
+            // Evicting the last subscriber empties the channel; it goes
+            // under this same guard, like any other last leave (see
+            // [`leave`]).
+            if subscribers.subscribers.is_empty() {
+                state.channels.remove(channel);
             }
-            .to_json(),
-        );
-
-        if state.history.len() == HISTORY_LEN {
-            state.history.pop_front();
         }
-        state.history.push_back(Publication {
-            offset,
-            frame: frame.clone(),
-        });
-
-        state.subscribers.retain(|socket, subscriber| {
-            match subscriber.outbound.try_send(frame.clone()) {
-                Ok(()) => true,
-                // The socket is not keeping up: evict it rather than wait.
-                Err(TrySendError::Full(_)) => {
-                    tracing::warn!(socket, channel, "slow consumer; evicting");
-                    subscriber.evicted.cancel();
-                    false
-                }
-                // The socket task has ended; its membership is being dropped.
-                Err(TrySendError::Closed(_)) => false,
-            }
-        });
-        // Evicting the last subscriber empties the channel; it goes under
-        // this same guard, like any other last leave (see [`leave`]).
-        if state.subscribers.is_empty() {
-            channels.remove(channel);
-        }
-        Some(offset)
-    }
-
-    /// The kept events of `channel` after `offset`, oldest first; `None` when
-    /// the history no longer reaches back that far, when `offset` is ahead of
-    /// the channel, or when the channel has no subscriber here (and so no
-    /// history).
-    pub fn history_since(&self, channel: &str, offset: u64) -> Option<Vec<Publication>> {
-        let channels = self.lock();
-        let state = channels.get(channel)?;
-        if offset > state.offset {
-            return None;
-        }
-        let oldest = state.history.front().map_or(state.offset + 1, |p| p.offset);
-        if offset + 1 < oldest {
-            return None;
-        }
-        Some(
-            state
-                .history
-                .iter()
-                .filter(|p| p.offset > offset)
-                .cloned()
-                .collect(),
-        )
+        pushed
     }
 
     /// How many sockets of this instance are subscribed to `channel`.
     pub fn subscribers(&self, channel: &str) -> usize {
         self.lock()
+            .channels
             .get(channel)
             .map_or(0, |state| state.subscribers.len())
     }
@@ -249,16 +228,39 @@ impl Hub {
     /// How many channels the hub holds, which is how many distinct channels
     /// the sockets of this instance are subscribed to right now.
     pub fn channel_count(&self) -> usize {
-        self.lock().len()
+        self.lock().channels.len()
     }
 
     /// A panic while the lock was held cannot leave the map half-updated in
     /// a way that matters (each step is a single insert or remove; the worst
     /// case is an empty channel, removed by its next publish or leave), so a
     /// poisoned lock is used as is rather than taking the service down.
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Hands `event` to every subscriber of one channel without waiting; a
+/// subscriber whose queue is full is evicted. Returns how many took it.
+fn push(state: &mut Channel, channel: &str, event: &Outbound) -> usize {
+    let mut pushed = 0;
+    state.subscribers.retain(|socket, subscriber| {
+        match subscriber.outbound.try_send(Arc::clone(event)) {
+            Ok(()) => {
+                pushed += 1;
+                true
+            }
+            // The socket is not keeping up: evict it rather than wait.
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(socket, channel, "slow consumer; evicting");
+                subscriber.evicted.cancel();
+                false
+            }
+            // The socket task has ended; its membership is being dropped.
+            Err(TrySendError::Closed(_)) => false,
+        }
+    });
+    pushed
 }
 
 /// A socket's place in the hub. Owned by the socket task; dropping it (on
@@ -276,21 +278,24 @@ impl Membership {
         self.id
     }
 
-    /// Subscribes (idempotently) and returns where the channel stands.
+    /// Subscribes (idempotently) and returns where the log stands: every
+    /// event of the channel up to that offset was handled before this call,
+    /// every later one will be pushed to this socket.
     pub fn subscribe(&mut self, channel: &str) -> Position {
-        let mut channels = self.hub.lock();
-        let state = channels
+        let mut state = self.hub.lock();
+        let last_offset = state.last_offset;
+        state
+            .channels
             .entry(channel.to_owned())
             .or_insert_with(|| Channel {
-                offset: 0,
-                history: VecDeque::new(),
                 subscribers: HashMap::new(),
-            });
-        state.subscribers.insert(self.id, self.subscriber.clone());
+            })
+            .subscribers
+            .insert(self.id, self.subscriber.clone());
         self.channels.insert(channel.to_owned());
         Position {
             epoch: self.hub.epoch.clone(),
-            offset: state.offset,
+            offset: last_offset,
         }
     }
 
@@ -299,7 +304,7 @@ impl Membership {
         if !self.channels.remove(channel) {
             return false;
         }
-        leave(&mut self.hub.lock(), channel, self.id);
+        leave(&mut self.hub.lock().channels, channel, self.id);
         true
     }
 
@@ -311,9 +316,9 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let mut channels = self.hub.lock();
+        let mut state = self.hub.lock();
         for channel in &self.channels {
-            leave(&mut channels, channel, self.id);
+            leave(&mut state.channels, channel, self.id);
         }
     }
 }
@@ -338,55 +343,65 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn offset_of(frame: &Outbound) -> u64 {
-        let value: Value = serde_json::from_str(frame.as_str()).unwrap();
-        value["offset"].as_u64().unwrap()
+    fn user(id: &str) -> Vec<String> {
+        vec![user_channel(id)]
+    }
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new("e1"))
     }
 
     #[test]
-    fn offsets_grow_by_one_per_event_in_each_channel() {
-        let hub = Arc::new(Hub::new());
+    fn an_event_carries_its_stream_offset_and_the_logs_epoch() {
+        let hub = hub();
         let (mut socket, mut inbox) = hub.join(8);
         socket.subscribe("user:1");
-        socket.subscribe("catalog");
 
-        assert_eq!(hub.publish("user:1", json!({})), Some(1));
-        assert_eq!(hub.publish("user:1", json!({})), Some(2));
-        assert_eq!(hub.publish("catalog", json!({})), Some(1));
-
-        assert_eq!(offset_of(&inbox.try_recv().unwrap()), 1);
-        assert_eq!(offset_of(&inbox.try_recv().unwrap()), 2);
-        assert_eq!(offset_of(&inbox.try_recv().unwrap()), 1);
+        assert_eq!(hub.publish(41, &user("1"), &json!({"n": 1})), 1);
+        let event = inbox.try_recv().unwrap();
+        let frame: Value = serde_json::from_str(event.frame.as_str()).unwrap();
+        assert_eq!(
+            frame,
+            json!({"type": "event", "channel": "user:1", "epoch": "e1", "offset": 41,
+                   "data": {"n": 1}})
+        );
+        assert_eq!((event.channel.as_str(), event.offset), ("user:1", 41));
     }
 
     #[test]
-    fn an_event_for_a_channel_nobody_here_joined_is_not_kept() {
-        let hub = Hub::new();
-        assert_eq!(hub.publish("user:1", json!({})), None);
-        assert!(hub.history_since("user:1", 0).is_none());
+    fn the_position_moves_with_every_event_also_for_no_subscriber() {
+        let hub = hub();
+        assert_eq!(hub.position().offset, None);
+        assert_eq!(hub.publish(3, &user("1"), &json!({})), 0);
+        assert_eq!(hub.publish(4, &[], &json!({})), 0);
+        assert_eq!(hub.position().offset, Some(4));
+        assert_eq!(hub.channel_count(), 0, "nothing is kept for nobody");
+
+        let (mut socket, _inbox) = hub.join(8);
+        assert_eq!(socket.subscribe("user:1").offset, Some(4));
     }
 
     #[test]
     fn a_subscriber_with_a_full_buffer_is_evicted_without_blocking_others() {
-        let hub = Arc::new(Hub::new());
+        let hub = hub();
         let (mut slow, _slow_inbox) = hub.join(1);
         let (mut fast, mut fast_inbox) = hub.join(8);
         slow.subscribe("user:1");
         fast.subscribe("user:1");
 
-        hub.publish("user:1", json!({"n": 1}));
-        hub.publish("user:1", json!({"n": 2}));
+        hub.publish(1, &user("1"), &json!({"n": 1}));
+        hub.publish(2, &user("1"), &json!({"n": 2}));
 
         assert!(slow.subscriber.evicted.is_cancelled());
         assert!(!fast.subscriber.evicted.is_cancelled());
         assert_eq!(hub.subscribers("user:1"), 1);
-        assert_eq!(offset_of(&fast_inbox.try_recv().unwrap()), 1);
-        assert_eq!(offset_of(&fast_inbox.try_recv().unwrap()), 2);
+        assert_eq!(fast_inbox.try_recv().unwrap().offset, 1);
+        assert_eq!(fast_inbox.try_recv().unwrap().offset, 2);
     }
 
     #[test]
     fn dropping_a_membership_unsubscribes_from_every_channel() {
-        let hub = Arc::new(Hub::new());
+        let hub = hub();
         let (mut socket, _inbox) = hub.join(8);
         socket.subscribe("user:1");
         socket.subscribe("catalog");
@@ -396,76 +411,31 @@ mod tests {
     }
 
     #[test]
-    fn history_keeps_the_latest_events_and_knows_when_it_falls_short() {
-        let hub = Arc::new(Hub::new());
-        // Room for every event, so the one subscriber is never evicted.
-        let (mut socket, _inbox) = hub.join(HISTORY_LEN + 10);
-        socket.subscribe("user:1");
-        for _ in 0..HISTORY_LEN + 10 {
-            hub.publish("user:1", json!({}));
-        }
-        let last = (HISTORY_LEN + 10) as u64;
-
-        let tail = hub.history_since("user:1", last - 3).unwrap();
-        assert_eq!(
-            tail.iter().map(|p| p.offset).collect::<Vec<_>>(),
-            vec![last - 2, last - 1, last]
-        );
-        assert_eq!(hub.history_since("user:1", last).unwrap().len(), 0);
-        assert!(
-            hub.history_since("user:1", 5).is_none(),
-            "fell off the ring"
-        );
-        assert!(
-            hub.history_since("user:1", last + 1).is_none(),
-            "from the future"
-        );
-    }
-
-    #[test]
-    fn the_last_subscriber_leaving_drops_the_channel_and_its_history() {
-        let hub = Arc::new(Hub::new());
+    fn the_last_subscriber_leaving_drops_the_channel() {
+        let hub = hub();
         let (mut first, _first_inbox) = hub.join(8);
         let (mut second, _second_inbox) = hub.join(8);
         first.subscribe("user:1");
         second.subscribe("user:1");
         first.subscribe("catalog");
-        hub.publish("user:1", json!({}));
 
         assert!(first.unsubscribe("user:1"));
         assert_eq!(hub.channel_count(), 2, "user:1 still has a subscriber");
-        assert_eq!(hub.history_since("user:1", 0).map(|h| h.len()), Some(1));
-
         drop(second);
         assert_eq!(hub.channel_count(), 1, "only catalog is left");
-        assert!(hub.history_since("user:1", 0).is_none());
-        assert_eq!(hub.publish("user:1", json!({})), None);
-
+        assert_eq!(hub.publish(1, &user("1"), &json!({})), 0);
         drop(first);
         assert_eq!(hub.channel_count(), 0);
     }
 
     #[test]
-    fn a_channel_subscribed_again_after_it_was_dropped_starts_at_offset_zero() {
-        let hub = Arc::new(Hub::new());
-        let (mut socket, _inbox) = hub.join(8);
-        socket.subscribe("user:1");
-        hub.publish("user:1", json!({}));
-        hub.publish("user:1", json!({}));
-        socket.unsubscribe("user:1");
-
-        assert_eq!(socket.subscribe("user:1").offset, 0);
-        assert_eq!(hub.publish("user:1", json!({})), Some(1));
-    }
-
-    #[test]
     fn evicting_the_last_subscriber_drops_the_channel() {
-        let hub = Arc::new(Hub::new());
+        let hub = hub();
         let (mut slow, _inbox) = hub.join(1);
         slow.subscribe("user:1");
 
-        hub.publish("user:1", json!({}));
-        hub.publish("user:1", json!({}));
+        hub.publish(1, &user("1"), &json!({}));
+        hub.publish(2, &user("1"), &json!({}));
 
         assert!(slow.subscriber.evicted.is_cancelled());
         assert_eq!(hub.channel_count(), 0);
@@ -482,10 +452,11 @@ mod tests {
     fn a_subscribe_racing_the_last_leave_is_never_lost() {
         const THREADS: usize = 4;
         const ROUNDS: usize = 2_000;
-        let hub = Arc::new(Hub::new());
+        let hub = hub();
+        let offsets = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..THREADS)
             .map(|thread| {
-                let hub = Arc::clone(&hub);
+                let (hub, offsets) = (Arc::clone(&hub), Arc::clone(&offsets));
                 std::thread::spawn(move || {
                     for round in 0..ROUNDS {
                         // Room for every event any thread publishes, so no
@@ -493,14 +464,15 @@ mod tests {
                         let (mut socket, mut inbox) = hub.join(THREADS * ROUNDS);
                         socket.subscribe("user:1");
                         let mark = json!({"thread": thread, "round": round});
+                        let offset = offsets.fetch_add(1, Ordering::Relaxed);
                         assert!(
-                            hub.publish("user:1", mark.clone()).is_some(),
+                            hub.publish(offset, &user("1"), &mark) >= 1,
                             "round {round}: the channel vanished under a subscriber"
                         );
                         // `publish` has pushed to every subscriber before it
                         // returns, so our own event is in the inbox now.
-                        let got_own = std::iter::from_fn(|| inbox.try_recv().ok()).any(|frame| {
-                            let value: Value = serde_json::from_str(frame.as_str()).unwrap();
+                        let got_own = std::iter::from_fn(|| inbox.try_recv().ok()).any(|event| {
+                            let value: Value = serde_json::from_str(event.frame.as_str()).unwrap();
                             value["data"] == mark
                         });
                         assert!(

@@ -8,7 +8,9 @@
 //! run side by side; every one of them receives every event, and the one
 //! holding the user's socket delivers it. The other way, a socket's
 //! `command` goes to the backend over the inbound exchange and its reply
-//! comes back to this instance ([`commands`]).
+//! comes back to this instance ([`commands`]). Every event has a position in
+//! a log kept by the broker, so a client that reconnects, to any instance,
+//! gets what it missed ([`recovery`]).
 
 pub mod commands;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod frames;
 pub mod hub;
+pub mod recovery;
 pub mod socket;
 pub mod startup;
 

@@ -38,6 +38,7 @@
 //! it from every channel it joined, before the close handshake.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     pin::Pin,
     sync::Arc,
@@ -71,8 +72,9 @@ use crate::{
     commands::{reply_frame, Commands, RateLimit},
     config::WsSettings,
     error::{close, frame_code, UpgradeError},
-    frames::{ClientFrame, ServerFrame, SUBPROTOCOL},
+    frames::{ClientFrame, ServerFrame, StreamPosition, SUBPROTOCOL},
     hub::{user_channel, Hub, Membership, Outbound, CATALOG_CHANNEL},
+    recovery::{History, Replay},
 };
 
 /// How long before expiry the client is sent `token_expiring`.
@@ -88,6 +90,8 @@ const HEARTBEAT_MISSES: u32 = 3;
 /// What every socket task shares.
 pub struct SocketContext {
     pub hub: Arc<Hub>,
+    /// The event log, read again for `subscribe {recover}`.
+    pub history: Arc<History>,
     /// Sends the sockets' commands to the backend and awaits the replies.
     pub commands: Arc<Commands>,
     pub verifier: Arc<TokenVerifier>,
@@ -318,6 +322,10 @@ struct Session<'a> {
     commands: JoinSet<ServerFrame>,
     /// How many commands the socket may start (`rate_limited` beyond).
     rate: RateLimit,
+    /// Per channel, the offset up to which the client already has every
+    /// event (a recovery told it so): live events at or below it that were
+    /// queued meanwhile are not sent twice.
+    floors: HashMap<String, u64>,
 }
 
 impl<'a> Session<'a> {
@@ -342,6 +350,7 @@ impl<'a> Session<'a> {
             last_seen: Instant::now(),
             commands: JoinSet::new(),
             rate: RateLimit::new(settings.command_rate_per_sec, settings.command_burst),
+            floors: HashMap::new(),
         }
     }
 
@@ -375,8 +384,11 @@ impl<'a> Session<'a> {
                 }
                 // An event the hub routed to this socket. The sender lives in
                 // our own membership, so the queue cannot close under us.
-                Some(frame) = self.outbound.recv() => {
-                    send_text(socket, frame).await?;
+                Some(event) = self.outbound.recv() => {
+                    if self.floors.get(&event.channel).is_some_and(|floor| event.offset <= *floor) {
+                        continue;
+                    }
+                    send_text(socket, event.frame.clone()).await?;
                 }
                 // A command's reply (or the error standing in for it).
                 Some(done) = self.commands.join_next(), if !self.commands.is_empty() => {
@@ -465,26 +477,33 @@ impl<'a> Session<'a> {
                     );
                     return send(socket, &frame).await;
                 }
-                // There is no recovery of missed events: a `recover`
-                // position is ignored and the answer always says
-                // `recovered: false`. The position in the answer is where
-                // the channel stands; the events after it are the ones this
-                // socket will receive.
-                let _ = recover;
+                // From here on, live events of the channel queue for this
+                // socket; `position` is the last one handled before.
                 let position = self.membership.subscribe(&channel);
-                tracing::debug!(%channel, offset = position.offset, "subscribed");
+                let live = position.offset.unwrap_or(0);
+                let (recovered, replay) = match recover {
+                    None => (false, Vec::new()),
+                    Some(from) => self.recover(&channel, &from, position.offset).await,
+                };
+                tracing::debug!(%channel, live, recovered, replayed = replay.len(), "subscribed");
                 let frame = ServerFrame::Subscribed {
                     channel,
-                    recovered: false,
+                    recovered,
                     epoch: position.epoch,
-                    offset: position.offset,
+                    offset: live,
                 };
-                send(socket, &frame).await
+                send(socket, &frame).await?;
+                // The missed events, in order, before any live one.
+                for event in replay {
+                    send_text(socket, event.frame.clone()).await?;
+                }
+                Ok(())
             }
             ClientFrame::Unsubscribe { channel } => {
                 // Idempotent: unsubscribing from a channel one is not in is
                 // answered the same way.
                 self.membership.unsubscribe(&channel);
+                self.floors.remove(&channel);
                 send(socket, &ServerFrame::Unsubscribed { channel }).await
             }
             ClientFrame::Refresh { token } => self.refresh(socket, &token).await,
@@ -504,6 +523,41 @@ impl<'a> Session<'a> {
                 Ok(())
             }
             ClientFrame::Ping => send(socket, &ServerFrame::Pong).await,
+        }
+    }
+
+    /// Replays what the client missed on `channel` since `from`, up to
+    /// `live` (the last event handled before the subscription; later ones
+    /// are queued for the socket). Returns whether that was possible and the
+    /// events to send first. A client ahead of this instance (it saw events
+    /// on a faster instance) needs no replay: its floor keeps the queued
+    /// events it already has from being sent again.
+    async fn recover(
+        &mut self,
+        channel: &str,
+        from: &StreamPosition,
+        live: Option<u64>,
+    ) -> (bool, Vec<Outbound>) {
+        let history = &self.context.history;
+        if from.epoch != history.epoch() {
+            tracing::info!(channel, epoch = %from.epoch, "recovery from another epoch");
+            return (false, Vec::new());
+        }
+        let Some(live) = live else {
+            // Not even the start-up marker handled yet: the log's end is
+            // unknown here.
+            return (false, Vec::new());
+        };
+        match history.replay(channel, from.offset, live).await {
+            Replay::Recovered(events) => {
+                self.floors
+                    .insert(channel.to_owned(), from.offset.max(live));
+                (true, events)
+            }
+            Replay::Impossible(reason) => {
+                tracing::info!(channel, %reason, "recovery impossible");
+                (false, Vec::new())
+            }
         }
     }
 

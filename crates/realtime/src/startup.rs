@@ -1,16 +1,20 @@
-//! Wiring: bind the listener, connect to RabbitMQ and declare this instance's
-//! event queue, then serve sockets and consume events until shutdown.
+//! Wiring: bind the listener, connect to RabbitMQ, declare the event log
+//! (a stream) and learn its epoch, then serve sockets and read the log
+//! until shutdown.
 //!
-//! The order matters. The queue is declared and bound in `build` (the
-//! consumer attaches), before the service serves anything, so an event
-//! published after start-up already has a queue to land in and is not missed;
-//! the consumer starts draining it in `run_until_stopped`. Readiness reports
-//! the broker connection and whether the consumer is attached: after a broker
-//! failure the instance is not ready until it has a new queue.
+//! The order matters. The consumer attaches to the stream at `next` in
+//! `build`, and then the instance appends a marker to it: once the marker
+//! has been handled, the instance knows where the log stands (the position
+//! a recovering client's replay reads up to), and only then is it ready.
+//! Readiness reports the broker connection, the consumer, and that
+//! position; after a broker failure the consumer resumes right after the
+//! last offset it handled, so no event is skipped.
 
 use std::{sync::Arc, time::Duration};
 
-use signalbox_messaging::{census, Broker, Consumer, Requester, RequesterOptions, Source};
+use signalbox_messaging::{
+    census, stream::Start, Broker, Consumer, Requester, RequesterOptions, Source,
+};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use signalbox_servicekit::connect_broker;
 use tokio::net::TcpListener;
@@ -18,8 +22,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     commands::Commands,
-    events::{EventRouter, BINDINGS, CONSUMER_TAG},
+    events::{EventRouter, CONSUMER_TAG},
     hub::Hub,
+    recovery::History,
     socket::{self, SocketContext},
     Settings,
 };
@@ -30,9 +35,11 @@ const SOCKET_DRAIN: Duration = Duration::from_secs(5);
 pub struct Application {
     http_listener: TcpListener,
     broker: Arc<Broker>,
-    /// Consumes this instance's queue; attached (queue declared and bound)
-    /// during `build`, so no event published after start-up is missed.
+    /// Reads the event log; attached during `build`, so no event published
+    /// after start-up is missed.
     events: Consumer,
+    /// Reads the log again for recovering clients.
+    history: Arc<History>,
     /// Sends socket commands; its reply queue is declared during `build`.
     commands: Arc<Commands>,
     hub: Arc<Hub>,
@@ -44,15 +51,20 @@ impl Application {
         let http_listener = serve::bind(&settings.http).await?;
 
         let broker = connect_broker(&settings.amqp, "realtime").await?;
-        // This instance's private queue (server-named, exclusive, deleted
-        // with the connection), bound to the order and catalog events: every
-        // instance gets its own copy of each event (fan-out). After a broker
-        // failure the consumer declares a new one.
-        let source = Source::Instance {
-            patterns: BINDINGS.iter().map(|p| (*p).to_owned()).collect(),
+        // The event log: one durable stream bound to the order and catalog
+        // events, which every instance reads whole (fan-out), from `next`
+        // at start-up and right after its last offset after a broker failure.
+        let history = Arc::new(History::open(broker.clone(), settings.recovery.clone()).await?);
+        let source = Source::Stream {
+            stream: history.stream().clone(),
+            start: Start::Next,
         };
         let mut events = Consumer::new(broker.clone(), source, CONSUMER_TAG);
         events.attach().await?;
+        // After attaching: the consumer receives this marker, and its offset
+        // becomes the instance's first known position.
+        history.mark().await?;
+        let hub = Arc::new(Hub::new(history.epoch()));
         // This instance's reply queue for socket commands (server-named,
         // exclusive): the `reply_to` of every command its sockets send.
         let requester = Requester::start(broker.clone(), RequesterOptions::new("realtime")).await?;
@@ -65,8 +77,9 @@ impl Application {
             http_listener,
             broker,
             events,
+            history,
             commands,
-            hub: Arc::new(Hub::new()),
+            hub,
             settings,
         })
     }
@@ -75,8 +88,7 @@ impl Application {
         serve::port(&self.http_listener)
     }
 
-    /// The instance's random epoch (the prefix of every stream position it
-    /// hands out).
+    /// The epoch of the event log (the same for every instance reading it).
     pub fn epoch(&self) -> &str {
         self.hub.epoch()
     }
@@ -93,6 +105,7 @@ impl Application {
             http_listener,
             broker,
             events,
+            history,
             commands,
             hub,
             settings,
@@ -101,6 +114,7 @@ impl Application {
         let tracker = TaskTracker::new();
         let context = Arc::new(SocketContext {
             hub: hub.clone(),
+            history,
             commands: commands.clone(),
             verifier: Arc::new(TokenVerifier::new(settings.tokens.clone())),
             settings: settings.ws.clone(),
@@ -109,14 +123,17 @@ impl Application {
         });
 
         let attached = events.attached();
+        let position = hub.clone();
         let health = Health::new()
             .flag("broker", broker.probe())
-            .flag("events", attached.probe());
+            .flag("events", attached.probe())
+            // The start-up marker has been handled: replays know where to end.
+            .flag("position", move || position.position().offset.is_some());
         let router = socket::router(context).merge(health.router());
         let http = serve::http(http_listener, router, shutdown.clone());
 
-        // The events consumer: one delivery at a time from the instance
-        // queue into the hub, acked after the hub took it.
+        // The events consumer: one delivery at a time from the stream into
+        // the hub, acked (credit given back) after the hub took it.
         let events = events.run(EventRouter::new(hub), shutdown.clone());
         let census = census::Responder::new(broker.clone(), "realtime", env!("CARGO_PKG_VERSION"))
             .run(shutdown.clone());

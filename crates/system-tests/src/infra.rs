@@ -15,8 +15,9 @@ pub async fn create_database(name: &str) -> anyhow::Result<String> {
 }
 
 /// Every durable queue the services of one namespace declare: catalog's
-/// command shard queues and orders' reply queue, each with its retry queues
-/// and its dead-letter queue.
+/// command shard queues and orders' reply and inbound queues, each with its
+/// retry queues and its dead-letter queue, and realtime's event log with
+/// its epoch queue.
 pub fn durable_queues(ns: &Namespace) -> Vec<String> {
     use signalbox_messages::channels::commands;
     use signalbox_messaging::{topology, Shards, WorkQueue};
@@ -28,6 +29,9 @@ pub fn durable_queues(ns: &Namespace) -> Vec<String> {
     );
     work.push(WorkQueue::new(ns.orders_replies_queue()));
     work.push(WorkQueue::new(ns.orders_inbound_queue()));
+    // Realtime's event log (a stream) and the queue that holds its epoch.
+    let stream = signalbox_realtime::recovery::stream_queue(ns, &Default::default()).name;
+    let log = [signalbox_messaging::stream::epoch_queue(&stream), stream];
     work.iter()
         .flat_map(|queue| {
             let retries = (0..queue.retry.delays.len())
@@ -39,6 +43,7 @@ pub fn durable_queues(ns: &Namespace) -> Vec<String> {
             .into_iter()
             .chain(retries)
         })
+        .chain(log)
         .collect()
 }
 

@@ -21,7 +21,7 @@ use signalbox_platform::{
     config::ListenSettings,
     tokens::{now_secs, AccessClaims},
 };
-use signalbox_realtime::{hub::Hub, Application, Settings};
+use signalbox_realtime::{hub::Hub, recovery, Application, Settings};
 use signalbox_testkit::{
     broker::{self, amqp_url, random_namespace},
     tokens::{self, serve_jwks, TestKey},
@@ -154,6 +154,21 @@ impl TestApp {
             shutdown: shutdown.clone(),
             handle: tokio::spawn(application.run_until_stopped(shutdown)),
         };
+        // Ready, as a load balancer would wait for: the instance has handled
+        // its start-up marker, so it knows where the event log stands.
+        let ready = format!("http://127.0.0.1:{}/health/ready", instance.port);
+        signalbox_testkit::probe::until("the instance ready", DEADLINE, || {
+            let request = reqwest::get(ready.clone());
+            async move {
+                Ok(match request.await {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    Ok(response) => Err(response.status().to_string()),
+                    Err(error) => Err(error.to_string()),
+                })
+            }
+        })
+        .await
+        .expect("the instance becomes ready");
         self.instances.push(instance);
         self.instances.len() - 1
     }
@@ -239,6 +254,12 @@ impl TestApp {
     /// Stops every instance cleanly (each must exit `Ok`); dropping the app
     /// then deletes the namespace's exchanges.
     pub async fn cleanup(mut self) {
+        self.stop_instances().await;
+    }
+
+    /// Stops every instance cleanly (each must exit `Ok`), keeping the app
+    /// (its namespace, the event log) for instances started later.
+    pub async fn stop_instances(&mut self) {
         for instance in self.instances.drain(..) {
             instance.shutdown.cancel();
             let stopped = tokio::time::timeout(Duration::from_secs(10), instance.handle).await;
@@ -256,10 +277,12 @@ impl Drop for TestApp {
     /// Drop cannot await, so a helper thread does it with its own executor.
     fn drop(&mut self) {
         let ns = Namespace::new(self.namespace.clone());
-        let deleted =
-            signalbox_testkit::block_on_thread(
-                async move { broker::delete_namespace(&ns, &[]).await },
-            );
+        // The event log and its epoch are durable; the rest is exclusive.
+        let stream = recovery::stream_queue(&ns, &self.settings.recovery).name;
+        let queues = [signalbox_messaging::stream::epoch_queue(&stream), stream];
+        let deleted = signalbox_testkit::block_on_thread(async move {
+            broker::delete_namespace(&ns, &queues).await
+        });
         if let Err(error) = deleted {
             eprintln!(
                 "could not delete the exchanges of {}: {error:#}",
@@ -438,6 +461,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     pub async fn closed(&mut self) -> (u16, String) {
         self.closed_within(DEADLINE).await
+    }
+
+    /// Subscribes with a `recover` position and returns the `subscribed`
+    /// answer.
+    pub async fn recover(&mut self, channel: &str, epoch: &str, offset: u64) -> Value {
+        self.send_json(json!({"type": "subscribe", "channel": channel,
+                              "recover": {"epoch": epoch, "offset": offset}}))
+            .await;
+        let answer = self.next_frame().await;
+        assert_eq!(answer["type"], "subscribed", "{answer}");
+        answer
     }
 
     /// Subscribes and returns the `subscribed` answer.

@@ -9,3 +9,4 @@ mod handshake;
 mod helpers;
 mod memory;
 mod protocol;
+mod recovery;
