@@ -7,11 +7,11 @@
 //! one concern each, so that a client's stack reads as a list of decisions:
 //!
 //! ```text
-//!   caller ──► Deadline ──► Bulkhead ──► CircuitBreaker ──► (Retry) ──► channel ──► upstream
-//!              every call    refuse at     fail fast while
-//!              has a budget  once when     the upstream is
-//!                            too many      known to be down
-//!                            are out
+//!   caller ──► Deadline ──► Bulkhead ──► Retry ──► CircuitBreaker ──► channel ──► upstream
+//!              every call    refuse at    reads     fail fast while
+//!              has a budget  once when    only,     the upstream is
+//!                            too many     within    known to be down
+//!                            are out      budget
 //! ```
 //!
 //! The layers work on `http::Request`/`http::Response`, the level at which a
@@ -21,21 +21,28 @@
 //!
 //! [`outcome`] tells a failure from a success by the gRPC status the server
 //! answered with; [`deadline`] carries the caller's remaining budget into
-//! `grpc-timeout`, and out of it on the server side.
+//! `grpc-timeout`, and out of it on the server side; [`policy`] is how
+//! configuration spells the layers' settings. A client's stack is built in
+//! one function beside the client: `crates/gateway/src/upstream.rs`
+//! (`guarded`) and `crates/orders/src/catalog.rs` (`guarded`).
 
 #![forbid(unsafe_code)]
 
 pub mod breaker;
 pub mod bulkhead;
+pub mod client;
 pub mod deadline;
 pub mod outcome;
+pub mod policy;
 pub mod rejection;
 pub mod retry;
 mod window;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, CircuitBreakerLayer, State};
 pub use bulkhead::{Bulkhead, BulkheadLayer};
-pub use deadline::{Deadline, DeadlineLayer};
+pub use client::{ClientService, UpstreamService};
+pub use deadline::{Deadline, DeadlineLayer, InheritDeadlineLayer};
+pub use policy::{BreakerPolicy, CallPolicy, RetryPolicy};
 pub use rejection::Rejection;
 pub use retry::{RetryLayer, RetrySettings};
 
