@@ -6,6 +6,13 @@
 //! the gateway turns a `Status` back into an RFC 9457 [`Problem`]. So a
 //! "not found" raised in orders reaches the browser as a 404 with
 //! `code: "not_found"`, without any service knowing about HTTP.
+//!
+//! Three codes are decided by the caller's own resilience layers rather than
+//! sent by a service: `upstream_unavailable` (its circuit breaker is open),
+//! `overloaded` (its bulkhead is full) and `upstream_timeout` (the call's
+//! deadline passed). Inside, they travel as the gRPC codes below plus the
+//! `signalbox-rejected` metadata (`signalbox_resilience::Rejection`), which
+//! is how the gateway tells them from the same code sent by a service.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
@@ -29,6 +36,12 @@ pub enum ErrorCode {
     Unimplemented,
     Unavailable,
     Timeout,
+    /// The caller's circuit breaker for the upstream is open.
+    UpstreamUnavailable,
+    /// The caller's bulkhead for the upstream is full.
+    Overloaded,
+    /// The call's deadline passed before the upstream answered.
+    UpstreamTimeout,
     Internal,
 }
 
@@ -49,6 +62,9 @@ impl ErrorCode {
             Self::Unimplemented => "unimplemented",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::Overloaded => "overloaded",
+            Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "internal",
         }
     }
@@ -69,6 +85,8 @@ impl ErrorCode {
             Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamUnavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,14 +106,17 @@ impl ErrorCode {
             // A method is a property of the edge's routing table; inside, the
             // nearest meaning is "this operation is not implemented".
             Self::MethodNotAllowed | Self::Unimplemented => tonic::Code::Unimplemented,
-            Self::Unavailable => tonic::Code::Unavailable,
-            Self::Timeout => tonic::Code::DeadlineExceeded,
+            Self::Unavailable | Self::UpstreamUnavailable => tonic::Code::Unavailable,
+            Self::Overloaded => tonic::Code::ResourceExhausted,
+            Self::Timeout | Self::UpstreamTimeout => tonic::Code::DeadlineExceeded,
             Self::Internal => tonic::Code::Internal,
         }
     }
 
     /// The inverse of [`Self::grpc_code`], for errors coming back from a
-    /// downstream service.
+    /// downstream service. The three resilience codes come back as the
+    /// plain code of their gRPC code: what tells them apart is the
+    /// rejection metadata, which the gateway reads first.
     pub fn from_grpc(code: tonic::Code) -> Self {
         use tonic::Code;
         match code {
@@ -129,6 +150,9 @@ impl ErrorCode {
             Self::Unimplemented => "Not implemented",
             Self::Unavailable => "A dependency is unavailable",
             Self::Timeout => "A dependency did not answer in time",
+            Self::UpstreamUnavailable => "A dependency is failing; calls to it are paused",
+            Self::Overloaded => "Too many calls to a dependency are in progress",
+            Self::UpstreamTimeout => "A dependency did not answer within the deadline",
             Self::Internal => "Internal error",
         }
     }
@@ -156,6 +180,9 @@ pub struct Problem {
     pub detail: String,
     /// Stable, machine-readable; clients switch on this, not on `detail`.
     pub code: ErrorCode,
+    /// Seconds after which a retry may succeed, sent as `Retry-After`.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -166,7 +193,14 @@ impl Problem {
             status: code.http_status().as_u16(),
             detail: detail.into(),
             code,
+            retry_after: None,
         }
+    }
+
+    /// The same problem, telling the client when to try again.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 }
 
@@ -190,6 +224,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -198,7 +237,7 @@ impl IntoResponse for Problem {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 15] = [
+    const ALL: [ErrorCode; 18] = [
         ErrorCode::HeadersTooLarge,
         ErrorCode::InvalidInput,
         ErrorCode::MethodNotAllowed,
@@ -213,6 +252,9 @@ mod tests {
         ErrorCode::Unimplemented,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::Overloaded,
+        ErrorCode::UpstreamTimeout,
         ErrorCode::Internal,
     ];
 
@@ -227,6 +269,10 @@ mod tests {
                     assert_eq!(back, ErrorCode::InvalidInput)
                 }
                 ErrorCode::MethodNotAllowed => assert_eq!(back, ErrorCode::Unimplemented),
+                // Told apart by the rejection metadata, not by the code.
+                ErrorCode::UpstreamUnavailable => assert_eq!(back, ErrorCode::Unavailable),
+                ErrorCode::Overloaded => assert_eq!(back, ErrorCode::RateLimited),
+                ErrorCode::UpstreamTimeout => assert_eq!(back, ErrorCode::Timeout),
                 _ => assert_eq!(back, code, "{code:?}"),
             }
         }
@@ -237,5 +283,21 @@ mod tests {
         let problem = Problem::from(tonic::Status::internal("pool timed out on db-7"));
         assert_eq!(problem.status, 500);
         assert!(!problem.detail.contains("db-7"));
+    }
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_that_says_when_to_retry_sends_retry_after() {
+        let response = Problem::new(ErrorCode::UpstreamUnavailable, "paused")
+            .retry_after(3)
+            .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let plain = Problem::new(ErrorCode::Unavailable, "down").into_response();
+        assert!(plain.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -48,6 +48,11 @@ pub fn port(listener: &TcpListener) -> u16 {
 /// Signalbox gRPC server offers: the standard health protocol
 /// (`grpc.health.v1`, reporting the service SERVING) and reflection over
 /// `file_descriptor_set`.
+///
+/// Every request runs in the deadline its caller sent (`grpc-timeout`):
+/// the guarded clients a handler calls through
+/// (`signalbox_resilience::DeadlineLayer`) find it and give their own calls
+/// no more than what is left, so one deadline spans the whole call tree.
 pub async fn grpc<S>(
     listener: TcpListener,
     service: S,
@@ -71,6 +76,10 @@ where
         .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
         .await;
     tonic::transport::Server::builder()
+        // Around every service: a layer of the server, so each request's
+        // handler runs inside the caller's deadline scope and no service
+        // can forget it.
+        .layer(signalbox_resilience::InheritDeadlineLayer)
         .add_service(health)
         .add_service(reflection(file_descriptor_set)?)
         .add_service(service)
