@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use signalbox_platform::config::{
     comma_list, AmqpSettings, ListenSettings, TelemetrySettings, VerifierSettings,
 };
+use signalbox_resilience::CallPolicy;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -17,6 +18,11 @@ pub struct Settings {
     /// How access tokens are verified (the auth service's JWKS).
     pub tokens: VerifierSettings,
     pub timeouts: Timeouts,
+    /// How the calls to each upstream are bounded: bulkhead, circuit
+    /// breaker, retries of reads (`APP__RESILIENCE__CATALOG__MAX_IN_FLIGHT`,
+    /// `…__BREAKER__FAILURE_RATE`, `…__RETRY__MAX_ATTEMPTS`, …).
+    #[serde(default)]
+    pub resilience: Resilience,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
     /// Largest total size of the request headers (names, values and their
@@ -147,11 +153,24 @@ pub struct Upstreams {
     pub catalog: String,
 }
 
+/// One [`CallPolicy`] per upstream, each with its own bulkhead and breaker,
+/// so that a broken catalog fills and opens only catalog's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resilience {
+    pub auth: CallPolicy,
+    pub orders: CallPolicy,
+    pub catalog: CallPolicy,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timeouts {
     /// Whole-request budget at the edge, answered with 504 when exceeded.
+    /// Every upstream call of the request inherits what is left of it (and
+    /// passes it on in `grpc-timeout`).
     pub request_secs: u64,
-    /// Budget of one gRPC call to an upstream.
+    /// Deadline of one gRPC call to an upstream, when the request has more
+    /// budget left than this.
     pub upstream_secs: u64,
     /// Budget of opening a connection to an upstream.
     pub connect_secs: u64,
@@ -164,6 +183,7 @@ impl Default for Settings {
             upstreams: Upstreams::default(),
             tokens: VerifierSettings::default(),
             timeouts: Timeouts::default(),
+            resilience: Resilience::default(),
             max_body_bytes: 64 * 1024,
             max_header_bytes: default_max_header_bytes(),
             limits: LimitSettings::default(),

@@ -1,39 +1,53 @@
 //! Every error the gateway answers, mapped to an RFC 9457 problem in one place.
 //!
-//! Three sources: a `tonic::Status` from an upstream (its code travels to the
-//! client through `signalbox_platform::ErrorCode`), a failure to reach an
-//! upstream at all (503 / 504, without the transport's internals), and the
-//! edge itself (unknown route, wrong method, request timeout). Request-body
+//! Four sources: a `tonic::Status` from an upstream (its code travels to the
+//! client through `signalbox_platform::ErrorCode`), a refusal of the
+//! gateway's own resilience layers (open breaker, full bulkhead, passed
+//! deadline: [`Rejection`]), a failure to reach an upstream at all (503,
+//! without the transport's internals), and the edge itself (unknown route,
+//! wrong method, request timeout). Request-body
 //! and token errors are mapped beside their extractors, in [`crate::extract`]
 //! and [`crate::auth`].
 
 use axum::{
     http::{HeaderValue, Method, Uri},
     response::{IntoResponse, Response},
-    BoxError,
 };
 use signalbox_platform::{ErrorCode, Problem};
+use signalbox_resilience::Rejection;
 use tonic::{Code, Status};
 
 use crate::upstream::Upstream;
 
 /// The problem for a failed upstream call.
 ///
-/// tonic reports a failure of the call itself (connection refused, per-call
-/// timeout, broken HTTP/2 stream) as a `Status` with an error `source`; a
-/// status the service sent has none. The first kind is the gateway's
+/// Each of the three resilience outcomes has its own code wherever it was
+/// decided: 503 `upstream_unavailable` (with `Retry-After`) for an open
+/// breaker, 503 `overloaded` for a full bulkhead, 504 `upstream_timeout`
+/// for a deadline that passed — ours, or the upstream's own server ending
+/// the call at the `grpc-timeout` we sent.
+///
+/// A refusal of a resilience layer comes first, read from the status's
+/// rejection metadata: it never reached the upstream, and the client is
+/// told so with its own code — whether the gateway's layer refused, or
+/// a service behind it (orders' call to catalog) refused and passed the
+/// rejection on.
+///
+/// Then tonic reports a failure of the call itself (connection refused,
+/// broken HTTP/2 stream) as a `Status` with an error `source`; a status the
+/// service sent has none. The first kind is the gateway's
 /// business: the client learns which service is unavailable, the log learns
 /// why. The second is the service's answer and passes through.
 pub fn upstream_problem(upstream: Upstream, status: Status) -> Problem {
     let name = upstream.name();
+    if let Some(rejection) = Rejection::of(&status) {
+        return rejected(name, rejection, &status);
+    }
     if let Some(cause) = std::error::Error::source(&status) {
         let cause = cause_chain(cause);
         return if status.code() == Code::Cancelled {
             tracing::warn!(upstream = name, %cause, "upstream timed out");
-            Problem::new(
-                ErrorCode::Timeout,
-                format!("the {name} service did not answer in time"),
-            )
+            timed_out(name, "the call was cancelled")
         } else {
             tracing::warn!(upstream = name, %cause, "upstream unreachable");
             Problem::new(
@@ -42,12 +56,58 @@ pub fn upstream_problem(upstream: Upstream, status: Status) -> Problem {
             )
         };
     }
+    // The upstream's own server ended the call at the deadline we sent it
+    // (tonic answers `Cancelled` when `grpc-timeout` passes), or gave up on
+    // a deadline of its own: the same outcome as our deadline passing.
+    if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) {
+        tracing::debug!(upstream = name, code = ?status.code(), "upstream ran out of time");
+        return timed_out(name, status.message());
+    }
     if ErrorCode::from_grpc(status.code()) == ErrorCode::Internal {
         tracing::error!(upstream = name, code = ?status.code(), error = status.message(), "upstream failed");
     } else {
         tracing::debug!(upstream = name, code = ?status.code(), "upstream refused");
     }
     Problem::from(status)
+}
+
+/// Open breaker → 503 `upstream_unavailable` with `Retry-After`; full
+/// bulkhead → 503 `overloaded`; deadline → 504 `upstream_timeout`. The
+/// detail names the service called and quotes the refusal, which says
+/// where it happened (a rejection passed on by orders names catalog).
+/// Logged at debug only: the breaker logs its own transitions once, and a
+/// line per refused call would flood the log exactly while the upstream is
+/// down.
+fn rejected(name: &str, rejection: Rejection, status: &Status) -> Problem {
+    tracing::debug!(upstream = name, ?rejection, "upstream call refused");
+    let why = status.message();
+    match rejection {
+        Rejection::Open { retry_after } => Problem::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("the {name} service is failing; calls to it are paused ({why})"),
+        )
+        .retry_after(retry_after.as_secs().max(1)),
+        Rejection::Overloaded => Problem::new(
+            ErrorCode::Overloaded,
+            format!("too many calls to the {name} service are in progress ({why})"),
+        ),
+        Rejection::DeadlineExceeded => timed_out(name, why),
+    }
+}
+
+fn timed_out(name: &str, why: &str) -> Problem {
+    Problem::new(
+        ErrorCode::UpstreamTimeout,
+        format!("the {name} service did not answer in time ({why})"),
+    )
+}
+
+/// Whether a failed call means the upstream could not answer (rather than
+/// answering with an error of the request): what a fallback may stand in for.
+pub fn upstream_down(status: &Status) -> bool {
+    Rejection::of(status).is_some()
+        || std::error::Error::source(status).is_some()
+        || matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
 }
 
 /// Turns the result of a gRPC call into the message or a problem.
@@ -108,13 +168,10 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     .into_response()
 }
 
-/// Errors of the edge's own tower layers (today only the request timeout).
-pub async fn layer_failed(error: BoxError) -> Problem {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        tracing::warn!("request timed out");
-        Problem::new(ErrorCode::Timeout, "the request did not complete in time")
-    } else {
-        tracing::error!(error = %error, "middleware failed");
-        Problem::new(ErrorCode::Internal, "an internal error occurred")
-    }
+/// The whole request ran out of its budget ([`crate::budget`]) in the
+/// gateway's own work; an upstream call that runs out of it is answered by
+/// its deadline as `upstream_timeout` instead.
+pub fn request_timed_out() -> Problem {
+    tracing::warn!("request timed out");
+    Problem::new(ErrorCode::Timeout, "the request did not complete in time")
 }

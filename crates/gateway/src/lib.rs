@@ -22,9 +22,11 @@
 
 pub mod aggregate;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod fallback;
 pub mod limits;
 pub mod oauth_error;
 pub mod order_state;

@@ -6,7 +6,6 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{
     body::Body,
-    error_handling::HandleErrorLayer,
     extract::DefaultBodyLimit,
     http::{HeaderName, Request},
     middleware, Router,
@@ -22,7 +21,7 @@ use tower_http::{
 use tracing::Level;
 
 use crate::{
-    error,
+    budget,
     limits::{self, Limits, TrustedProxies},
     routes::system::Census,
     routes::{self, AppState},
@@ -58,7 +57,11 @@ impl Application {
         )
         .context("limits.redis_url")?;
         let state = AppState {
-            clients: Clients::new(&settings.upstreams, &settings.timeouts)?,
+            clients: Clients::new(
+                &settings.upstreams,
+                &settings.timeouts,
+                &settings.resilience,
+            )?,
             verifier,
             limits: Arc::new(limits),
         };
@@ -136,22 +139,28 @@ pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
             settings.max_header_bytes,
             limits::header_size,
         ))
-        // Turns the timeout's error into a 504 problem. It must sit directly
-        // above the timeout: axum needs an infallible service from here up.
-        .layer(HandleErrorLayer::new(error::layer_failed))
         // The whole-request budget: bounds an aggregated request (two
-        // upstream calls) even when each call stays within its own timeout.
-        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(
-            settings.timeouts.request_secs,
-        )))
+        // upstream calls) even when each call stays within its own timeout,
+        // and runs the handler in a deadline scope, so every upstream call
+        // inherits what is left and sends it on as `grpc-timeout`. Inside
+        // the trace and the request id, so a timed-out request is logged
+        // and quotable; above the routes, so that no handler runs without
+        // the budget.
+        .layer(middleware::from_fn_with_state(
+            Duration::from_secs(settings.timeouts.request_secs),
+            budget::request_budget,
+        ))
         // Innermost: the body limit is enforced by the extractors, so an
         // oversized body becomes the same 413 problem as any other bad body.
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
 
     let limits = state.limits.clone();
+    let system =
+        routes::system::router(census, state.clients.guards.clone(), state.verifier.clone());
     routes::table(state)
-        // → the broker: the system census, with its own lazily connected state.
-        .merge(routes::system::router(census))
+        // → the broker: the system census, with its own lazily connected
+        // state; and the admin view of the upstream guards.
+        .merge(system)
         // The rate limits of every route above (not of health, merged
         // below: a refused probe would take the gateway out of service). A
         // route layer, so it runs after routing and knows the route's

@@ -1,29 +1,38 @@
 //! gRPC clients of the services behind the gateway: the REST→gRPC half of
-//! protocol translation.
+//! protocol translation, and where every call is guarded.
 //!
-//! One [`Channel`] per upstream, shared by every request (a channel is a
-//! cheap-to-clone handle onto one multiplexed HTTP/2 connection). Channels
-//! connect lazily, so the gateway starts, and answers 503 for the routes of a
-//! service that is not up yet, instead of refusing to start; the connection is
-//! retried on the next request.
+//! Each upstream gets one tonic [`Channel`] (a cheap-to-clone handle onto
+//! one multiplexed HTTP/2 connection) wrapped in a resilience stack built
+//! by [`guarded`]: a deadline, a bulkhead, retries of reads and a circuit
+//! breaker, each its own per upstream, so that a hung catalog fills and
+//! opens only catalog's and the order routes keep answering. Channels
+//! connect lazily, so the gateway starts, and answers 503 for the routes of
+//! a service that is not up yet, instead of refusing to start.
 //!
-//! Every call is bounded twice: by the connect timeout (an address that does
-//! not answer at all) and by the per-call timeout (a service that accepted
-//! the call and does not finish it). A call on a user's behalf carries the
-//! user's access token (`crate::auth::AuthenticatedUser::request`); what a
-//! failed call answers the client is [`crate::error`]'s business.
+//! A call on a user's behalf carries the user's access token
+//! (`crate::auth::AuthenticatedUser::request`); what a failed or refused
+//! call answers the client is [`crate::error`]'s business; which breakers
+//! are open is shown by `GET /api/system/upstreams` ([`Guard`]).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use signalbox_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
-    catalog::v1::catalog_service_client::CatalogServiceClient,
-    orders::v1::order_service_client::OrderServiceClient,
+    catalog::v1::{catalog_service_client::CatalogServiceClient, catalog_service_server},
+    orders::v1::{order_service_client::OrderServiceClient, order_service_server},
 };
-use tonic::transport::{Channel, Endpoint};
+use signalbox_resilience::{
+    breaker::Transition, BulkheadLayer, CallPolicy, CircuitBreakerLayer, ClientService,
+    DeadlineLayer, RetryLayer, UpstreamService,
+};
+use tonic::transport::Endpoint;
+use tower::ServiceBuilder;
 
-use crate::config::{Timeouts, Upstreams};
+use crate::{
+    config::{Resilience, Timeouts, Upstreams},
+    fallback::CatalogFallback,
+};
 
 /// The services the gateway routes to, named in logs and problem details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,46 +50,183 @@ impl Upstream {
             Self::Catalog => "catalog",
         }
     }
+
+    /// The gRPC methods of this upstream that are safe to send twice: the
+    /// reads. Only these are retried; a write (placing an order, logging in)
+    /// whose reply was lost may well have happened.
+    fn idempotent(self) -> Vec<String> {
+        let (service, methods): (&str, &[&str]) = match self {
+            Self::Auth => ("", &[]),
+            Self::Orders => (
+                order_service_server::SERVICE_NAME,
+                &["GetOrder", "ListOrders"],
+            ),
+            Self::Catalog => (
+                catalog_service_server::SERVICE_NAME,
+                &["GetProduct", "ListProducts", "BatchGetProducts"],
+            ),
+        };
+        methods.iter().map(|m| format!("/{service}/{m}")).collect()
+    }
 }
 
 /// One client per upstream service. Cloning is cheap: clones share the
-/// channel (and so the connection) of the original.
+/// channel (and so the connection), the bulkhead's permits, the retry
+/// budget and the breaker of the original.
 #[derive(Clone)]
 pub struct Clients {
-    pub auth: AuthServiceClient<Channel>,
-    pub orders: OrderServiceClient<Channel>,
-    pub catalog: CatalogServiceClient<Channel>,
+    pub auth: AuthServiceClient<ClientService>,
+    pub orders: OrderServiceClient<ClientService>,
+    pub catalog: CatalogServiceClient<ClientService>,
+    /// The guards of each upstream, for the admin view.
+    pub guards: Arc<[Guard]>,
+    /// The last good answers of catalog's reads, served when catalog
+    /// cannot answer (see [`crate::fallback`]).
+    pub catalog_fallback: Arc<CatalogFallback>,
 }
 
 impl Clients {
     /// Builds the clients without connecting; fails only on a malformed URL.
-    pub fn new(upstreams: &Upstreams, timeouts: &Timeouts) -> anyhow::Result<Self> {
+    pub fn new(
+        upstreams: &Upstreams,
+        timeouts: &Timeouts,
+        resilience: &Resilience,
+    ) -> anyhow::Result<Self> {
+        let (auth, auth_guard) =
+            guarded(Upstream::Auth, &upstreams.auth, timeouts, &resilience.auth)?;
+        let (orders, orders_guard) = guarded(
+            Upstream::Orders,
+            &upstreams.orders,
+            timeouts,
+            &resilience.orders,
+        )?;
+        let (catalog, catalog_guard) = guarded(
+            Upstream::Catalog,
+            &upstreams.catalog,
+            timeouts,
+            &resilience.catalog,
+        )?;
         Ok(Self {
-            auth: AuthServiceClient::new(channel(Upstream::Auth, &upstreams.auth, timeouts)?),
-            orders: OrderServiceClient::new(channel(
-                Upstream::Orders,
-                &upstreams.orders,
-                timeouts,
-            )?),
-            catalog: CatalogServiceClient::new(channel(
-                Upstream::Catalog,
-                &upstreams.catalog,
-                timeouts,
-            )?),
+            auth: AuthServiceClient::new(ClientService::new(auth)),
+            orders: OrderServiceClient::new(ClientService::new(orders)),
+            catalog: CatalogServiceClient::new(ClientService::new(catalog)),
+            guards: Arc::from([auth_guard, orders_guard, catalog_guard]),
+            catalog_fallback: Arc::default(),
         })
     }
 }
 
-fn channel(upstream: Upstream, url: &str, timeouts: &Timeouts) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+/// The resilience stack of one upstream: the one place it is built.
+fn guarded(
+    upstream: Upstream,
+    url: &str,
+    timeouts: &Timeouts,
+    policy: &CallPolicy,
+) -> anyhow::Result<(UpstreamService, Guard)> {
+    let (endpoint, endpoints) = endpoint_service(upstream, url, timeouts, policy)?;
+    let bulkhead = BulkheadLayer::new(policy.max_in_flight);
+    // Layers run top to bottom on the way out to the upstream.
+    let stack = ServiceBuilder::new()
+        // Outermost: every call gets its deadline before anything else
+        // happens to it — the request's remaining budget (inherited from
+        // the edge's `deadline::scope`) or the per-call timeout, whichever
+        // is sooner — and sends what is left as `grpc-timeout`. Above the
+        // bulkhead so that a call is never left waiting anywhere below
+        // without a deadline, and above the retries so that all attempts
+        // together stay within it.
+        .layer(DeadlineLayer::new(Duration::from_secs(
+            timeouts.upstream_secs,
+        )))
+        // Per upstream: a bound on calls in flight to this upstream, refused
+        // at once beyond it (503 `overloaded`), so a hung upstream holds at
+        // most this many of the gateway's requests and the other upstreams
+        // keep theirs. Above the retries: a call and its retries hold one
+        // permit, so retries cannot crowd out first attempts.
+        .layer(bulkhead.clone())
+        // Reads only (`Upstream::idempotent`), only on `Unavailable` or a
+        // failed connection, within a budget shared by this upstream's
+        // calls (at most `ratio` extra load) and never past the deadline
+        // set above. Above the breaker, so each attempt is judged by it and
+        // a refusal of an open breaker is final instead of being retried.
+        .layer(RetryLayer::new(
+            policy.retry.settings(&upstream.idempotent()),
+        ))
+        .service(endpoint);
+    let guard = Guard {
+        upstream,
+        bulkhead,
+        max_in_flight: policy.max_in_flight,
+        endpoints,
+    };
+    Ok((UpstreamService::new(stack), guard))
+}
+
+/// What the calls of [`guarded`] finally go to: the upstream's endpoint(s),
+/// each behind its own circuit breaker.
+///
+/// Today that is one breaker in front of one lazily connected channel to
+/// the configured address (server-side discovery: a DNS name the platform
+/// balances). The breaker sits directly on the channel, under the retries,
+/// so it judges every attempt — including a hung one that the deadline
+/// above ends (booked as a slow call) — and a refusal costs no connection.
+/// Client-side discovery replaces this function's body with a balanced
+/// service over the discovered endpoints, one breaker each; the stack
+/// above does not change.
+fn endpoint_service(
+    upstream: Upstream,
+    url: &str,
+    timeouts: &Timeouts,
+    policy: &CallPolicy,
+) -> anyhow::Result<(UpstreamService, Endpoints)> {
+    let channel = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid {} upstream url `{url}`", upstream.name()))?
+        // An address that does not answer at all fails the connection
+        // attempt, and so the call, without waiting for the call's deadline.
         .connect_timeout(Duration::from_secs(timeouts.connect_secs))
-        .timeout(Duration::from_secs(timeouts.upstream_secs));
-    // Resilience seam: the rate limiter, bulkhead (concurrency limit) and
-    // circuit breaker of the upstream call path wrap this channel, e.g.
-    // `ServiceBuilder::new().layer(breaker).layer(bulkhead).service(channel)`,
-    // and the clients above become generic over that service. They sit here,
-    // per upstream and below the per-call timeout, so that a broken catalog
-    // opens only the catalog's breaker and a timed-out call counts as a failure.
-    Ok(endpoint.connect_lazy())
+        .connect_lazy();
+    let breaker = CircuitBreakerLayer::new(upstream.name(), (&policy.breaker).into());
+    let service = ServiceBuilder::new()
+        .layer(breaker.clone())
+        .service(channel);
+    let address = url.to_owned();
+    let endpoints = Endpoints(Arc::new(move || {
+        vec![EndpointGuard {
+            address: address.clone(),
+            breaker: breaker.clone(),
+        }]
+    }));
+    Ok((UpstreamService::new(service), endpoints))
+}
+
+/// How the calls to one upstream are guarded, kept for the admin view.
+#[derive(Clone)]
+pub struct Guard {
+    pub upstream: Upstream,
+    pub bulkhead: BulkheadLayer,
+    pub max_in_flight: usize,
+    pub endpoints: Endpoints,
+}
+
+/// The endpoints of an upstream with their breakers, as they are now (a
+/// function, because with client-side discovery the set changes).
+#[derive(Clone)]
+pub struct Endpoints(Arc<dyn Fn() -> Vec<EndpointGuard> + Send + Sync>);
+
+impl Endpoints {
+    pub fn now(&self) -> Vec<EndpointGuard> {
+        (self.0)()
+    }
+}
+
+/// One endpoint of an upstream and its circuit breaker.
+#[derive(Clone)]
+pub struct EndpointGuard {
+    pub address: String,
+    pub breaker: CircuitBreakerLayer,
+}
+
+impl EndpointGuard {
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.breaker.transitions()
+    }
 }

@@ -1,13 +1,24 @@
 //! `/api/catalog/*`, translated to `CatalogService` calls.
+//!
+//! The two reads fall back to the last good answer when catalog cannot
+//! answer ([`crate::fallback`]): the list and a product's details are
+//! served from memory, marked stale (`X-Signalbox-Stale: true`, `Age`,
+//! `"stale": true`), rather than refused; with nothing kept, the problem.
 
-use axum::{extract::State, Json};
+use axum::{
+    extract::State,
+    response::{IntoResponse, Response},
+    Json,
+};
 use serde::Serialize;
 use signalbox_platform::Problem;
 use signalbox_proto::catalog::v1::{GetProductRequest, ListProductsRequest, Product};
+use tonic::Status;
 
 use crate::{
-    error::UpstreamResult,
+    error::{upstream_down, upstream_problem},
     extract::{parse_id, ApiPath},
+    fallback::Kept,
     upstream::{Clients, Upstream},
 };
 
@@ -37,32 +48,89 @@ impl From<Product> for ProductBody {
 #[derive(Debug, Serialize)]
 pub struct ProductList {
     pub products: Vec<ProductBody>,
+    /// `true` when catalog could not answer and this is its last good list.
+    pub stale: bool,
+}
+
+/// A product's details, and whether they are a fallback.
+#[derive(Debug, Serialize)]
+pub struct ProductDetails {
+    #[serde(flatten)]
+    pub product: ProductBody,
+    /// `true` when catalog could not answer and these are the last good
+    /// details.
+    pub stale: bool,
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn list(State(clients): State<Clients>) -> Result<Json<ProductList>, Problem> {
-    let listed = clients
+pub async fn list(State(clients): State<Clients>) -> Result<Response, Problem> {
+    let kept = &clients.catalog_fallback;
+    match clients
         .catalog
         .clone()
         .list_products(ListProductsRequest {})
         .await
-        .or_problem(Upstream::Catalog)?;
-    Ok(Json(ProductList {
-        products: listed.products.into_iter().map(Into::into).collect(),
-    }))
+    {
+        Ok(listed) => {
+            let products = listed.into_inner().products;
+            kept.keep_list(&products);
+            Ok(Json(list_body(products, false)).into_response())
+        }
+        Err(status) => {
+            let stale = fallback(status, || kept.list())?;
+            Ok((stale.headers(), Json(list_body(stale.value, true))).into_response())
+        }
+    }
 }
 
 #[tracing::instrument(skip_all, fields(product_id = %raw))]
 pub async fn get(
     State(clients): State<Clients>,
     ApiPath(raw): ApiPath<String>,
-) -> Result<Json<ProductBody>, Problem> {
-    let id = parse_id(&raw, "product")?;
-    let product = clients
+) -> Result<Response, Problem> {
+    let id = parse_id(&raw, "product")?.to_string();
+    let kept = &clients.catalog_fallback;
+    match clients
         .catalog
         .clone()
-        .get_product(GetProductRequest { id: id.to_string() })
+        .get_product(GetProductRequest { id: id.clone() })
         .await
-        .or_problem(Upstream::Catalog)?;
-    Ok(Json(product.into()))
+    {
+        Ok(product) => {
+            let product = product.into_inner();
+            kept.keep_product(&product);
+            Ok(Json(details(product, false)).into_response())
+        }
+        Err(status) => {
+            let stale = fallback(status, || kept.product(&id))?;
+            Ok((stale.headers(), Json(details(stale.value, true))).into_response())
+        }
+    }
+}
+
+/// The kept value when catalog could not answer and one is kept; otherwise
+/// the problem for `status` (an answer of catalog itself, such as
+/// `NotFound`, is never replaced by an old value).
+fn fallback<T>(status: Status, kept: impl FnOnce() -> Option<Kept<T>>) -> Result<Kept<T>, Problem> {
+    if upstream_down(&status) {
+        if let Some(kept) = kept() {
+            tracing::warn!(code = ?status.code(), age_secs = kept.age.as_secs(), "catalog cannot answer; serving the last good answer");
+            return Ok(kept);
+        }
+    }
+    Err(upstream_problem(Upstream::Catalog, status))
+}
+
+fn list_body(products: Vec<Product>, stale: bool) -> ProductList {
+    ProductList {
+        products: products.into_iter().map(Into::into).collect(),
+        stale,
+    }
+}
+
+fn details(product: Product, stale: bool) -> ProductDetails {
+    ProductDetails {
+        product: product.into(),
+        stale,
+    }
 }

@@ -1,3 +1,12 @@
+//! The gateway's operator routes.
+//!
+//! `GET /api/system/upstreams` (scope `system:admin`): how the gateway's
+//! calls to each upstream are guarded right now — per upstream the calls in
+//! flight against its bulkhead's bound, per endpoint its circuit breaker's
+//! state and recent transitions (see [`crate::upstream`]). Read from the
+//! layers' shared state, so it costs no upstream call and answers while the
+//! upstreams are down, which is when it is read.
+//!
 //! `GET /api/system/instances`: which service instances are running, found
 //! by asking them all (publish / async responses).
 //!
@@ -14,18 +23,26 @@
 //! start-up, and when the broker cannot be reached this route answers a 503
 //! problem while every other route carries on.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use axum::{
-    extract::{rejection::QueryRejection, Query, State},
+    extract::{rejection::QueryRejection, FromRef, Query, State},
     routing::get,
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use signalbox_messaging::{census, RequestError, Requester, RequesterOptions};
-use signalbox_platform::{config::AmqpSettings, ErrorCode, Problem};
+use signalbox_platform::{config::AmqpSettings, tokens::TokenVerifier, ErrorCode, Problem};
 use signalbox_servicekit::connect_broker_within;
 use tokio::sync::OnceCell;
+
+use crate::{
+    auth::{Authorized, RequiredScope},
+    upstream::Guard,
+};
 
 /// How long a census waits for answers unless the caller asks otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
@@ -43,12 +60,102 @@ const CONNECT_BUDGET: Duration = Duration::from_secs(2);
 /// than queueing up behind a slow broker.
 const MAX_CENSUSES: usize = 32;
 
-/// The census route with its own state, to be merged into the gateway's
-/// router.
-pub fn router(census: Census) -> Router {
+/// The system routes with their own state, to be merged into the
+/// gateway's router.
+pub fn router(census: Census, guards: Arc<[Guard]>, verifier: Arc<TokenVerifier>) -> Router {
     Router::new()
         .route("/api/system/instances", get(instances))
-        .with_state(census)
+        .route("/api/system/upstreams", get(upstreams))
+        .with_state(SystemState {
+            census,
+            guards,
+            verifier,
+        })
+}
+
+#[derive(Clone, FromRef)]
+struct SystemState {
+    census: Census,
+    guards: Arc<[Guard]>,
+    verifier: Arc<TokenVerifier>,
+}
+
+/// Reading the gateway's internals: `GET /api/system/upstreams`. Users do
+/// not get it (`tokens.user_scopes`); an operator's service account is
+/// created with it (`auth create-client --scopes system:admin`).
+pub struct SystemAdmin;
+impl RequiredScope for SystemAdmin {
+    const SCOPE: &'static str = "system:admin";
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamsBody {
+    pub upstreams: Vec<UpstreamBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamBody {
+    pub name: &'static str,
+    /// Calls in flight now, and the bulkhead's bound on them.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    pub endpoints: Vec<EndpointBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointBody {
+    pub address: String,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: String,
+    /// Oldest first, at most the breaker's history.
+    pub transitions: Vec<TransitionBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransitionBody {
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+#[tracing::instrument(skip_all)]
+async fn upstreams(
+    State(guards): State<Arc<[Guard]>>,
+    _admin: Authorized<SystemAdmin>,
+) -> Json<UpstreamsBody> {
+    let upstreams = guards
+        .iter()
+        .map(|guard| UpstreamBody {
+            name: guard.upstream.name(),
+            in_flight: guard.bulkhead.in_flight(),
+            max_in_flight: guard.max_in_flight,
+            endpoints: guard
+                .endpoints
+                .now()
+                .into_iter()
+                .map(|endpoint| EndpointBody {
+                    breaker: endpoint.breaker.state().to_string(),
+                    transitions: endpoint
+                        .transitions()
+                        .into_iter()
+                        .map(|t| TransitionBody {
+                            at_unix_ms: t
+                                .at
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                            from: t.from.to_string(),
+                            to: t.to.to_string(),
+                            reason: t.reason,
+                        })
+                        .collect(),
+                    address: endpoint.address,
+                })
+                .collect(),
+        })
+        .collect();
+    Json(UpstreamsBody { upstreams })
 }
 
 /// The broker side of the census: the settings, and the requester once

@@ -1,5 +1,7 @@
 //! Slow upstreams: the per-call timeout and the whole-request budget both
-//! end in a 504 problem instead of a hung client.
+//! end in a 504 problem instead of a hung client. The call inherits the
+//! request's budget, so when the budget is the shorter of the two it is
+//! still the call's deadline that answers, naming the upstream.
 
 use std::time::{Duration, Instant};
 
@@ -40,10 +42,13 @@ async fn an_upstream_slower_than_its_call_timeout_is_a_504_problem() {
     let started = Instant::now();
     let response = app.get_as(&format!("/api/orders/{order_id}"), &token).await;
 
-    let problem = assert_problem(response, 504, "timeout").await;
-    assert_eq!(
-        problem["detail"],
-        "the orders service did not answer in time"
+    let problem = assert_problem(response, 504, "upstream_timeout").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the orders service did not answer in time"),
+        "{problem}"
     );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
@@ -60,7 +65,13 @@ async fn a_request_over_its_budget_is_a_504_problem() {
     let started = Instant::now();
     let response = app.get_as(&format!("/api/orders/{order_id}"), &token).await;
 
-    let problem = assert_problem(response, 504, "timeout").await;
-    assert_eq!(problem["detail"], "the request did not complete in time");
+    let problem = assert_problem(response, 504, "upstream_timeout").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the orders service did not answer in time"),
+        "{problem}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
