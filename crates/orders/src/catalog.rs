@@ -1,9 +1,16 @@
 //! The synchronous call orders makes: pricing items with catalog over gRPC.
 //!
-//! The channel connects lazily (orders starts even when catalog is not up
-//! yet) and every call has a deadline, so a slow catalog fails an order
-//! quickly instead of holding the gateway's request. This client is the seam
-//! where the resilience layers (circuit breaker, bulkhead) wrap the call.
+//! The call is guarded like every synchronous hop ([`guarded`]): it
+//! inherits what is left of the gateway's request budget (the gRPC server
+//! runs each handler in the deadline its `grpc-timeout` named, see
+//! `signalbox_platform::serve::grpc`), a bulkhead bounds the calls in flight
+//! to catalog, reads are retried within a budget, and a circuit breaker
+//! stops calling a catalog that keeps failing. A refused call becomes
+//! [`OrdersError::CatalogUnavailable`] carrying the refusal, and orders
+//! answers with its gRPC code (`Unavailable`, `ResourceExhausted`,
+//! `DeadlineExceeded`) and its `signalbox-rejected` metadata, so the gateway
+//! tells the client what happened. The channel connects lazily, so orders
+//! starts even when catalog is not up yet.
 //!
 //! The call carries no access token, and needs none: pricing uses only
 //! `BatchGetProducts`, a public product read that catalog answers for
@@ -14,16 +21,27 @@
 use std::{collections::HashMap, time::Duration};
 
 use signalbox_proto::catalog::v1::{
-    catalog_service_client::CatalogServiceClient, BatchGetProductsRequest, Product,
+    catalog_service_client::CatalogServiceClient, catalog_service_server, BatchGetProductsRequest,
+    Product,
+};
+use signalbox_resilience::{
+    BulkheadLayer, CallPolicy, CircuitBreakerLayer, ClientService, DeadlineLayer, RetryLayer,
+    UpstreamService,
 };
 use tonic::transport::{Channel, Endpoint};
+use tower::ServiceBuilder;
 use uuid::Uuid;
 
-use crate::error::OrdersError;
+use crate::{config::Upstreams, error::OrdersError};
+
+/// How long a connection attempt to catalog may take before the call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct CatalogClient {
-    client: CatalogServiceClient<Channel>,
+    client: CatalogServiceClient<ClientService>,
+    /// Kept to show and test the breaker's state.
+    breaker: CircuitBreakerLayer,
 }
 
 /// What catalog said about the products of an order.
@@ -33,14 +51,18 @@ pub struct Quote {
 }
 
 impl CatalogClient {
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .connect_lazy();
+    /// Builds the client without connecting; fails only on a malformed URL.
+    pub fn new(upstreams: &Upstreams, policy: &CallPolicy) -> anyhow::Result<Self> {
+        let (service, breaker) = guarded(upstreams, policy)?;
         Ok(Self {
-            client: CatalogServiceClient::new(channel),
+            client: CatalogServiceClient::new(ClientService::new(service)),
+            breaker,
         })
+    }
+
+    /// The circuit breaker in front of catalog.
+    pub fn breaker(&self) -> &CircuitBreakerLayer {
+        &self.breaker
     }
 
     #[tracing::instrument(skip_all, fields(count = ids.len()))]
@@ -53,7 +75,7 @@ impl CatalogClient {
             .clone()
             .batch_get_products(request)
             .await
-            .map_err(|status| OrdersError::CatalogUnavailable(status.message().to_owned()))?
+            .map_err(OrdersError::CatalogUnavailable)?
             .into_inner();
         let products = response
             .products
@@ -65,4 +87,65 @@ impl CatalogClient {
             missing: response.missing,
         })
     }
+}
+
+/// Catalog's reads, the only calls retried: pricing asks again, it changes
+/// nothing.
+fn idempotent() -> Vec<String> {
+    ["GetProduct", "ListProducts", "BatchGetProducts"]
+        .iter()
+        .map(|m| format!("/{}/{m}", catalog_service_server::SERVICE_NAME))
+        .collect()
+}
+
+/// The resilience stack of the call to catalog: the one place it is built.
+fn guarded(
+    upstreams: &Upstreams,
+    policy: &CallPolicy,
+) -> anyhow::Result<(UpstreamService, CircuitBreakerLayer)> {
+    let (endpoint, breaker) = endpoint_service(&upstreams.catalog, policy)?;
+    // Layers run top to bottom on the way out to catalog.
+    let stack = ServiceBuilder::new()
+        // Outermost: the call's deadline, the earlier of our own timeout and
+        // what is left of the caller's budget (inherited from the gateway
+        // through `grpc-timeout`), sent on as `grpc-timeout`. Above the
+        // bulkhead and the retries so that nothing below waits without it
+        // and all attempts together stay within it.
+        .layer(DeadlineLayer::new(Duration::from_millis(
+            upstreams.catalog_timeout_ms,
+        )))
+        // At most `max_in_flight` pricing calls out at once, refused at
+        // once beyond that: a hung catalog then holds that many order
+        // requests, not every one the gateway sends. Above the retries, so
+        // a call and its retries hold one permit.
+        .layer(BulkheadLayer::new(policy.max_in_flight))
+        // Reads only, on `Unavailable` or a failed connection, within a
+        // budget and never past the deadline above. Above the breaker, so
+        // each attempt is judged by it and an open breaker's refusal is
+        // final.
+        .layer(RetryLayer::new(policy.retry.settings(&idempotent())))
+        .service(endpoint);
+    Ok((UpstreamService::new(stack), breaker))
+}
+
+/// What the calls finally go to: catalog's endpoint behind its circuit
+/// breaker. Today one breaker on one lazily connected channel to the
+/// configured address (platform DNS in compose / Kubernetes). The breaker
+/// sits directly on the channel, so it judges every attempt (a hung one,
+/// ended by the deadline above, counts as a slow call) and a refusal costs
+/// no connection. Client-side discovery replaces this function's body with
+/// a balanced service over the discovered endpoints, one breaker each; the
+/// stack above stays as it is, which is why it takes a boxed service.
+fn endpoint_service(
+    url: &str,
+    policy: &CallPolicy,
+) -> anyhow::Result<(UpstreamService, CircuitBreakerLayer)> {
+    let channel: Channel = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_lazy();
+    let breaker = CircuitBreakerLayer::new("catalog", (&policy.breaker).into());
+    let service = ServiceBuilder::new()
+        .layer(breaker.clone())
+        .service(channel);
+    Ok((UpstreamService::new(service), breaker))
 }

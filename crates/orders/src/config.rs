@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use signalbox_platform::config::{
     AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings, VerifierSettings,
 };
+use signalbox_resilience::CallPolicy;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -14,6 +15,11 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub upstreams: Upstreams,
+    /// How the calls to catalog are bounded: bulkhead, circuit breaker,
+    /// retries of reads (`APP__RESILIENCE__CATALOG__MAX_IN_FLIGHT`,
+    /// `…__BREAKER__FAILURE_RATE`, `…__RETRY__MAX_ATTEMPTS`, …).
+    #[serde(default)]
+    pub resilience: Resilience,
     /// How the access tokens that every call carries are verified: the
     /// auth service's JWKS (`APP__TOKENS__JWKS_URL`, by default
     /// `http://127.0.0.1:8082/.well-known/jwks.json`), issuer and audience,
@@ -51,8 +57,16 @@ impl Default for SagaSettings {
 pub struct Upstreams {
     /// The catalog's gRPC endpoint (platform DNS in compose / Kubernetes).
     pub catalog: String,
-    /// Deadline of one call to catalog, in milliseconds.
+    /// Deadline of one call to catalog, in milliseconds, when the caller's
+    /// remaining budget (its `grpc-timeout`) is longer than this.
     pub catalog_timeout_ms: u64,
+}
+
+/// The guards of orders' synchronous calls (only catalog, for now).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resilience {
+    pub catalog: CallPolicy,
 }
 
 impl Default for Settings {
@@ -66,6 +80,7 @@ impl Default for Settings {
                 catalog: "http://127.0.0.1:50053".to_owned(),
                 catalog_timeout_ms: 2000,
             },
+            resilience: Resilience::default(),
             tokens: VerifierSettings::default(),
             saga: SagaSettings::default(),
             telemetry: TelemetrySettings::default(),

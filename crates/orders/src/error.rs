@@ -7,6 +7,7 @@
 //! is not disclosed (the gateway answers both with 404).
 
 use signalbox_platform::{authorization::AuthorizationError, tokens::TokenError, ErrorCode};
+use signalbox_resilience::Rejection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrdersError {
@@ -25,8 +26,10 @@ pub enum OrdersError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("the catalog is unavailable: {0}")]
-    CatalogUnavailable(String),
+    /// The call to catalog failed or was refused by its guards (breaker
+    /// open, bulkhead full, deadline passed); the status says which.
+    #[error("the catalog is unavailable: {}", .0.message())]
+    CatalogUnavailable(tonic::Status),
     #[error("{0}")]
     Unimplemented(&'static str),
     #[error(transparent)]
@@ -59,6 +62,21 @@ impl From<TokenError> for OrdersError {
     }
 }
 
+/// A refusal of the catalog call's guards keeps its code and its rejection
+/// metadata, so the gateway answers an open breaker, a full bulkhead or a
+/// spent deadline as such; a deadline catalog's server enforced is
+/// `DeadlineExceeded`; any other failure of the call is `Unavailable`.
+fn catalog_unavailable(status: &tonic::Status, message: String) -> tonic::Status {
+    match (Rejection::of(status), status.code()) {
+        (Some(_), code) => tonic::Status::with_metadata(code, message, status.metadata().clone()),
+        // Catalog's server ended the call at the deadline we sent it.
+        (None, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            ErrorCode::UpstreamTimeout.status(message)
+        }
+        (None, _) => ErrorCode::Unavailable.status(message),
+    }
+}
+
 impl From<OrdersError> for tonic::Status {
     fn from(error: OrdersError) -> Self {
         let message = error.to_string();
@@ -69,7 +87,7 @@ impl From<OrdersError> for tonic::Status {
             OrdersError::InvalidInput(_) => ErrorCode::InvalidInput.status(message),
             OrdersError::NotFound(_) => ErrorCode::NotFound.status(message),
             OrdersError::FailedPrecondition(_) => ErrorCode::FailedPrecondition.status(message),
-            OrdersError::CatalogUnavailable(_) => ErrorCode::Unavailable.status(message),
+            OrdersError::CatalogUnavailable(status) => catalog_unavailable(&status, message),
             OrdersError::Unimplemented(_) => ErrorCode::Unimplemented.status(message),
             OrdersError::Database(cause) => {
                 tracing::error!(error = %cause, "database error");

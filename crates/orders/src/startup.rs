@@ -5,7 +5,7 @@
 //! (`signalbox_servicekit::OutboxService`): health, the outbox relay, the
 //! retention purge and the census.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use signalbox_messaging::{Broker, Consumer, Source, WorkQueue};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
@@ -68,10 +68,7 @@ impl Application {
 
         // Pricing calls to catalog: platform-provided discovery (the address
         // is configuration, resolved by compose / Kubernetes DNS).
-        let catalog = CatalogClient::new(
-            &settings.upstreams.catalog,
-            Duration::from_millis(settings.upstreams.catalog_timeout_ms),
-        )?;
+        let catalog = CatalogClient::new(&settings.upstreams, &settings.resilience.catalog)?;
 
         let sweeper = DeadlineSweeper::new(pool.clone(), ns.clone(), &settings.saga);
         // Keys are fetched on the first call, so orders starts without auth.
