@@ -7,6 +7,7 @@
 
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
+use signalbox_discovery::DiscoverySettings;
 use signalbox_platform::config::{DatabaseSettings, ListenSettings, TelemetrySettings};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +20,11 @@ pub struct Settings {
     /// Per-account limits on failed logins and client authentications.
     #[serde(default)]
     pub throttle: ThrottleSettings,
+    /// Whether and how this instance announces its gRPC address
+    /// (`APP__DISCOVERY__MODE=registry`, `APP__DISCOVERY__ETCD_ENDPOINTS`,
+    /// `APP__DISCOVERY__ADVERTISE`, …).
+    #[serde(default)]
+    pub discovery: DiscoverySettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -30,6 +36,7 @@ impl Default for Settings {
             database: DatabaseSettings::local("auth"),
             tokens: TokenSettings::default(),
             throttle: ThrottleSettings::default(),
+            discovery: DiscoverySettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

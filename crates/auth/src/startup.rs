@@ -1,9 +1,11 @@
 //! Wiring: bind listeners, connect to PostgreSQL and migrate, load the
 //! signing key, then serve gRPC (auth, health, reflection) and HTTP (JWKS,
-//! health) until shutdown.
+//! health) until shutdown, registered in the service registry meanwhile
+//! when discovery runs in `registry` mode.
 
 use std::sync::Arc;
 
+use signalbox_discovery::DiscoverySettings;
 use signalbox_platform::{health::Health, serve};
 use signalbox_proto::auth::v1::auth_service_server::AuthServiceServer;
 use sqlx::PgPool;
@@ -26,6 +28,7 @@ pub struct Application {
     pool: PgPool,
     auth: Arc<Auth>,
     jwks: JwksDocument,
+    discovery: DiscoverySettings,
 }
 
 impl Application {
@@ -50,6 +53,7 @@ impl Application {
             pool,
             auth,
             jwks,
+            discovery: settings.discovery,
         })
     }
 
@@ -67,12 +71,17 @@ impl Application {
             http_port = self.http_port(),
             "auth service listening"
         );
+        // Registry mode: announce this instance's gRPC address now that it
+        // is bound and its database migrated (dns mode: nothing).
+        let registration =
+            signalbox_discovery::register("auth", self.grpc_port(), &self.discovery)?;
         let Self {
             grpc_listener,
             http_listener,
             pool,
             auth,
             jwks,
+            discovery: _,
         } = self;
 
         let grpc = serve::grpc(
@@ -84,6 +93,7 @@ impl Application {
 
         let router = http::router(jwks).merge(Health::new().database(pool.clone()).router());
         let http = serve::http(http_listener, router, shutdown.clone());
+        let registered = registration.hold_until(shutdown.clone());
 
         let result = serve::run_all(
             shutdown,
@@ -93,6 +103,10 @@ impl Application {
                 serve::task("grpc", grpc),
                 // The JWKS for token verifiers, and liveness / readiness.
                 serve::task("http", http),
+                // Keeps the registration while serving; withdraws it as
+                // soon as shutdown begins, so callers stop choosing this
+                // instance while its in-flight calls drain.
+                serve::background("registration", registered),
             ],
         )
         .await;

@@ -1,4 +1,5 @@
 use serde::{Deserialize, Serialize};
+use signalbox_discovery::DiscoverySettings;
 use signalbox_platform::config::{
     AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings,
 };
@@ -11,6 +12,11 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub commands: CommandSettings,
+    /// Whether and how this instance announces its gRPC address
+    /// (`APP__DISCOVERY__MODE=registry`, `APP__DISCOVERY__ETCD_ENDPOINTS`,
+    /// `APP__DISCOVERY__ADVERTISE`, …).
+    #[serde(default)]
+    pub discovery: DiscoverySettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -39,6 +45,7 @@ impl Default for Settings {
             database: DatabaseSettings::local("catalog"),
             amqp: AmqpSettings::default(),
             commands: CommandSettings::default(),
+            discovery: DiscoverySettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

@@ -5,6 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use signalbox_discovery::DiscoverySettings;
 use signalbox_messages::channels::commands;
 use signalbox_messaging::{Broker, ShardConsumers, Shards};
 use signalbox_platform::{health::Health, serve};
@@ -22,6 +23,7 @@ pub struct Application {
     pool: PgPool,
     broker: Arc<Broker>,
     consumers: ShardConsumers,
+    discovery: DiscoverySettings,
 }
 
 impl Application {
@@ -69,6 +71,7 @@ impl Application {
             pool,
             broker,
             consumers,
+            discovery: settings.discovery,
         })
     }
 
@@ -81,12 +84,14 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let grpc_port = self.grpc_port();
         let Self {
             grpc_listener,
             http_listener,
             pool,
             broker,
             consumers,
+            discovery,
         } = self;
 
         let grpc = serve::grpc(
@@ -109,6 +114,8 @@ impl Application {
             pool,
             broker,
             http: http_listener,
+            grpc_port,
+            discovery,
         }
         .run(
             checks,

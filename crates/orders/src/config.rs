@@ -20,6 +20,12 @@ pub struct Settings {
     /// `…__BREAKER__FAILURE_RATE`, `…__RETRY__MAX_ATTEMPTS`, …).
     #[serde(default)]
     pub resilience: Resilience,
+    /// How catalog's instances are found (`APP__DISCOVERY__MODE=dns`, the
+    /// default: `upstreams.catalog` re-resolved; `registry`: watched in
+    /// etcd), and whether and how this instance announces its own gRPC
+    /// address (`APP__DISCOVERY__ETCD_ENDPOINTS`, `…__ADVERTISE`, …).
+    #[serde(default)]
+    pub discovery: signalbox_discovery::DiscoverySettings,
     /// How the access tokens that every call carries are verified: the
     /// auth service's JWKS (`APP__TOKENS__JWKS_URL`, by default
     /// `http://127.0.0.1:8082/.well-known/jwks.json`), issuer and audience,
@@ -81,6 +87,7 @@ impl Default for Settings {
                 catalog_timeout_ms: 2000,
             },
             resilience: Resilience::default(),
+            discovery: signalbox_discovery::DiscoverySettings::default(),
             tokens: VerifierSettings::default(),
             saga: SagaSettings::default(),
             telemetry: TelemetrySettings::default(),

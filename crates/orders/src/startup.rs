@@ -37,6 +37,8 @@ pub struct Application {
     verifier: Arc<TokenVerifier>,
     /// Rejects orders whose reservation had no reply in time.
     sweeper: DeadlineSweeper,
+    /// How this instance announces its gRPC address (registry mode).
+    discovery: signalbox_discovery::DiscoverySettings,
 }
 
 impl Application {
@@ -84,6 +86,7 @@ impl Application {
             catalog,
             verifier,
             sweeper,
+            discovery: settings.discovery.clone(),
         })
     }
 
@@ -96,6 +99,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let grpc_port = self.grpc_port();
         let Self {
             grpc_listener,
             http_listener,
@@ -106,6 +110,7 @@ impl Application {
             catalog,
             verifier,
             sweeper,
+            discovery,
         } = self;
 
         let grpc = serve::grpc(
@@ -140,6 +145,8 @@ impl Application {
             pool,
             broker,
             http: http_listener,
+            grpc_port,
+            discovery,
         }
         .run(
             checks,

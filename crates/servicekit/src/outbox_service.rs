@@ -2,13 +2,15 @@
 //!
 //! Orders and catalog differ in what they serve (gRPC) and what they consume
 //! (replies, sharded commands), and in nothing else: both answer readiness
-//! over HTTP, relay their outbox, purge old messaging rows, and answer the
-//! census; both close the broker and the pool last. That common tail is
+//! over HTTP, relay their outbox, purge old messaging rows, answer the
+//! census, and keep their gRPC address registered (discovery mode
+//! `registry`); both close the broker and the pool last. That common tail is
 //! [`OutboxService::run`], so a new service with an outbox gets all of it by
 //! construction, and a change to it is made once.
 
 use std::sync::Arc;
 
+use signalbox_discovery::DiscoverySettings;
 use signalbox_messaging::{
     census,
     retention::{self, Retention},
@@ -34,6 +36,12 @@ pub struct OutboxService {
     pub broker: Arc<Broker>,
     /// The bound listener for liveness and readiness.
     pub http: TcpListener,
+    /// The port the service's gRPC listener is bound to, and how it is
+    /// announced: in discovery mode `registry` this instance registers
+    /// `name` at its advertised address (`signalbox_discovery::register`);
+    /// in `dns` mode nothing is announced.
+    pub grpc_port: u16,
+    pub discovery: DiscoverySettings,
 }
 
 impl OutboxService {
@@ -54,7 +62,14 @@ impl OutboxService {
             pool,
             broker,
             http,
+            grpc_port,
+            discovery,
         } = self;
+        // First, so that a bad advertised address fails before anything
+        // starts. Registering goes on in the background from here (the
+        // listener is bound and everything the service needs is connected);
+        // the `registration` task below withdraws it on shutdown.
+        let registration = signalbox_discovery::register(name, grpc_port, &discovery)?;
 
         // Readiness: without its database a service can neither serve nor
         // commit what it consumes, and without the broker its outbox backs
@@ -88,6 +103,15 @@ impl OutboxService {
         tasks.push(serve::task(
             "census",
             census::Responder::new(broker.clone(), name, version).run(shutdown.clone()),
+        ));
+
+        // Self-registration: keeps this instance's gRPC address in the
+        // registry while it serves, and withdraws it as soon as shutdown
+        // begins, so clients stop choosing it while in-flight calls drain.
+        // It retries etcd on its own, so it cannot fail.
+        tasks.push(serve::background(
+            "registration",
+            registration.hold_until(shutdown.clone()),
         ));
 
         let result = serve::run_all(shutdown, tasks).await;
