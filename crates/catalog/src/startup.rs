@@ -51,7 +51,7 @@ impl Application {
         let queues = shards.work_queues(
             &ns.catalog_commands_queue(),
             &ns.commands_exchange(),
-            &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
+            &commands::CATALOG_COMMANDS,
         );
         // A random first shard per instance, so instances starting together
         // become active on different shards.

@@ -55,6 +55,41 @@ impl Message for ReserveStockReply {
     const KIND: MessageKind = MessageKind::Reply;
 }
 
+/// Make an order's reservation match its revised items: reserve what the
+/// revision adds, release what it removes, all or nothing. `items` are the
+/// order's items after the revision, all of them; catalog computes the
+/// difference from what it holds for the order. Sent by the saga with
+/// `reply_to` set to the orders reply channel, on the order's shard, so it
+/// is handled after the order's `reserve_stock` and before any later
+/// `release_stock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviseStock {
+    pub order_id: Uuid,
+    pub revision_id: Uuid,
+    pub items: Vec<LineItem>,
+}
+
+impl Message for ReviseStock {
+    const TYPE: &'static str = commands::REVISE_STOCK;
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+/// The answer to [`ReviseStock`]: `reserved` when the reservation now
+/// matches the revised items, `rejected` (the reservation unchanged) when it
+/// could not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviseStockReply {
+    pub order_id: Uuid,
+    pub revision_id: Uuid,
+    #[serde(flatten)]
+    pub outcome: ReservationOutcome,
+}
+
+impl Message for ReviseStockReply {
+    const TYPE: &'static str = "catalog.revise_stock.reply";
+    const KIND: MessageKind = MessageKind::Reply;
+}
+
 /// Published when a product's price changes; pushed to the public `catalog`
 /// channel of the realtime service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +101,19 @@ pub struct PriceChanged {
 
 impl Message for PriceChanged {
     const TYPE: &'static str = events::CATALOG_PRICE_CHANGED;
+    const KIND: MessageKind = MessageKind::Event;
+}
+
+/// Published when an operator sets a product's stock; pushed to the public
+/// `catalog` channel like [`PriceChanged`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockChanged {
+    pub product_id: Uuid,
+    pub stock: i64,
+}
+
+impl Message for StockChanged {
+    const TYPE: &'static str = events::CATALOG_STOCK_CHANGED;
     const KIND: MessageKind = MessageKind::Event;
 }
 

@@ -64,3 +64,35 @@ impl Message for OrderCancelled {
     const TYPE: &'static str = events::ORDER_CANCELLED;
     const KIND: MessageKind = MessageKind::Event;
 }
+
+/// A revision of the order's items was accepted and its reservation asked
+/// for; `state` is the order's state, unchanged until catalog answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRevised {
+    pub order_id: Uuid,
+    pub user_id: String,
+    pub state: String,
+    pub revision_id: Uuid,
+    pub items: Vec<LineItem>,
+}
+
+impl Message for OrderRevised {
+    const TYPE: &'static str = events::ORDER_REVISED;
+    const KIND: MessageKind = MessageKind::Event;
+}
+
+/// A revision catalog could not reserve: the order keeps its items and its
+/// `state`; `reason` says why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRevisionRejected {
+    pub order_id: Uuid,
+    pub user_id: String,
+    pub state: String,
+    pub revision_id: Uuid,
+    pub reason: String,
+}
+
+impl Message for OrderRevisionRejected {
+    const TYPE: &'static str = events::ORDER_REVISION_REJECTED;
+    const KIND: MessageKind = MessageKind::Event;
+}

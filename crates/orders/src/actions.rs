@@ -113,7 +113,8 @@ pub async fn cancel(
             row.state
         )));
     }
-    Ok(saga::cancel(conn, ns, &row).await?)
+    // A revision in progress makes this a conflict (see `saga::cancel`).
+    saga::cancel(conn, ns, &row).await
 }
 
 /// Parses an order id given by a client.

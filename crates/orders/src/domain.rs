@@ -41,6 +41,12 @@ impl OrderState {
     pub fn can_cancel(self) -> bool {
         matches!(self, Self::Pending | Self::Approved)
     }
+
+    /// Only a pending or approved order can be revised: a rejected or
+    /// cancelled one holds no stock to change.
+    pub fn can_revise(self) -> bool {
+        matches!(self, Self::Pending | Self::Approved)
+    }
 }
 
 /// The items of an order as requested: validated, duplicates merged, sorted
@@ -93,6 +99,27 @@ pub struct PricedItem {
     pub unit_price_cents: i64,
 }
 
+/// The lines of a revision: each requested product at the price the order
+/// already has for it, or at catalog's current price when it is new to the
+/// order. A revision changes quantities, not the prices agreed on.
+pub fn reprice(
+    requested: impl IntoIterator<Item = (Uuid, i64)>,
+    agreed: &BTreeMap<Uuid, i64>,
+    quoted: &BTreeMap<Uuid, i64>,
+) -> Option<Vec<PricedItem>> {
+    requested
+        .into_iter()
+        .map(|(product_id, quantity)| {
+            let unit_price_cents = agreed.get(&product_id).or(quoted.get(&product_id))?;
+            Some(PricedItem {
+                product_id,
+                quantity,
+                unit_price_cents: *unit_price_cents,
+            })
+        })
+        .collect()
+}
+
 /// Sums the lines; `None` on overflow (an absurd order, refused).
 pub fn total_cents(items: &[PricedItem]) -> Option<i64> {
     items.iter().try_fold(0i64, |sum, item| {
@@ -133,6 +160,25 @@ mod tests {
             unit_price_cents: 2,
         };
         assert_eq!(total_cents(&[item]), None);
+    }
+
+    #[test]
+    fn a_revision_keeps_agreed_prices_and_quotes_new_products() {
+        let (kept, added) = (Uuid::now_v7(), Uuid::now_v7());
+        let agreed = BTreeMap::from([(kept, 100)]);
+        let quoted = BTreeMap::from([(kept, 999), (added, 50)]);
+
+        let lines = reprice([(kept, 2), (added, 1)], &agreed, &quoted).unwrap();
+
+        assert_eq!(lines[0].unit_price_cents, 100);
+        assert_eq!(lines[1].unit_price_cents, 50);
+        assert_eq!(reprice([(Uuid::nil(), 1)], &agreed, &quoted), None);
+    }
+
+    #[test]
+    fn only_pending_and_approved_orders_can_be_revised() {
+        assert!(OrderState::Pending.can_revise() && OrderState::Approved.can_revise());
+        assert!(!OrderState::Rejected.can_revise() && !OrderState::Cancelled.can_revise());
     }
 
     #[test]

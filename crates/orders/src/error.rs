@@ -26,6 +26,11 @@ pub enum OrdersError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The order changed under the request: a revision racing a
+    /// cancellation, or one still in progress (`Aborted`: try again after
+    /// reading the order).
+    #[error("{0}")]
+    Conflict(String),
     /// The call to catalog failed or was refused by its guards (breaker
     /// open, bulkhead full, deadline passed); the status says which.
     #[error("the catalog is unavailable: {}", .0.message())]
@@ -87,6 +92,9 @@ impl From<OrdersError> for tonic::Status {
             OrdersError::InvalidInput(_) => ErrorCode::InvalidInput.status(message),
             OrdersError::NotFound(_) => ErrorCode::NotFound.status(message),
             OrdersError::FailedPrecondition(_) => ErrorCode::FailedPrecondition.status(message),
+            // Aborted, not AlreadyExists: nothing was created twice; the
+            // gateway answers both 409 `conflict`.
+            OrdersError::Conflict(_) => tonic::Status::aborted(message),
             OrdersError::CatalogUnavailable(status) => catalog_unavailable(&status, message),
             OrdersError::Unimplemented(_) => ErrorCode::Unimplemented.status(message),
             OrdersError::Database(cause) => {

@@ -7,10 +7,11 @@
 //! the same verifier as the gateway and realtime and acts for the token's
 //! `sub` ([`OrdersGrpc::caller`]). So reaching port 50052 is not enough to
 //! act as anyone: a caller needs a valid token of the user, with the scope
-//! the method needs (`orders:write` to create and cancel, `orders:read` to
-//! get and list). Errors map to gRPC codes in [`crate::error`].
+//! the method needs (`orders:write` to create, revise and cancel,
+//! `orders:read` to get and list). Errors map to gRPC codes in
+//! [`crate::error`].
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use signalbox_messages::channels::Namespace;
 use signalbox_platform::{authorization, tokens::TokenVerifier};
@@ -25,9 +26,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     actions,
     catalog::CatalogClient,
-    domain::{OrderState, RequestedItems},
+    domain::{self, OrderState, RequestedItems},
     error::OrdersError,
     repo::{self, Order},
+    saga,
 };
 
 /// Most orders `ListOrders` returns.
@@ -35,7 +37,8 @@ const LIST_LIMIT: i64 = 100;
 
 /// The scope that reading orders needs (`GetOrder`, `ListOrders`).
 pub const READ_SCOPE: &str = "orders:read";
-/// The scope that changing orders needs (`CreateOrder`, `CancelOrder`).
+/// The scope that changing orders needs (`CreateOrder`, `ReviseOrder`,
+/// `CancelOrder`).
 pub const WRITE_SCOPE: &str = "orders:write";
 
 pub struct OrdersGrpc {
@@ -115,6 +118,89 @@ impl OrdersGrpc {
     }
 }
 
+impl OrdersGrpc {
+    /// Accepts a revision of the caller's PENDING or APPROVED order: the
+    /// new items, priced (agreed prices kept, new products quoted), stored
+    /// as a PENDING revision with the messages of the revision step (see
+    /// [`saga::revise`]). The order is unchanged until catalog answers.
+    async fn revise(
+        &self,
+        user_id: &str,
+        request: ReviseOrderRequest,
+    ) -> Result<Order, OrdersError> {
+        let id = actions::order_id(&request.order_id)?;
+        let items = RequestedItems::parse(
+            request
+                .items
+                .iter()
+                .map(|item| (item.product_id.as_str(), item.quantity)),
+        )
+        .map_err(OrdersError::InvalidInput)?;
+        let not_found = || OrdersError::NotFound(request.order_id.clone());
+        // Read before pricing, so that no one learns prices (or spends a
+        // catalog call) on an order that is not theirs; decided again below
+        // under the row lock.
+        let current = repo::find_order(&self.pool, id, user_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let quote = actions::price(&self.catalog, &items).await?;
+        if quote.currency != current.row.currency {
+            return Err(OrdersError::FailedPrecondition(format!(
+                "the order is in {}; the products are in {}",
+                current.row.currency, quote.currency
+            )));
+        }
+        let agreed: BTreeMap<_, _> = current
+            .items
+            .iter()
+            .map(|item| (item.product_id, item.unit_price_cents))
+            .collect();
+        let quoted: BTreeMap<_, _> = quote
+            .items
+            .iter()
+            .map(|item| (item.product_id, item.unit_price_cents))
+            .collect();
+        let priced = domain::reprice(items.iter(), &agreed, &quoted)
+            .ok_or_else(|| OrdersError::FailedPrecondition("a product has no price".to_owned()))?;
+        let total = domain::total_cents(&priced)
+            .ok_or_else(|| OrdersError::InvalidInput("the order total is too large".to_owned()))?;
+
+        // One transaction under the order's row lock: the state check, the
+        // revision and its messages. A cancellation holds the same lock, so
+        // whichever commits first wins and the other sees it.
+        let mut tx = self.pool.begin().await?;
+        let row = match repo::lock_order(&mut tx, id).await? {
+            Some(row) if row.user_id == user_id => row,
+            _ => return Err(not_found()),
+        };
+        match row.state() {
+            OrderState::Cancelled => {
+                return Err(OrdersError::Conflict(format!(
+                    "order {id} was cancelled; it cannot be revised"
+                )))
+            }
+            state if !state.can_revise() => {
+                return Err(OrdersError::FailedPrecondition(format!(
+                    "a {} order cannot be revised",
+                    state.as_str()
+                )))
+            }
+            _ => {}
+        }
+        if repo::pending_revision(&mut tx, id).await?.is_some() {
+            return Err(OrdersError::Conflict(format!(
+                "order {id} has a revision in progress"
+            )));
+        }
+        let revision_id = saga::revise(&mut tx, &self.ns, &row, &priced, total).await?;
+        tx.commit().await?;
+        tracing::info!(order_id = %id, %revision_id, total_cents = total, "revision accepted");
+        repo::find_order(&self.pool, id, user_id)
+            .await?
+            .ok_or_else(not_found)
+    }
+}
+
 fn proto_state(state: OrderState) -> Proto {
     match state {
         OrderState::Pending => Proto::Pending,
@@ -171,15 +257,14 @@ impl OrderService for OrdersGrpc {
         Ok(Response::new(order.into()))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id))]
+    #[tracing::instrument(skip_all, fields(user_id, order_id = %request.get_ref().order_id))]
     async fn revise_order(
         &self,
         request: Request<ReviseOrderRequest>,
     ) -> Result<Response<OrderMessage>, Status> {
-        // Refused like any other call without a valid token, so an
-        // anonymous caller learns nothing, not even what is implemented.
-        self.caller(&request, WRITE_SCOPE).await?;
-        Err(OrdersError::Unimplemented("revising an order is not supported yet").into())
+        let user_id = self.caller(&request, WRITE_SCOPE).await?;
+        let order = self.revise(&user_id, request.into_inner()).await?;
+        Ok(Response::new(order.into()))
     }
 
     #[tracing::instrument(skip_all, fields(user_id, order_id = %request.get_ref().order_id))]

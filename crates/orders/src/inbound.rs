@@ -280,7 +280,7 @@ fn final_or_transient(error: OrdersError) -> Result<ClientReply, HandleError> {
         OrdersError::InvalidInput(_) => codes::BAD_REQUEST,
         OrdersError::NotFound(_) => codes::NOT_FOUND,
         OrdersError::MissingScope(_) => codes::FORBIDDEN,
-        OrdersError::FailedPrecondition(_) => codes::FAILED_PRECONDITION,
+        OrdersError::FailedPrecondition(_) | OrdersError::Conflict(_) => codes::FAILED_PRECONDITION,
         OrdersError::CatalogUnavailable(_) | OrdersError::KeysUnavailable => codes::UNAVAILABLE,
         OrdersError::Unauthenticated(_) | OrdersError::Unimplemented(_) => codes::BAD_REQUEST,
         OrdersError::Database(_) => {

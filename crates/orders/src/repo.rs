@@ -240,3 +240,122 @@ pub async fn reject_timed_out(
     .fetch_optional(conn)
     .await
 }
+
+/// A revision of an order's items (migration `0004_order_revisions.sql`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RevisionRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub state: String,
+    pub total_cents: i64,
+    pub reason: Option<String>,
+}
+
+/// Stores a PENDING revision of order `order_id` with its priced items.
+pub async fn insert_revision(
+    conn: &mut PgConnection,
+    id: Uuid,
+    order_id: Uuid,
+    items: &[PricedItem],
+    total_cents: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_revisions (id, order_id, state, total_cents)
+         VALUES ($1, $2, 'PENDING', $3)",
+    )
+    .bind(id)
+    .bind(order_id)
+    .bind(total_cents)
+    .execute(&mut *conn)
+    .await?;
+    for item in items {
+        sqlx::query(
+            "INSERT INTO order_revision_items (revision_id, product_id, quantity, unit_price_cents)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(item.product_id)
+        .bind(item.quantity)
+        .bind(item.unit_price_cents)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The id of the order's revision still waiting for catalog, if any. Read
+/// under the order's row lock, it cannot change before the transaction ends.
+pub async fn pending_revision(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM order_revisions WHERE order_id = $1 AND state = 'PENDING'")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Locks a revision for its decision.
+pub async fn lock_revision(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<RevisionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, order_id, state, total_cents, reason FROM order_revisions
+         WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records how a PENDING revision ended.
+pub async fn decide_revision(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE order_revisions SET state = $2, reason = $3, decided_at = now()
+         WHERE id = $1 AND state = 'PENDING'",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(reason)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Gives the order the revision's items and total, and makes it APPROVED:
+/// catalog now holds exactly those items for it.
+pub async fn apply_revision(
+    conn: &mut PgConnection,
+    revision: &RevisionRow,
+) -> Result<OrderRow, sqlx::Error> {
+    sqlx::query("DELETE FROM order_items WHERE order_id = $1")
+        .bind(revision.order_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)
+         SELECT $1, product_id, quantity, unit_price_cents
+         FROM order_revision_items WHERE revision_id = $2",
+    )
+    .bind(revision.order_id)
+    .bind(revision.id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as(concat!(
+        "UPDATE orders SET state = 'APPROVED', total_cents = $2, rejection_reason = NULL,
+             updated_at = now()
+         WHERE id = $1 RETURNING ",
+        order_columns!(),
+        ""
+    ))
+    .bind(revision.order_id)
+    .bind(revision.total_cents)
+    .fetch_one(conn)
+    .await
+}

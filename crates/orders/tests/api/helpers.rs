@@ -190,7 +190,7 @@ fn durable_queues(ns: &Namespace) -> Vec<String> {
 /// `signalbox_messaging::sharding`), so the observer binds every shard's key.
 fn command_keys() -> Vec<String> {
     let shards = Shards::new(commands::CATALOG_SHARDS);
-    [commands::RESERVE_STOCK, commands::RELEASE_STOCK]
+    commands::CATALOG_COMMANDS
         .into_iter()
         .flat_map(|command| {
             (0..shards.count).map(move |shard| Shards::shard_routing_key(command, shard))

@@ -5,4 +5,5 @@
 mod authentication;
 mod census;
 mod helpers;
+mod revise;
 mod saga_deadline;

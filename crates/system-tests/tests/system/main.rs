@@ -6,6 +6,7 @@ mod abuse_limits;
 mod access_tokens;
 mod auth_helpers;
 mod edge;
+mod order_revision;
 mod order_saga;
 mod ownership;
 mod socket_auth;
