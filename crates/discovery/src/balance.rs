@@ -2,7 +2,7 @@
 //! of both ways of discovery.
 //!
 //! ```text
-//!   UpstreamService (BoxCloneSyncService: what a generated tonic client takes)
+//!   UpstreamService (a BoxCloneSyncService, what the guarded stack sits on)
 //!     └─ Buffer ─────────── one task owns the balancer; every clone sends to it
 //!         └─ FailFast ───── no endpoint ready → Rejection::Open at once
 //!             └─ Balance (p2c) ─ of two random ready endpoints, the one with fewer calls out
@@ -18,8 +18,6 @@
 //! comparisons per call. Failing and hung endpoints drop out of the choice
 //! because their breakers make them unready.
 
-use signalbox_resilience::BoxError;
-use tonic::body::Body;
 use tower::{balance::p2c::Balance, buffer::Buffer, util::BoxCloneSyncService};
 
 use crate::{
@@ -27,9 +25,11 @@ use crate::{
     Mode, Source,
 };
 
-/// A balanced upstream, as a generated client takes it
-/// (`CatalogServiceClient::new(service)`); clones share the balancer.
-pub type UpstreamService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+/// A balanced upstream is the boxed, cloneable service every guarded
+/// client's stack is built on (`signalbox_resilience::UpstreamService`), so
+/// it drops in under that stack where one channel was; clones share the
+/// balancer.
+pub use signalbox_resilience::UpstreamService;
 
 /// Calls queued between their callers and the balancer's task. The task
 /// never waits on the balancer (FailFast decides at once), so a call spends

@@ -59,10 +59,10 @@ pub use view::{EndpointSnapshot, UpstreamSnapshot, UpstreamView};
 /// - `registry`: every instance registered under
 ///   `<prefix><name>/` in etcd, watched; `dns_url` is not used.
 ///
-/// Returns the service to hand to the generated client
-/// (`CatalogServiceClient::new(service)`, with any layers on top — a
-/// deadline above it is what ends calls to a hung endpoint) and a view for
-/// the admin page. Fails only on a `dns_url` that is not
+/// Returns the service the client's guarded stack sits on (where one
+/// channel was: the deadline, bulkhead and retries above it; a deadline
+/// above it is what ends calls to a hung endpoint) and a view for the
+/// admin page. Fails only on a `dns_url` that is not
 /// `scheme://host:port`. Each endpoint's breaker has the default
 /// [`BreakerSettings`]; see [`upstream_with`]. Must be called within a
 /// Tokio runtime; nothing is connected until the first call.
