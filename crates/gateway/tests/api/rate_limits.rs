@@ -180,3 +180,41 @@ async fn health_probes_are_never_limited() {
         assert!(!probe.headers().contains_key("ratelimit"));
     }
 }
+
+#[tokio::test]
+async fn admin_routes_have_their_own_limit_per_ip_even_for_refused_calls() {
+    let app = spawn_app_configured(World::all_up(), |s: &mut Settings| {
+        s.limits.admin.per_ip = Rate::new(2, 1);
+    })
+    .await;
+
+    let first = app.get("/api/system/upstreams").await;
+    let second = app.get("/api/system/upstreams").await;
+    let third = app.get("/api/system/upstreams").await;
+    let read = app.get("/api/catalog/products").await;
+
+    assert_eq!(first.status(), 401);
+    assert_eq!(field(&first, "ratelimit-policy"), r#""admin";q=2;w=120"#);
+    assert_eq!(second.status(), 401);
+    assert_problem(third, 429, "rate_limited").await;
+    assert_eq!(read.status(), 200, "reads count apart from admin calls");
+}
+
+#[tokio::test]
+async fn admin_routes_are_limited_per_user_too() {
+    let app = spawn_app_configured(World::all_up(), |s: &mut Settings| {
+        s.limits.admin.per_user = Some(Rate::new(1, 1));
+    })
+    .await;
+    let (ada, bob) = (app.token_for("ada"), app.token_for("bob"));
+
+    let first = app.get_as("/api/system/upstreams", &ada).await;
+    let again = app.get_as("/api/system/upstreams", &ada).await;
+    let other = app.get_as("/api/system/upstreams", &bob).await;
+
+    // A user's token without the admin scope: refused, and still counted.
+    assert_eq!(first.status(), 403);
+    assert!(field(&first, "ratelimit-policy").ends_with(r#""admin-user";q=1;w=60"#));
+    assert_problem(again, 429, "rate_limited").await;
+    assert_eq!(other.status(), 403);
+}

@@ -78,6 +78,11 @@ impl PrivateRedis {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             listener.local_addr().unwrap().port()
         };
+        Self::start_on(port).await
+    }
+
+    /// A new server on `port` (after [`Self::stop`]: Redis is back, empty).
+    async fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -106,6 +111,10 @@ impl PrivateRedis {
         Self { child, url }
     }
 
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
     fn stop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
@@ -132,4 +141,42 @@ async fn with_redis_stopped_each_gateway_counts_alone_and_no_request_fails() {
 
     assert_eq!(a_alone, [200, 200, 429]);
     assert_eq!(b_alone, [200, 200, 429]);
+}
+
+/// The requests left in the `reads` policy of a catalog read on `app`.
+async fn remaining(app: &TestApp) -> anyhow::Result<i64> {
+    let response = app.get("/api/catalog/products").await;
+    let field = response.headers()["ratelimit"].to_str()?;
+    let r = field
+        .split(';')
+        .find_map(|p| p.strip_prefix("r="))
+        .ok_or_else(|| anyhow::anyhow!("no r in {field}"))?;
+    Ok(r.parse()?)
+}
+
+#[tokio::test]
+async fn when_redis_is_back_the_gateways_share_the_limit_again() {
+    let mut redis = PrivateRedis::start().await;
+    let port = redis.port();
+    let (a, b) = two_gateways(&redis.url, &prefix(), 100).await;
+    redis.stop();
+    assert_eq!(status(&a).await, 200, "counted locally while Redis is away");
+
+    let _redis = PrivateRedis::start_on(port).await;
+    // Counted apart, b is one request behind a; counted together in the
+    // new (empty) Redis, b's request comes right after a's.
+    probe::until(
+        "the gateways share the count again",
+        Duration::from_secs(20),
+        || async {
+            let (after_a, after_b) = (remaining(&a).await?, remaining(&b).await?);
+            Ok(if after_b == after_a - 1 {
+                Ok(())
+            } else {
+                Err(format!("a left {after_a}, b left {after_b}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
 }
