@@ -12,6 +12,7 @@
 //! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 pub mod api;
+pub mod child;
 pub mod infra;
 pub mod socket;
 pub mod system;

@@ -9,7 +9,7 @@ use signalbox_platform::config::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{infra, Api};
+use crate::{child::ChildService, infra, Api};
 
 /// How many realtime instances a test system runs (fan-out needs two).
 pub const REALTIME_INSTANCES: usize = 2;
@@ -24,6 +24,8 @@ pub struct TestSystem {
     health: Vec<(&'static str, u16)>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Catalog, when it runs in a child process (`Options::catalog_process`).
+    pub catalog_process: Option<ChildService>,
     cleaned: bool,
 }
 
@@ -40,6 +42,9 @@ pub struct Options {
     pub gateway: Option<Configure<signalbox_gateway::Settings>>,
     /// How many orders instances run (competing consumers); 0 means one.
     pub orders_instances: usize,
+    /// Runs catalog in a child process of its own
+    /// ([`TestSystem::catalog_process`]), so that a test can freeze it.
+    pub catalog_process: bool,
 }
 
 impl TestSystem {
@@ -61,6 +66,7 @@ impl TestSystem {
             health: Vec::new(),
             shutdown: shutdown.clone(),
             tasks: Vec::new(),
+            catalog_process: None,
             cleaned: false,
         };
         // From here on, a failure still cleans up (Drop).
@@ -105,18 +111,41 @@ impl TestSystem {
         system.health.push(("auth", auth.http_port()));
         system.spawn(auth.run_until_stopped(shutdown.child_token()));
 
-        // catalog
-        let settings = signalbox_catalog::Settings {
-            grpc: ListenSettings::ephemeral(),
-            http: ListenSettings::ephemeral(),
-            database: database(catalog_db),
-            amqp: amqp.clone(),
-            ..Default::default()
+        // catalog: in this process, or in a child process of its own for a
+        // scenario that freezes it (`Options::catalog_process`), with the
+        // same settings as environment variables.
+        let catalog_grpc = if options.catalog_process {
+            let child = ChildService::catalog(vec![
+                ("APP__GRPC__HOST".into(), "127.0.0.1".into()),
+                ("APP__GRPC__PORT".into(), "0".into()),
+                ("APP__HTTP__HOST".into(), "127.0.0.1".into()),
+                ("APP__HTTP__PORT".into(), "0".into()),
+                ("APP__DATABASE__URL".into(), catalog_db.clone()),
+                ("APP__DATABASE__MAX_CONNECTIONS".into(), "4".into()),
+                ("APP__AMQP__URL".into(), infra::amqp_url()),
+                ("APP__AMQP__NAMESPACE".into(), prefix.clone()),
+                ("APP__AMQP__CONNECT_TIMEOUT_SECS".into(), "10".into()),
+                ("APP__TOKENS__JWKS_URL".into(), verifier.jwks_url.clone()),
+            ])
+            .await?;
+            system.health.push(("catalog", child.http_port));
+            let url = format!("http://127.0.0.1:{}", child.grpc_port);
+            system.catalog_process = Some(child);
+            url
+        } else {
+            let settings = signalbox_catalog::Settings {
+                grpc: ListenSettings::ephemeral(),
+                http: ListenSettings::ephemeral(),
+                database: database(catalog_db),
+                amqp: amqp.clone(),
+                ..Default::default()
+            };
+            let catalog = signalbox_catalog::Application::build(settings).await?;
+            let url = format!("http://127.0.0.1:{}", catalog.grpc_port());
+            system.health.push(("catalog", catalog.http_port()));
+            system.spawn(catalog.run_until_stopped(shutdown.child_token()));
+            url
         };
-        let catalog = signalbox_catalog::Application::build(settings).await?;
-        let catalog_grpc = format!("http://127.0.0.1:{}", catalog.grpc_port());
-        system.health.push(("catalog", catalog.http_port()));
-        system.spawn(catalog.run_until_stopped(shutdown.child_token()));
 
         // orders
         let defaults = signalbox_orders::Settings::default();
@@ -225,6 +254,11 @@ impl TestSystem {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let mut failures = Vec::new();
+        if let Some(catalog) = self.catalog_process.take() {
+            if let Err(error) = catalog.stop().await {
+                failures.push(format!("{error:#}"));
+            }
+        }
         for task in std::mem::take(&mut self.tasks) {
             match tokio::time::timeout(Duration::from_secs(15), task).await {
                 Ok(Ok(Ok(()))) => {}

@@ -6,6 +6,7 @@ mod abuse_limits;
 mod access_tokens;
 mod auth_helpers;
 mod edge;
+mod frozen_catalog;
 mod order_revision;
 mod order_saga;
 mod ownership;

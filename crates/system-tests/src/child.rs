@@ -1,0 +1,177 @@
+//! A service in a process of its own, for scenarios that must freeze one
+//! service (`SIGSTOP`) while the rest of the system runs in the test's
+//! process.
+//!
+//! The child is this very test executable, started again with
+//! `--exact <CHILD_TEST> --ignored` and `SIGNALBOX_CHILD=catalog`: so it is
+//! always built from the same code as the test, with no binary to build or
+//! find beforehand. The test binary that uses it declares the entry point at
+//! [`CHILD_TEST`]:
+//!
+//! ```ignore
+//! #[test]
+//! #[ignore = "the catalog child process of the frozen-catalog scenario"]
+//! fn catalog_process() {
+//!     signalbox_system_tests::child::catalog_main();
+//! }
+//! ```
+//!
+//! The child reads its settings from `APP__…` variables like the real
+//! `catalog` binary, prints one line with its ports when it listens, and
+//! stops when its stdin closes (the parent went away, also by a panic) or on
+//! `SIGTERM`.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+/// The path of the child's entry test inside the `system` test binary.
+pub const CHILD_TEST: &str = "frozen_catalog::catalog_process";
+/// Marks the child, and says which service it runs.
+const ROLE: &str = "SIGNALBOX_CHILD";
+/// The line a child prints once it listens.
+const READY: &str = "signalbox-child-ready";
+
+/// A catalog running in a child process.
+pub struct ChildService {
+    child: Child,
+    pub grpc_port: u16,
+    pub http_port: u16,
+}
+
+impl ChildService {
+    /// Starts catalog in a child process with `env` (its `APP__…`
+    /// settings), and waits until it listens.
+    pub async fn catalog(env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("the test executable")?;
+        let mut child = Command::new(exe)
+            .args(["--exact", CHILD_TEST, "--ignored", "--nocapture"])
+            .env(ROLE, "catalog")
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start the catalog child process")?;
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        // A thread reads the child's stdout: it hands over the ready line,
+        // then keeps draining, so that the child never blocks on a full pipe.
+        let (ready, ports) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(READY) {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(rest.to_owned());
+                    }
+                }
+            }
+        });
+        let mut service = Self {
+            child,
+            grpc_port: 0,
+            http_port: 0,
+        };
+        let line = tokio::time::timeout(crate::DEADLINE, ports)
+            .await
+            .context("the catalog child did not start in time")?
+            .context("the catalog child exited before it listened")?;
+        let port = |key: &str| -> anyhow::Result<u16> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .context("a port in the ready line")?
+                .parse()
+                .context("a port number")
+        };
+        service.grpc_port = port("grpc=")?;
+        service.http_port = port("http=")?;
+        Ok(service)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes the process (`SIGSTOP`): its sockets stay open, the kernel
+    /// still accepts connections, and nothing answers.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a frozen process run again (`SIGCONT`).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// Stops the child gracefully (thawed first), killing it after a grace
+    /// period.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.thaw()?;
+        self.signal("TERM")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::ensure!(status.success(), "the catalog child exited with {status}");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("the catalog child did not stop within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A child that was not stopped (the test failed): killed, also when
+/// frozen.
+impl Drop for ChildService {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The child's side: runs catalog from its `APP__…` settings until stdin
+/// closes or `SIGTERM`. Does nothing when not started as a child (the test
+/// run by hand with `--ignored`).
+pub fn catalog_main() {
+    if std::env::var(ROLE).as_deref() != Ok("catalog") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let settings: signalbox_catalog::Settings = signalbox_platform::config::load("catalog")?;
+        let app = signalbox_catalog::Application::build(settings).await?;
+        println!("{READY} grpc={} http={}", app.grpc_port(), app.http_port());
+        let shutdown = signalbox_platform::shutdown::on_signal();
+        watch_parent(shutdown.clone());
+        app.run_until_stopped(shutdown).await
+    });
+    result.expect("the catalog child");
+}
+
+/// Cancels `shutdown` when stdin reaches its end: the parent closed it or
+/// died. A thread, because reading stdin blocks.
+fn watch_parent(shutdown: CancellationToken) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock().by_ref(), &mut std::io::sink());
+        shutdown.cancel();
+    });
+}
