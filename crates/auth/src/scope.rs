@@ -12,9 +12,15 @@ use std::collections::BTreeSet;
 /// Every scope a service account may be created with. A typo in
 /// `auth create-client --scopes` fails loudly instead of creating an account
 /// that can do nothing.
-/// `system:admin` reads the gateway's internals (`GET /api/system/upstreams`);
-/// users never get it, an operator's service account is created with it.
-pub const KNOWN_SCOPES: [&str; 3] = ["orders:read", "orders:write", "system:admin"];
+/// `system:admin` reads the gateway's internals (`GET /api/system/upstreams`)
+/// and `catalog:admin` changes products (`PATCH /api/catalog/products/{id}`);
+/// users never get them, an operator's service account is created with them.
+pub const KNOWN_SCOPES: [&str; 4] = [
+    "catalog:admin",
+    "orders:read",
+    "orders:write",
+    "system:admin",
+];
 
 /// A set of scopes, kept sorted so its string form is stable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

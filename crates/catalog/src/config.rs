@@ -1,7 +1,6 @@
 use serde::{Deserialize, Serialize};
-use signalbox_discovery::DiscoverySettings;
 use signalbox_platform::config::{
-    AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings,
+    AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings, VerifierSettings,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -12,11 +11,10 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub commands: CommandSettings,
-    /// Whether and how this instance announces its gRPC address
-    /// (`APP__DISCOVERY__MODE=registry`, `APP__DISCOVERY__ETCD_ENDPOINTS`,
-    /// `APP__DISCOVERY__ADVERTISE`, …).
+    /// How the operator tokens of `UpdateProduct` calls are verified (the
+    /// auth service's JWKS, as for the gateway, orders and realtime).
     #[serde(default)]
-    pub discovery: DiscoverySettings,
+    pub tokens: VerifierSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -45,7 +43,7 @@ impl Default for Settings {
             database: DatabaseSettings::local("catalog"),
             amqp: AmqpSettings::default(),
             commands: CommandSettings::default(),
-            discovery: DiscoverySettings::default(),
+            tokens: VerifierSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

@@ -1,25 +1,57 @@
-//! The gRPC face of the catalog.
+//! The gRPC face of the catalog. Reads are public; `UpdateProduct` is
+//! made on behalf of an operator and carries their access token, verified
+//! here (the owner of the data enforces who may change it) with the scope
+//! `catalog:admin`; the change itself is in [`crate::admin`].
 
+use std::sync::Arc;
+
+use signalbox_messages::channels::Namespace;
+use signalbox_platform::{authorization, tokens::TokenVerifier};
 use signalbox_proto::catalog::v1::{
     catalog_service_server::CatalogService, BatchGetProductsRequest, BatchGetProductsResponse,
     GetProductRequest, ListProductsRequest, ListProductsResponse, Product as ProductMessage,
+    UpdateProductRequest,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::{domain::Product, error::CatalogError, repo};
+use crate::{
+    admin::{self, Change, ADMIN_SCOPE},
+    domain::Product,
+    error::CatalogError,
+    repo,
+};
 
 /// Upper bound on ids in one `BatchGetProducts` call.
 const MAX_BATCH: usize = 100;
 
 pub struct CatalogGrpc {
     pool: PgPool,
+    ns: Namespace,
+    verifier: Arc<TokenVerifier>,
 }
 
 impl CatalogGrpc {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, ns: Namespace, verifier: Arc<TokenVerifier>) -> Self {
+        Self { pool, ns, verifier }
+    }
+
+    /// Checks that the call carries a valid access token granting `scope`.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        scope: &'static str,
+    ) -> Result<(), CatalogError> {
+        let values = request.metadata().get_all("authorization");
+        let token = authorization::bearer_token(values.iter().map(|v| v.as_bytes()))?;
+        let claims = self.verifier.verify(token).await?;
+        if !claims.has_scope(scope) {
+            tracing::info!(user_id = %claims.sub, scope, "insufficient scope");
+            return Err(CatalogError::MissingScope(scope));
+        }
+        tracing::Span::current().record("user_id", claims.sub.as_str());
+        Ok(())
     }
 }
 
@@ -69,6 +101,19 @@ impl CatalogService for CatalogGrpc {
         Ok(Response::new(ListProductsResponse {
             products: products.into_iter().map(Into::into).collect(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(product_id = %request.get_ref().id, user_id))]
+    async fn update_product(
+        &self,
+        request: Request<UpdateProductRequest>,
+    ) -> Result<Response<ProductMessage>, Status> {
+        self.authorize(&request, ADMIN_SCOPE).await?;
+        let request = request.into_inner();
+        let id = parse_id(&request.id)?;
+        let change = Change::parse(request.price_cents, request.stock)?;
+        let product = admin::update(&self.pool, &self.ns, id, change).await?;
+        Ok(Response::new(product.into()))
     }
 
     #[tracing::instrument(skip_all, fields(count = request.get_ref().ids.len()))]

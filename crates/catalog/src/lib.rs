@@ -6,6 +6,7 @@
 //! through the outbox on the requester's reply channel) and
 //! `catalog.release_stock` (one-way, no reply).
 
+pub mod admin;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -23,6 +23,41 @@ pub async fn products_by_id(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Product>,
     .await
 }
 
+/// Product `id`, locked for the rest of the transaction.
+pub async fn lock_product(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Product>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, sku, name, price_cents, currency, stock FROM products WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Sets the price and/or stock of product `id` (a `None` keeps the value)
+/// and returns the product as it is now.
+pub async fn update_product(
+    conn: &mut PgConnection,
+    id: Uuid,
+    price_cents: Option<i64>,
+    stock: Option<i64>,
+) -> Result<Product, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE products
+         SET price_cents = COALESCE($2, price_cents), stock = COALESCE($3, stock),
+             updated_at = now()
+         WHERE id = $1
+         RETURNING id, sku, name, price_cents, currency, stock",
+    )
+    .bind(id)
+    .bind(price_cents)
+    .bind(stock)
+    .fetch_one(conn)
+    .await
+}
+
 /// Locks the stock rows of `ids` for the rest of the transaction, in id order
 /// so that two concurrent reservations cannot deadlock each other.
 pub async fn lock_stock(

@@ -5,10 +5,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use signalbox_discovery::DiscoverySettings;
 use signalbox_messages::channels::commands;
 use signalbox_messaging::{Broker, ShardConsumers, Shards};
-use signalbox_platform::{health::Health, serve};
+use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
 use signalbox_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
 use signalbox_servicekit::{connect_broker, OutboxService};
 use sqlx::PgPool;
@@ -23,7 +22,8 @@ pub struct Application {
     pool: PgPool,
     broker: Arc<Broker>,
     consumers: ShardConsumers,
-    discovery: DiscoverySettings,
+    /// Verifies the operator tokens of `UpdateProduct` calls.
+    verifier: Arc<TokenVerifier>,
 }
 
 impl Application {
@@ -51,7 +51,7 @@ impl Application {
         let queues = shards.work_queues(
             &ns.catalog_commands_queue(),
             &ns.commands_exchange(),
-            &commands::CATALOG_COMMANDS,
+            &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
         );
         // A random first shard per instance, so instances starting together
         // become active on different shards.
@@ -65,13 +65,15 @@ impl Application {
             .rebalance_every(rebalance);
         consumers.attach().await?;
 
+        // Keys are fetched on the first call, so catalog starts without auth.
+        let verifier = Arc::new(TokenVerifier::new(settings.tokens.clone()));
         Ok(Self {
             grpc_listener,
             http_listener,
             pool,
             broker,
             consumers,
-            discovery: settings.discovery,
+            verifier,
         })
     }
 
@@ -84,19 +86,22 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let grpc_port = self.grpc_port();
         let Self {
             grpc_listener,
             http_listener,
             pool,
             broker,
             consumers,
-            discovery,
+            verifier,
         } = self;
 
         let grpc = serve::grpc(
             grpc_listener,
-            CatalogServiceServer::new(CatalogGrpc::new(pool.clone())),
+            CatalogServiceServer::new(CatalogGrpc::new(
+                pool.clone(),
+                broker.namespace().clone(),
+                verifier,
+            )),
             signalbox_proto::FILE_DESCRIPTOR_SET,
             shutdown.clone(),
         );
@@ -114,8 +119,6 @@ impl Application {
             pool,
             broker,
             http: http_listener,
-            grpc_port,
-            discovery,
         }
         .run(
             checks,

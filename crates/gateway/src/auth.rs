@@ -122,6 +122,12 @@ impl RequiredScope for OrdersWrite {
     const SCOPE: &'static str = "orders:write";
 }
 
+/// Changing the catalog: `PATCH /api/catalog/products/{id}`.
+pub struct CatalogAdmin;
+impl RequiredScope for CatalogAdmin {
+    const SCOPE: &'static str = "catalog:admin";
+}
+
 /// An [`AuthenticatedUser`] whose token grants the scope `S`.
 #[derive(Debug, Clone)]
 pub struct Authorized<S> {

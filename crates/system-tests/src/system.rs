@@ -138,6 +138,8 @@ impl TestSystem {
                 http: ListenSettings::ephemeral(),
                 database: database(catalog_db),
                 amqp: amqp.clone(),
+                // Catalog verifies the operator token of `UpdateProduct`.
+                tokens: verifier.clone(),
                 ..Default::default()
             };
             let catalog = signalbox_catalog::Application::build(settings).await?;

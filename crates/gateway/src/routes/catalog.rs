@@ -134,3 +134,42 @@ fn details(product: Product, stale: bool) -> ProductDetails {
         stale,
     }
 }
+
+/// The body of `PATCH /api/catalog/products/{id}`: the new price (in cents;
+/// `price` is accepted as its name too) and/or the new stock.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductChange {
+    #[serde(default, alias = "price")]
+    pub price_cents: Option<i64>,
+    #[serde(default)]
+    pub stock: Option<i64>,
+}
+
+/// `PATCH /api/catalog/products/{id}` (scope `catalog:admin`) →
+/// `UpdateProduct`, on behalf of the operator (their token goes along and
+/// catalog verifies it too). Catalog validates the values (400) and knows
+/// the product (404), and announces the change on the `catalog` channel.
+#[tracing::instrument(skip_all, fields(product_id = %raw))]
+pub async fn update(
+    State(clients): State<Clients>,
+    crate::auth::Authorized { user, .. }: crate::auth::Authorized<crate::auth::CatalogAdmin>,
+    ApiPath(raw): ApiPath<String>,
+    crate::extract::ApiJson(change): crate::extract::ApiJson<ProductChange>,
+) -> Result<Json<ProductBody>, Problem> {
+    use crate::error::UpstreamResult as _;
+
+    let id = parse_id(&raw, "product")?.to_string();
+    let request = signalbox_proto::catalog::v1::UpdateProductRequest {
+        id,
+        price_cents: change.price_cents,
+        stock: change.stock,
+    };
+    let product = clients
+        .catalog
+        .clone()
+        .update_product(user.request(request))
+        .await
+        .or_problem(Upstream::Catalog)?;
+    Ok(Json(product.into()))
+}

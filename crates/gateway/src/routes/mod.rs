@@ -66,9 +66,12 @@ pub fn table(state: AppState) -> Router {
         .route("/oauth/revoke", post(oauth::revoke))
         // → auth (public).
         .route("/.well-known/jwks.json", get(auth::jwks))
-        // → catalog (public).
+        // → catalog (public reads; changes need `catalog:admin`).
         .route("/api/catalog/products", get(catalog::list))
-        .route("/api/catalog/products/{id}", get(catalog::get))
+        .route(
+            "/api/catalog/products/{id}",
+            get(catalog::get).patch(catalog::update),
+        )
         // → orders (Bearer token; reads need `orders:read`, changes
         // `orders:write`: the handlers take `Authorized<OrdersRead>` or
         // `Authorized<OrdersWrite>`).

@@ -5,9 +5,8 @@
 mod abuse_limits;
 mod access_tokens;
 mod auth_helpers;
+mod catalog_admin;
 mod edge;
-mod frozen_catalog;
-mod order_revision;
 mod order_saga;
 mod ownership;
 mod socket_auth;
