@@ -1,4 +1,5 @@
 use serde::{Deserialize, Serialize};
+use signalbox_discovery::DiscoverySettings;
 use signalbox_platform::config::{
     AmqpSettings, DatabaseSettings, ListenSettings, TelemetrySettings, VerifierSettings,
 };
@@ -15,6 +16,11 @@ pub struct Settings {
     /// auth service's JWKS, as for the gateway, orders and realtime).
     #[serde(default)]
     pub tokens: VerifierSettings,
+    /// Whether and how this instance announces its gRPC address
+    /// (`APP__DISCOVERY__MODE=registry`, `APP__DISCOVERY__ETCD_ENDPOINTS`,
+    /// `APP__DISCOVERY__ADVERTISE`, …).
+    #[serde(default)]
+    pub discovery: DiscoverySettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -44,6 +50,7 @@ impl Default for Settings {
             amqp: AmqpSettings::default(),
             commands: CommandSettings::default(),
             tokens: VerifierSettings::default(),
+            discovery: DiscoverySettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

@@ -5,6 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use signalbox_discovery::DiscoverySettings;
 use signalbox_messages::channels::commands;
 use signalbox_messaging::{Broker, ShardConsumers, Shards};
 use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
@@ -24,6 +25,7 @@ pub struct Application {
     consumers: ShardConsumers,
     /// Verifies the operator tokens of `UpdateProduct` calls.
     verifier: Arc<TokenVerifier>,
+    discovery: DiscoverySettings,
 }
 
 impl Application {
@@ -51,7 +53,7 @@ impl Application {
         let queues = shards.work_queues(
             &ns.catalog_commands_queue(),
             &ns.commands_exchange(),
-            &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
+            &commands::CATALOG_COMMANDS,
         );
         // A random first shard per instance, so instances starting together
         // become active on different shards.
@@ -74,6 +76,7 @@ impl Application {
             broker,
             consumers,
             verifier,
+            discovery: settings.discovery,
         })
     }
 
@@ -86,6 +89,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let grpc_port = self.grpc_port();
         let Self {
             grpc_listener,
             http_listener,
@@ -93,6 +97,7 @@ impl Application {
             broker,
             consumers,
             verifier,
+            discovery,
         } = self;
 
         let grpc = serve::grpc(
@@ -119,6 +124,8 @@ impl Application {
             pool,
             broker,
             http: http_listener,
+            grpc_port,
+            discovery,
         }
         .run(
             checks,

@@ -55,6 +55,41 @@ impl Message for ReserveStockReply {
     const KIND: MessageKind = MessageKind::Reply;
 }
 
+/// Make an order's reservation match its revised items: reserve what the
+/// revision adds, release what it removes, all or nothing. `items` are the
+/// order's items after the revision, all of them; catalog computes the
+/// difference from what it holds for the order. Sent by the saga with
+/// `reply_to` set to the orders reply channel, on the order's shard, so it
+/// is handled after the order's `reserve_stock` and before any later
+/// `release_stock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviseStock {
+    pub order_id: Uuid,
+    pub revision_id: Uuid,
+    pub items: Vec<LineItem>,
+}
+
+impl Message for ReviseStock {
+    const TYPE: &'static str = commands::REVISE_STOCK;
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+/// The answer to [`ReviseStock`]: `reserved` when the reservation now
+/// matches the revised items, `rejected` (the reservation unchanged) when it
+/// could not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviseStockReply {
+    pub order_id: Uuid,
+    pub revision_id: Uuid,
+    #[serde(flatten)]
+    pub outcome: ReservationOutcome,
+}
+
+impl Message for ReviseStockReply {
+    const TYPE: &'static str = "catalog.revise_stock.reply";
+    const KIND: MessageKind = MessageKind::Reply;
+}
+
 /// Published when a product's price changes; pushed to the public `catalog`
 /// channel of the realtime service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,12 @@ pub mod events {
     pub const ORDER_APPROVED: &str = "order.approved";
     pub const ORDER_REJECTED: &str = "order.rejected";
     pub const ORDER_CANCELLED: &str = "order.cancelled";
+    /// A revision of the order's items was accepted; its outcome follows
+    /// (`order.approved` with the new items, or `order.revision_rejected`).
+    pub const ORDER_REVISED: &str = "order.revised";
+    /// Catalog could not reserve a revision's difference: the order stays
+    /// as it was.
+    pub const ORDER_REVISION_REJECTED: &str = "order.revision_rejected";
     pub const CATALOG_PRICE_CHANGED: &str = "catalog.price_changed";
     pub const CATALOG_STOCK_CHANGED: &str = "catalog.stock_changed";
 }
@@ -26,6 +32,12 @@ pub mod commands {
     pub const RESERVE_STOCK: &str = "catalog.reserve_stock";
     /// One-way: catalog sends no reply.
     pub const RELEASE_STOCK: &str = "catalog.release_stock";
+    /// Request-reply: reserve or release the difference between what an
+    /// order holds and its revised items; catalog answers on `reply_to`.
+    pub const REVISE_STOCK: &str = "catalog.revise_stock";
+    /// Every command catalog handles: the routing keys its shard queues
+    /// are bound with.
+    pub const CATALOG_COMMANDS: [&str; 3] = [RESERVE_STOCK, RELEASE_STOCK, REVISE_STOCK];
     /// How many shard queues catalog's commands are spread over. Publishers
     /// hash with it and catalog consumes that many shards: both sides must
     /// agree, so it is part of the contract, like a queue name.

@@ -7,6 +7,8 @@ mod access_tokens;
 mod auth_helpers;
 mod catalog_admin;
 mod edge;
+mod frozen_catalog;
+mod order_revision;
 mod order_saga;
 mod ownership;
 mod socket_auth;
