@@ -232,3 +232,59 @@ async fn a_client_ahead_of_the_instance_is_recovered_without_replays_or_repeats(
     assert_eq!(subscribed["recovered"], true, "{subscribed}");
     app.cleanup().await;
 }
+
+/// Closes, on the broker, every connection named `name` (what
+/// `Broker::connect` calls it: `<namespace>/<client>`), with `rabbitmqctl`
+/// (`SIGNALBOX_RABBITMQCTL` names another command).
+async fn close_broker_connections(name: String) -> usize {
+    tokio::task::spawn_blocking(move || {
+        let program =
+            std::env::var("SIGNALBOX_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+        let listed = std::process::Command::new(&program)
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(listed.status.success(), "list_connections: {listed:?}");
+        let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+        let pids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|line| line.contains(&wanted))
+            .filter_map(|line| line.split('\t').next().map(str::to_owned))
+            .collect();
+        for pid in &pids {
+            let closed = std::process::Command::new(&program)
+                .args(["close_connection", pid, "cut off by a test"])
+                .output()
+                .expect("rabbitmqctl runs");
+            assert!(closed.status.success(), "close_connection: {closed:?}");
+        }
+        pids.len()
+    })
+    .await
+    .expect("the rabbitmqctl task")
+}
+
+#[tokio::test]
+#[ignore = "closes a broker connection with rabbitmqctl; run with --ignored where it can reach the broker"]
+async fn events_published_while_an_instance_is_cut_off_reach_its_sockets_afterwards() {
+    let app = spawn_app().await;
+    let mut client = app.client("ada").await;
+    client.subscribe("user:ada").await;
+    publish_for(&app, "ada", 1).await;
+    event(&mut client).await;
+
+    // The instance loses the broker; the socket stays open. What is
+    // published now cannot reach an instance queue that no longer exists,
+    // but it is in the log, and the consumer resumes after the last offset
+    // it handled.
+    let closed = close_broker_connections(format!("{}/realtime", app.namespace)).await;
+    assert!(closed >= 1, "the instance's connection was found");
+    let missed = publish_for(&app, "ada", 2).await;
+
+    let mut orders = Vec::new();
+    for _ in 0..missed.len() {
+        orders.push(event(&mut client).await.0);
+    }
+    assert_eq!(orders, missed);
+    app.cleanup().await;
+}
