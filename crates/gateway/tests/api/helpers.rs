@@ -10,7 +10,7 @@ use signalbox_gateway::{
 };
 use signalbox_platform::config::{ListenSettings, VerifierSettings};
 use signalbox_testkit::tokens::{serve_jwks, AUDIENCE, ISSUER};
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::fakes;
@@ -59,6 +59,8 @@ pub struct TestApp {
     pub keys: TestKey,
     /// Stops the gateway, the fakes and the JWKS server when the test ends.
     _stop: DropGuard,
+    /// The ports of the services that are down, kept closed.
+    _reserved: Vec<TcpSocket>,
 }
 
 /// A gateway whose upstreams are all down.
@@ -74,13 +76,17 @@ pub async fn spawn_app_with(world: World) -> TestApp {
 pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let stop = CancellationToken::new();
     let keys = TestKey::generate();
+    let mut reserved = Vec::new();
 
     let jwks_url = if world.jwks {
         serve_jwks(keys.jwks(), stop.clone())
             .await
             .expect("serve the JWKS")
     } else {
-        format!("http://{}/.well-known/jwks.json", closed_address().await)
+        format!(
+            "http://{}/.well-known/jwks.json",
+            closed_address(&mut reserved)
+        )
     };
     let tokens = VerifierSettings {
         jwks_url,
@@ -91,7 +97,7 @@ pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Sett
     let auth = if world.auth {
         fakes::serve(fakes::auth(keys.jwks().to_string()), stop.clone()).await
     } else {
-        format!("http://{}", closed_address().await)
+        format!("http://{}", closed_address(&mut reserved))
     };
     let orders = if world.orders {
         fakes::serve(
@@ -100,12 +106,12 @@ pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Sett
         )
         .await
     } else {
-        format!("http://{}", closed_address().await)
+        format!("http://{}", closed_address(&mut reserved))
     };
     let catalog = if world.catalog {
         fakes::serve(fakes::catalog(), stop.clone()).await
     } else {
-        format!("http://{}", closed_address().await)
+        format!("http://{}", closed_address(&mut reserved))
     };
 
     let mut settings = Settings {
@@ -132,14 +138,21 @@ pub async fn spawn_app_configured(world: World, configure: impl FnOnce(&mut Sett
             .expect("http client"),
         keys,
         _stop: stop.drop_guard(),
+        _reserved: reserved,
     }
 }
 
-/// An address nothing listens on: bound, noted, released.
-async fn closed_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address").to_string();
-    drop(listener);
+/// An address nothing listens on: a socket bound to it and never put in
+/// the listening state, so a connection is refused, and kept (in `reserved`)
+/// for the test's lifetime, so that no server of a concurrent test can be
+/// given the same port.
+fn closed_address(reserved: &mut Vec<TcpSocket>) -> String {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let address = socket.local_addr().expect("address").to_string();
+    reserved.push(socket);
     address
 }
 
