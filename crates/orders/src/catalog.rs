@@ -40,8 +40,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct CatalogClient {
     client: CatalogServiceClient<ClientService>,
-    /// Kept to show and test the breaker's state.
-    breaker: CircuitBreakerLayer,
 }
 
 /// What catalog said about the products of an order.
@@ -53,16 +51,10 @@ pub struct Quote {
 impl CatalogClient {
     /// Builds the client without connecting; fails only on a malformed URL.
     pub fn new(upstreams: &Upstreams, policy: &CallPolicy) -> anyhow::Result<Self> {
-        let (service, breaker) = guarded(upstreams, policy)?;
+        let service = guarded(upstreams, policy)?;
         Ok(Self {
             client: CatalogServiceClient::new(ClientService::new(service)),
-            breaker,
         })
-    }
-
-    /// The circuit breaker in front of catalog.
-    pub fn breaker(&self) -> &CircuitBreakerLayer {
-        &self.breaker
     }
 
     #[tracing::instrument(skip_all, fields(count = ids.len()))]
@@ -99,11 +91,8 @@ fn idempotent() -> Vec<String> {
 }
 
 /// The resilience stack of the call to catalog: the one place it is built.
-fn guarded(
-    upstreams: &Upstreams,
-    policy: &CallPolicy,
-) -> anyhow::Result<(UpstreamService, CircuitBreakerLayer)> {
-    let (endpoint, breaker) = endpoint_service(&upstreams.catalog, policy)?;
+fn guarded(upstreams: &Upstreams, policy: &CallPolicy) -> anyhow::Result<UpstreamService> {
+    let endpoint = endpoint_service(&upstreams.catalog, policy)?;
     // Layers run top to bottom on the way out to catalog.
     let stack = ServiceBuilder::new()
         // Outermost: the call's deadline, the earlier of our own timeout and
@@ -125,7 +114,7 @@ fn guarded(
         // final.
         .layer(RetryLayer::new(policy.retry.settings(&idempotent())))
         .service(endpoint);
-    Ok((UpstreamService::new(stack), breaker))
+    Ok(UpstreamService::new(stack))
 }
 
 /// What the calls finally go to: catalog's endpoint behind its circuit
@@ -136,16 +125,11 @@ fn guarded(
 /// no connection. Client-side discovery replaces this function's body with
 /// a balanced service over the discovered endpoints, one breaker each; the
 /// stack above stays as it is, which is why it takes a boxed service.
-fn endpoint_service(
-    url: &str,
-    policy: &CallPolicy,
-) -> anyhow::Result<(UpstreamService, CircuitBreakerLayer)> {
+fn endpoint_service(url: &str, policy: &CallPolicy) -> anyhow::Result<UpstreamService> {
     let channel: Channel = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .connect_lazy();
     let breaker = CircuitBreakerLayer::new("catalog", (&policy.breaker).into());
-    let service = ServiceBuilder::new()
-        .layer(breaker.clone())
-        .service(channel);
-    Ok((UpstreamService::new(service), breaker))
+    let service = ServiceBuilder::new().layer(breaker).service(channel);
+    Ok(UpstreamService::new(service))
 }
