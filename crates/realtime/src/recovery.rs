@@ -64,7 +64,12 @@ pub const MARK: &str = "realtime.mark";
 /// Deliveries a replay may have in flight (streams require a prefetch).
 const REPLAY_PREFETCH: u16 = 256;
 
-/// How much history is kept and replayed.
+/// How much history is kept and replayed. The stream's own limits
+/// (`max_age_secs`, `stream_max_bytes`, `stream_segment_bytes`) are fixed
+/// when the stream is first declared: every instance must declare it with
+/// the same values, and changing them means deleting the stream and its
+/// epoch queue (a new epoch: clients then get `recovered: false` once) or
+/// setting them by a RabbitMQ policy instead.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecoverySettings {

@@ -34,6 +34,11 @@
 //! `reply` frame; the set is dropped with the session, which aborts what is
 //! still waiting. A per-socket token bucket bounds how many are started.
 //!
+//! A `subscribe` with `recover` replays the channel's missed events from
+//! the event log before any live one ([`crate::recovery`]): the socket joins
+//! the channel first, so live events queue while the replay is read, and
+//! the queued ones the replay already covered are skipped.
+//!
 //! Whatever ends the socket, its [`Membership`] is dropped, which removes
 //! it from every channel it joined, before the close handshake.
 
