@@ -36,6 +36,16 @@ impl Default for CallPolicy {
     }
 }
 
+/// A call slower than this counts as failed, unless configured otherwise:
+/// 2 s, not the layer's 1 s, because a healthy call on a busy machine (a CI
+/// runner, two cores running the whole test suite) can take over a second,
+/// and a breaker that opens on a busy but healthy upstream is an outage of
+/// its own. A hung call still counts when its deadline is at least this
+/// long (the default deadlines are 2 s and 5 s); a shorter one is usually
+/// reported as a failed call by the channel itself, which enforces the
+/// `grpc-timeout` it sends, but that is a race with the deadline layer.
+pub const SLOW_CALL_MS: u64 = 2_000;
+
 /// When the circuit breaker opens and how long it stays open; see
 /// [`crate::breaker`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +78,7 @@ impl Default for BreakerPolicy {
             window_age_secs: d.window_age.as_secs(),
             minimum_calls: d.minimum_calls,
             failure_rate: d.failure_rate,
-            slow_call_ms: d.slow_call.as_millis() as u64,
+            slow_call_ms: SLOW_CALL_MS,
             open_base_ms: d.open_base.as_millis() as u64,
             open_max_ms: d.open_max.as_millis() as u64,
             half_open_probes: d.half_open_probes,
@@ -141,7 +151,7 @@ mod tests {
         let breaker = BreakerSettings::from(&BreakerPolicy::default());
         let d = BreakerSettings::default();
         assert_eq!(breaker.window_age, d.window_age);
-        assert_eq!(breaker.slow_call, d.slow_call);
+        assert_eq!(breaker.slow_call, Duration::from_millis(SLOW_CALL_MS));
         assert_eq!(breaker.open_max, d.open_max);
         let retry = RetryPolicy::default().settings(&[]);
         assert_eq!(retry.backoff, RetrySettings::default().backoff);

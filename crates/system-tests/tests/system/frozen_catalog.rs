@@ -30,6 +30,8 @@ async fn a_frozen_catalog_is_answered_fast_and_heals_after_it_thaws() -> anyhow:
             // A second per catalog call, so that the breaker has seen enough
             // hung calls after a few requests.
             settings.timeouts.upstream_secs = 1;
+            // Each of them, ended by that deadline, counts as a failure.
+            settings.resilience.catalog.breaker.slow_call_ms = 500;
         })),
         ..Options::default()
     })
