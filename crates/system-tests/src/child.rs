@@ -2,19 +2,11 @@
 //! service (`SIGSTOP`) while the rest of the system runs in the test's
 //! process.
 //!
-//! The child is this very test executable, started again with
-//! `--exact <CHILD_TEST> --ignored` and `SIGNALBOX_CHILD=catalog`: so it is
-//! always built from the same code as the test, with no binary to build or
-//! find beforehand. The test binary that uses it declares the entry point at
-//! [`CHILD_TEST`]:
-//!
-//! ```ignore
-//! #[test]
-//! #[ignore = "the catalog child process of the frozen-catalog scenario"]
-//! fn catalog_process() {
-//!     signalbox_system_tests::child::catalog_main();
-//! }
-//! ```
+//! The child is this package's `catalog-child` binary
+//! (`src/bin/catalog-child.rs`), which cargo builds with the package's
+//! integration tests, from the same code, and names in
+//! `CARGO_BIN_EXE_catalog-child`: a test passes that path in
+//! [`Options::catalog_process`](crate::Options::catalog_process).
 //!
 //! The child reads its settings from `APP__…` variables like the real
 //! `catalog` binary, prints one line with its ports when it listens, and
@@ -30,10 +22,6 @@ use std::{
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-/// The path of the child's entry test inside the `system` test binary.
-pub const CHILD_TEST: &str = "frozen_catalog::catalog_process";
-/// Marks the child, and says which service it runs.
-const ROLE: &str = "SIGNALBOX_CHILD";
 /// The line a child prints once it listens.
 const READY: &str = "signalbox-child-ready";
 
@@ -47,11 +35,11 @@ pub struct ChildService {
 impl ChildService {
     /// Starts catalog in a child process with `env` (its `APP__…`
     /// settings), and waits until it listens.
-    pub async fn catalog(env: Vec<(String, String)>) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("the test executable")?;
+    pub async fn catalog(
+        exe: &std::path::Path,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(exe)
-            .args(["--exact", CHILD_TEST, "--ignored", "--nocapture"])
-            .env(ROLE, "catalog")
             .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -149,12 +137,8 @@ impl Drop for ChildService {
 }
 
 /// The child's side: runs catalog from its `APP__…` settings until stdin
-/// closes or `SIGTERM`. Does nothing when not started as a child (the test
-/// run by hand with `--ignored`).
+/// closes or `SIGTERM`.
 pub fn catalog_main() {
-    if std::env::var(ROLE).as_deref() != Ok("catalog") {
-        return;
-    }
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let result: anyhow::Result<()> = runtime.block_on(async {
         let settings: signalbox_catalog::Settings = signalbox_platform::config::load("catalog")?;

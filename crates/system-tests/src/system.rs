@@ -43,8 +43,10 @@ pub struct Options {
     /// How many orders instances run (competing consumers); 0 means one.
     pub orders_instances: usize,
     /// Runs catalog in a child process of its own
-    /// ([`TestSystem::catalog_process`]), so that a test can freeze it.
-    pub catalog_process: bool,
+    /// ([`TestSystem::catalog_process`]), so that a test can freeze it: the
+    /// path of the `catalog-child` binary
+    /// (`env!("CARGO_BIN_EXE_catalog-child")` in an integration test).
+    pub catalog_process: Option<std::path::PathBuf>,
 }
 
 impl TestSystem {
@@ -114,19 +116,22 @@ impl TestSystem {
         // catalog: in this process, or in a child process of its own for a
         // scenario that freezes it (`Options::catalog_process`), with the
         // same settings as environment variables.
-        let catalog_grpc = if options.catalog_process {
-            let child = ChildService::catalog(vec![
-                ("APP__GRPC__HOST".into(), "127.0.0.1".into()),
-                ("APP__GRPC__PORT".into(), "0".into()),
-                ("APP__HTTP__HOST".into(), "127.0.0.1".into()),
-                ("APP__HTTP__PORT".into(), "0".into()),
-                ("APP__DATABASE__URL".into(), catalog_db.clone()),
-                ("APP__DATABASE__MAX_CONNECTIONS".into(), "4".into()),
-                ("APP__AMQP__URL".into(), infra::amqp_url()),
-                ("APP__AMQP__NAMESPACE".into(), prefix.clone()),
-                ("APP__AMQP__CONNECT_TIMEOUT_SECS".into(), "10".into()),
-                ("APP__TOKENS__JWKS_URL".into(), verifier.jwks_url.clone()),
-            ])
+        let catalog_grpc = if let Some(exe) = &options.catalog_process {
+            let child = ChildService::catalog(
+                exe,
+                vec![
+                    ("APP__GRPC__HOST".into(), "127.0.0.1".into()),
+                    ("APP__GRPC__PORT".into(), "0".into()),
+                    ("APP__HTTP__HOST".into(), "127.0.0.1".into()),
+                    ("APP__HTTP__PORT".into(), "0".into()),
+                    ("APP__DATABASE__URL".into(), catalog_db.clone()),
+                    ("APP__DATABASE__MAX_CONNECTIONS".into(), "4".into()),
+                    ("APP__AMQP__URL".into(), infra::amqp_url()),
+                    ("APP__AMQP__NAMESPACE".into(), prefix.clone()),
+                    ("APP__AMQP__CONNECT_TIMEOUT_SECS".into(), "10".into()),
+                    ("APP__TOKENS__JWKS_URL".into(), verifier.jwks_url.clone()),
+                ],
+            )
             .await?;
             system.health.push(("catalog", child.http_port));
             let url = format!("http://127.0.0.1:{}", child.grpc_port);

@@ -10,14 +10,6 @@ use serde_json::Value;
 use signalbox_system_tests::{products::LAMP, Options, TestSystem, DEADLINE};
 use signalbox_testkit::probe;
 
-/// The child process the harness starts for catalog (see
-/// `signalbox_system_tests::child`): not a test of its own.
-#[test]
-#[ignore = "the catalog child process of the frozen-catalog scenario; started by the harness"]
-fn catalog_process() {
-    signalbox_system_tests::child::catalog_main();
-}
-
 /// Generous: an answer "at once" from an open breaker or a full bulkhead is
 /// milliseconds; a call that waited for its deadline is at least a second.
 const FAST: Duration = Duration::from_millis(900);
@@ -25,7 +17,7 @@ const FAST: Duration = Duration::from_millis(900);
 #[tokio::test]
 async fn a_frozen_catalog_is_answered_fast_and_heals_after_it_thaws() -> anyhow::Result<()> {
     let system = TestSystem::start_with(Options {
-        catalog_process: true,
+        catalog_process: Some(env!("CARGO_BIN_EXE_catalog-child").into()),
         gateway: Some(Box::new(|settings| {
             // A second per catalog call, so that the breaker has seen enough
             // hung calls after a few requests.
