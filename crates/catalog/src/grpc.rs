@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use signalbox_messages::channels::Namespace;
-use signalbox_platform::{authorization, tokens::TokenVerifier};
+use signalbox_platform::{caller, tokens::TokenVerifier};
 use signalbox_proto::catalog::v1::{
     catalog_service_server::CatalogService, BatchGetProductsRequest, BatchGetProductsResponse,
     GetProductRequest, ListProductsRequest, ListProductsResponse, Product as ProductMessage,
@@ -43,14 +43,7 @@ impl CatalogGrpc {
         request: &Request<T>,
         scope: &'static str,
     ) -> Result<(), CatalogError> {
-        let values = request.metadata().get_all("authorization");
-        let token = authorization::bearer_token(values.iter().map(|v| v.as_bytes()))?;
-        let claims = self.verifier.verify(token).await?;
-        if !claims.has_scope(scope) {
-            tracing::info!(user_id = %claims.sub, scope, "insufficient scope");
-            return Err(CatalogError::MissingScope(scope));
-        }
-        tracing::Span::current().record("user_id", claims.sub.as_str());
+        caller::verify(&self.verifier, request, scope).await?;
         Ok(())
     }
 }

@@ -6,20 +6,14 @@
 //! `NotFound`, exactly like an order that does not exist, so its existence
 //! is not disclosed (the gateway answers both with 404).
 
-use signalbox_platform::{authorization::AuthorizationError, tokens::TokenError, ErrorCode};
+use signalbox_platform::{caller::CallerError, ErrorCode};
 use signalbox_resilience::Rejection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrdersError {
-    /// The call carries no valid access token.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The token is valid but does not grant what the method needs.
-    #[error("the token does not grant the `{0}` scope")]
-    MissingScope(&'static str),
-    /// The signing keys cannot be fetched: our fault, not the token's.
-    #[error("the access token cannot be verified right now")]
-    KeysUnavailable,
+    /// The caller is not established: no valid token, or not the scope.
+    #[error(transparent)]
+    Caller(#[from] CallerError),
     #[error("{0}")]
     InvalidInput(String),
     #[error("order {0} not found")]
@@ -41,32 +35,6 @@ pub enum OrdersError {
     Database(#[from] sqlx::Error),
 }
 
-impl From<AuthorizationError> for OrdersError {
-    fn from(error: AuthorizationError) -> Self {
-        Self::Unauthenticated(match error {
-            // gRPC metadata has no challenge to leave the code out of: any
-            // call without a bearer token is simply unauthenticated.
-            AuthorizationError::Missing | AuthorizationError::OtherScheme => {
-                "the call carries no bearer token (`authorization: Bearer <access token>`)"
-                    .to_owned()
-            }
-            AuthorizationError::Malformed(reason) => reason.to_owned(),
-        })
-    }
-}
-
-impl From<TokenError> for OrdersError {
-    fn from(error: TokenError) -> Self {
-        match error {
-            TokenError::KeysUnavailable(reason) => {
-                tracing::warn!(%reason, "signing keys unavailable");
-                Self::KeysUnavailable
-            }
-            other => Self::Unauthenticated(other.to_string()),
-        }
-    }
-}
-
 /// A refusal of the catalog call's guards keeps its code and its rejection
 /// metadata, so the gateway answers an open breaker, a full bulkhead or a
 /// spent deadline as such; a deadline catalog's server enforced is
@@ -86,9 +54,7 @@ impl From<OrdersError> for tonic::Status {
     fn from(error: OrdersError) -> Self {
         let message = error.to_string();
         match error {
-            OrdersError::Unauthenticated(_) => ErrorCode::Unauthenticated.status(message),
-            OrdersError::MissingScope(_) => ErrorCode::Forbidden.status(message),
-            OrdersError::KeysUnavailable => ErrorCode::Unavailable.status(message),
+            OrdersError::Caller(caller) => caller.into(),
             OrdersError::InvalidInput(_) => ErrorCode::InvalidInput.status(message),
             OrdersError::NotFound(_) => ErrorCode::NotFound.status(message),
             OrdersError::FailedPrecondition(_) => ErrorCode::FailedPrecondition.status(message),

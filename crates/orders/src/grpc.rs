@@ -14,7 +14,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use signalbox_messages::channels::Namespace;
-use signalbox_platform::{authorization, tokens::TokenVerifier};
+use signalbox_platform::{caller, tokens::TokenVerifier};
 use signalbox_proto::orders::v1::{
     order_service_server::OrderService, CancelOrderRequest, CreateOrderRequest, GetOrderRequest,
     ListOrdersRequest, ListOrdersResponse, Order as OrderMessage, OrderItem, OrderState as Proto,
@@ -72,15 +72,7 @@ impl OrdersGrpc {
         request: &Request<T>,
         scope: &'static str,
     ) -> Result<String, OrdersError> {
-        let values = request.metadata().get_all("authorization");
-        let token = authorization::bearer_token(values.iter().map(|v| v.as_bytes()))?;
-        let claims = self.verifier.verify(token).await?;
-        if !claims.has_scope(scope) {
-            tracing::info!(user_id = %claims.sub, scope, "insufficient scope");
-            return Err(OrdersError::MissingScope(scope));
-        }
-        tracing::Span::current().record("user_id", claims.sub.as_str());
-        Ok(claims.sub)
+        Ok(caller::verify(&self.verifier, request, scope).await?.sub)
     }
 
     async fn create(

@@ -55,6 +55,8 @@ use signalbox_messaging::{
 use sqlx::{types::Json, PgConnection, PgPool};
 use tokio::sync::Mutex;
 
+use signalbox_platform::caller::CallerError;
+
 use crate::{
     actions, catalog::CatalogClient, domain::RequestedItems, error::OrdersError, grpc::WRITE_SCOPE,
 };
@@ -279,10 +281,14 @@ fn final_or_transient(error: OrdersError) -> Result<ClientReply, HandleError> {
     let code = match &error {
         OrdersError::InvalidInput(_) => codes::BAD_REQUEST,
         OrdersError::NotFound(_) => codes::NOT_FOUND,
-        OrdersError::MissingScope(_) => codes::FORBIDDEN,
+        OrdersError::Caller(CallerError::MissingScope(_)) => codes::FORBIDDEN,
         OrdersError::FailedPrecondition(_) | OrdersError::Conflict(_) => codes::FAILED_PRECONDITION,
-        OrdersError::CatalogUnavailable(_) | OrdersError::KeysUnavailable => codes::UNAVAILABLE,
-        OrdersError::Unauthenticated(_) | OrdersError::Unimplemented(_) => codes::BAD_REQUEST,
+        OrdersError::CatalogUnavailable(_) | OrdersError::Caller(CallerError::KeysUnavailable) => {
+            codes::UNAVAILABLE
+        }
+        OrdersError::Caller(CallerError::Unauthenticated(_)) | OrdersError::Unimplemented(_) => {
+            codes::BAD_REQUEST
+        }
         OrdersError::Database(_) => {
             let OrdersError::Database(cause) = error else {
                 unreachable!()

@@ -5,6 +5,7 @@
 //! gateway, the realtime service and orders alike).
 
 pub mod authorization;
+pub mod caller;
 pub mod config;
 pub mod error;
 pub mod health;
