@@ -28,20 +28,20 @@
 pub mod registration;
 pub mod watcher;
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
+use anyhow::{anyhow, Context};
 use etcd_client::{Client, ConnectOptions};
 
 use crate::DiscoverySettings;
 
-/// Bounds every unary etcd request (a grant, a put, a listing): etcd
-/// answers in milliseconds, and a request sent while no etcd member is
-/// reachable would otherwise wait for one indefinitely.
+/// Bounds every request that opens something in etcd (a grant, a put, a
+/// listing, a watch): etcd answers in milliseconds.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A fresh client for one session of a loop. Fresh, not reused across
 /// failures: a client whose every endpoint failed can stay without one.
-async fn connect(settings: &DiscoverySettings) -> Result<Client, etcd_client::Error> {
+async fn connect(settings: &DiscoverySettings) -> anyhow::Result<Client> {
     let options = ConnectOptions::new()
         .with_connect_timeout(settings.connect_timeout())
         .with_timeout(REQUEST_TIMEOUT)
@@ -49,5 +49,26 @@ async fn connect(settings: &DiscoverySettings) -> Result<Client, etcd_client::Er
         // connection (a partition) on an otherwise silent watch. etcd
         // refuses pings more often than every 5 s.
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-    Client::connect(&settings.etcd_endpoints, Some(options)).await
+    within(
+        "cannot connect to etcd",
+        Client::connect(&settings.etcd_endpoints, Some(options)),
+    )
+    .await
+}
+
+/// One etcd request, failed after [`REQUEST_TIMEOUT`]. The client's own
+/// request timeout is not enough: it runs from when a connection takes the
+/// request, and a client whose connection attempt failed (etcd was down
+/// when it first tried) has no connection left to take it, so the request
+/// would wait forever. Ended here, the loop starts a new session with a new
+/// client instead.
+async fn within<T>(
+    what: &str,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .map_err(|_| anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
+        .and_then(|answer| answer.map_err(Into::into))
+        .with_context(|| what.to_owned())
 }

@@ -25,6 +25,7 @@ use etcd_client::{Client, PutOptions};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+use super::within;
 use crate::{backoff::Backoff, url::Target, DiscoverySettings, Mode};
 
 /// How long a graceful shutdown waits for etcd to confirm the revocation;
@@ -248,42 +249,43 @@ async fn registered(
     state: &watch::Sender<RegistrationState>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<Infallible> {
-    let mut client = super::connect(&plan.settings)
-        .await
-        .context("cannot connect to etcd")?;
-    let granted = client
-        .lease_grant(plan.settings.lease_ttl(), None)
-        .await
-        .context("cannot grant a lease")?;
+    let mut client = super::connect(&plan.settings).await?;
+    let granted = within(
+        "cannot grant a lease",
+        client.lease_grant(plan.settings.lease_ttl(), None),
+    )
+    .await?;
     let id = granted.id();
     *lease = Some(Lease {
         client: client.clone(),
         id,
     });
-    client
-        .put(
+    within(
+        "cannot put the registration",
+        client.put(
             plan.key.as_str(),
             plan.address.as_str(),
             Some(PutOptions::new().with_lease(id)),
-        )
-        .await
-        .context("cannot put the registration")?;
+        ),
+    )
+    .await?;
     state.send_replace(RegistrationState::Registered { lease: id });
     backoff.reset();
     // etcd may grant more than asked (it has a minimum TTL).
     let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(1).max(1));
     tracing::info!(key = %plan.key, address = %plan.address, lease = id, ?ttl, "registered");
 
-    let (mut keeper, mut answers) = client
-        .lease_keep_alive(id)
-        .await
-        .context("cannot open the keep-alive stream")?;
+    let (mut keeper, mut answers) = within(
+        "cannot open the keep-alive stream",
+        client.lease_keep_alive(id),
+    )
+    .await?;
     // Three renewals per TTL: one lost renewal leaves two more chances.
     let every = ttl / 3;
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        keeper.keep_alive().await.context("cannot send a renewal")?;
+        within("cannot send a renewal", keeper.keep_alive()).await?;
         let answer = tokio::time::timeout(every, answers.message())
             .await
             .map_err(|_| anyhow!("no answer to a renewal within {every:?}"))?

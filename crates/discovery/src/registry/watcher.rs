@@ -21,6 +21,7 @@ use std::{collections::BTreeMap, convert::Infallible};
 use anyhow::{anyhow, bail, Context};
 use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
 
+use super::within;
 use crate::{
     backoff::Backoff,
     source::{Endpoints, Publisher, Source},
@@ -77,13 +78,12 @@ async fn watching(
     publisher: &Publisher,
     backoff: &mut Backoff,
 ) -> anyhow::Result<Infallible> {
-    let mut client = super::connect(settings)
-        .await
-        .context("cannot connect to etcd")?;
-    let listing = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .context("cannot list the registrations")?;
+    let mut client = super::connect(settings).await?;
+    let listing = within(
+        "cannot list the registrations",
+        client.get(prefix, Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
     // Registration key → URL. Keyed by registration, not by URL: two keys
     // with one URL (an instance that re-registered before its old lease
     // expired) are one endpoint until both are gone.
@@ -95,17 +95,14 @@ async fn watching(
         .map(|header| header.revision())
         .ok_or_else(|| anyhow!("the listing has no revision"))?;
 
-    let mut stream = client
-        .watch(
-            prefix,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        )
-        .await
-        .context("cannot watch the registrations")?;
+    let watch = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut stream = within(
+        "cannot watch the registrations",
+        client.watch(prefix, Some(watch)),
+    )
+    .await?;
     loop {
         let response = stream
             .message()

@@ -1,7 +1,9 @@
 //! etcd goes away: calls keep going to the instances last known; when it
 //! is back, the watcher watches again and sees new instances.
 
-use signalbox_discovery::{upstream_with, SourceStatus};
+use signalbox_discovery::upstream_with;
+use signalbox_discovery::{register, registry::watcher, RegistrationState, SourceStatus};
+use signalbox_testkit::DEADLINE;
 
 use crate::helpers::{
     breaker, call_until, calls, client, holds, registered_server, succeed_until, PrivateEtcd,
@@ -71,4 +73,46 @@ async fn without_etcd_calls_keep_going_to_the_known_instances() {
         view.snapshot().source,
         SourceStatus::Current { .. }
     ));
+}
+
+#[tokio::test]
+async fn an_instance_started_while_etcd_is_down_registers_once_it_is_up() {
+    let mut etcd = PrivateEtcd::reserve().await.unwrap();
+    let registry = Registry::at(&etcd.url);
+    // Both sides try first while nothing listens.
+    let registration = register("catalog", 50111, &registry.settings).unwrap();
+    let mut source = watcher::watch("catalog", &registry.settings);
+    let mut state = registration.state();
+    tokio::time::timeout(
+        DEADLINE,
+        state.wait_for(|s| matches!(s, RegistrationState::Retrying { .. })),
+    )
+    .await
+    .expect("the first attempt fails while etcd is down")
+    .unwrap();
+
+    etcd.resume().await.unwrap();
+    tokio::time::timeout(
+        DEADLINE,
+        state.wait_for(|s| matches!(s, RegistrationState::Registered { .. })),
+    )
+    .await
+    .expect("registered once etcd is up")
+    .unwrap();
+    // `is_ok()` at once: the `Ref` inside would hold the channel's read
+    // lock, and the watcher's next publish would wait for it forever.
+    let seen = tokio::time::timeout(
+        DEADLINE,
+        source
+            .endpoints
+            .wait_for(|set| set.contains("http://127.0.0.1:50111")),
+    )
+    .await
+    .is_ok();
+    assert!(
+        seen,
+        "the watcher never saw it: {:?}",
+        *source.status.borrow()
+    );
+    registration.revoke().await;
 }

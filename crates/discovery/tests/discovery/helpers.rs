@@ -361,19 +361,26 @@ pub struct PrivateEtcd {
 
 impl PrivateEtcd {
     pub async fn start() -> anyhow::Result<Self> {
+        let mut etcd = Self::reserve().await?;
+        etcd.resume().await?;
+        Ok(etcd)
+    }
+
+    /// Its ports and directory, without starting it yet: an etcd that is
+    /// down when its clients first try it.
+    pub async fn reserve() -> anyhow::Result<Self> {
         let client_port = free_port().await?;
         let peer_port = free_port().await?;
         let dir = std::env::temp_dir().join(format!(
             "signalbox-etcd-{}",
             signalbox_testkit::broker::random_namespace()
         ));
-        let mut etcd = Self {
+        let etcd = Self {
             url: format!("http://127.0.0.1:{client_port}"),
             peer: format!("http://127.0.0.1:{peer_port}"),
             dir,
             child: None,
         };
-        etcd.resume().await?;
         Ok(etcd)
     }
 
