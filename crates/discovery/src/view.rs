@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use signalbox_resilience::{breaker::Transition, State};
+use signalbox_resilience::{breaker::Transition, CircuitBreakerLayer, State};
 use tokio::sync::watch;
 
 use crate::{endpoint::EndpointHandle, Mode, SourceStatus};
@@ -52,6 +52,9 @@ pub struct EndpointSnapshot {
     /// The breaker's recent transitions, oldest first.
     pub transitions: Vec<Transition>,
     pub in_flight: usize,
+    /// The endpoint's breaker itself (shared, not a copy), for a view that
+    /// reads it later.
+    pub breaker: CircuitBreakerLayer,
 }
 
 impl UpstreamView {
@@ -82,6 +85,7 @@ impl UpstreamView {
                 open_for: handle.breaker.open_for(),
                 transitions: handle.breaker.transitions(),
                 in_flight: handle.in_flight(),
+                breaker: handle.breaker.clone(),
             })
             .collect();
         UpstreamSnapshot {

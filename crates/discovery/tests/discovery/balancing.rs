@@ -98,6 +98,9 @@ async fn a_hung_instance_is_ejected_and_the_other_takes_every_call() {
         .find(|e| e.address == b.url())
         .unwrap();
     assert!(hung.open_for.is_some());
+    // The snapshot's breaker is the endpoint's own, not a copy.
+    assert_eq!(hung.breaker.upstream(), format!("catalog@{}", b.addr));
+    assert_eq!(hung.breaker.state(), State::Open);
     assert_eq!(hung.in_flight, 0, "abandoned calls are not counted as out");
     assert_eq!(
         hung.transitions.last().map(|t| (t.from, t.to)),
