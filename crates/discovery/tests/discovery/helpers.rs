@@ -436,6 +436,12 @@ impl Drop for PrivateEtcd {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.start_kill();
+            // Its data directory can go only once it stopped writing to it:
+            // wait for the exit (a SIGKILL takes milliseconds), up to 5 s.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
