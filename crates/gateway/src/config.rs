@@ -4,6 +4,7 @@
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use signalbox_discovery::DiscoverySettings;
 use signalbox_platform::config::{
     comma_list, AmqpSettings, ListenSettings, TelemetrySettings, VerifierSettings,
 };
@@ -23,6 +24,11 @@ pub struct Settings {
     /// `…__BREAKER__FAILURE_RATE`, `…__RETRY__MAX_ATTEMPTS`, …).
     #[serde(default)]
     pub resilience: Resilience,
+    /// How the instances of each upstream are found
+    /// (`APP__DISCOVERY__MODE=dns|registry`, see `signalbox_discovery`):
+    /// by resolving the `upstreams` URLs (the default), or in etcd.
+    #[serde(default)]
+    pub discovery: DiscoverySettings,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
     /// Largest total size of the request headers (names, values and their
@@ -184,6 +190,7 @@ impl Default for Settings {
             tokens: VerifierSettings::default(),
             timeouts: Timeouts::default(),
             resilience: Resilience::default(),
+            discovery: DiscoverySettings::default(),
             max_body_bytes: 64 * 1024,
             max_header_bytes: default_max_header_bytes(),
             limits: LimitSettings::default(),

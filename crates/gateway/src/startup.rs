@@ -61,6 +61,7 @@ impl Application {
                 &settings.upstreams,
                 &settings.timeouts,
                 &settings.resilience,
+                &settings.discovery,
             )?,
             verifier,
             limits: Arc::new(limits),

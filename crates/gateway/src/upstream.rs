@@ -1,13 +1,15 @@
 //! gRPC clients of the services behind the gateway: the REST→gRPC half of
 //! protocol translation, and where every call is guarded.
 //!
-//! Each upstream gets one tonic [`Channel`] (a cheap-to-clone handle onto
-//! one multiplexed HTTP/2 connection) wrapped in a resilience stack built
-//! by [`guarded`]: a deadline, a bulkhead, retries of reads and a circuit
-//! breaker, each its own per upstream, so that a hung catalog fills and
-//! opens only catalog's and the order routes keep answering. Channels
-//! connect lazily, so the gateway starts, and answers 503 for the routes of
-//! a service that is not up yet, instead of refusing to start.
+//! Each upstream is a balanced service over its discovered instances
+//! ([`signalbox_discovery::upstream`]: resolved by DNS, or watched in etcd),
+//! one lazily connected tonic channel and one circuit breaker per instance,
+//! wrapped in a resilience stack built by [`guarded`]: a deadline, a
+//! bulkhead and retries of reads, each its own per upstream, so that a hung
+//! catalog fills only catalog's bulkhead and opens only its breakers, and
+//! the order routes keep answering. Channels connect lazily, so the gateway
+//! starts, and answers 503 for the routes of a service that is not up yet,
+//! instead of refusing to start.
 //!
 //! A call on a user's behalf carries the user's access token
 //! (`crate::auth::AuthenticatedUser::request`); what a failed or refused
@@ -17,6 +19,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use signalbox_discovery::DiscoverySettings;
 use signalbox_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
     catalog::v1::{catalog_service_client::CatalogServiceClient, catalog_service_server},
@@ -26,7 +29,6 @@ use signalbox_resilience::{
     breaker::Transition, BulkheadLayer, CallPolicy, CircuitBreakerLayer, ClientService,
     DeadlineLayer, RetryLayer, UpstreamService,
 };
-use tonic::transport::Endpoint;
 use tower::ServiceBuilder;
 
 use crate::{
@@ -91,21 +93,21 @@ impl Clients {
         upstreams: &Upstreams,
         timeouts: &Timeouts,
         resilience: &Resilience,
+        discovery: &DiscoverySettings,
     ) -> anyhow::Result<Self> {
-        let (auth, auth_guard) =
-            guarded(Upstream::Auth, &upstreams.auth, timeouts, &resilience.auth)?;
-        let (orders, orders_guard) = guarded(
-            Upstream::Orders,
-            &upstreams.orders,
-            timeouts,
-            &resilience.orders,
-        )?;
-        let (catalog, catalog_guard) = guarded(
-            Upstream::Catalog,
-            &upstreams.catalog,
-            timeouts,
-            &resilience.catalog,
-        )?;
+        let discovery = DiscoverySettings {
+            // An address that does not answer at all fails the connection
+            // attempt, and so the call, without waiting for its deadline.
+            connect_timeout_ms: timeouts.connect_secs * 1000,
+            ..discovery.clone()
+        };
+        let guarded =
+            |upstream, url: &str, policy| guarded(upstream, url, timeouts, policy, &discovery);
+        let (auth, auth_guard) = guarded(Upstream::Auth, &upstreams.auth, &resilience.auth)?;
+        let (orders, orders_guard) =
+            guarded(Upstream::Orders, &upstreams.orders, &resilience.orders)?;
+        let (catalog, catalog_guard) =
+            guarded(Upstream::Catalog, &upstreams.catalog, &resilience.catalog)?;
         Ok(Self {
             auth: AuthServiceClient::new(ClientService::new(auth)),
             orders: OrderServiceClient::new(ClientService::new(orders)),
@@ -122,8 +124,9 @@ fn guarded(
     url: &str,
     timeouts: &Timeouts,
     policy: &CallPolicy,
+    discovery: &DiscoverySettings,
 ) -> anyhow::Result<(UpstreamService, Guard)> {
-    let (endpoint, endpoints) = endpoint_service(upstream, url, timeouts, policy)?;
+    let (endpoint, endpoints) = endpoint_service(upstream, url, policy, discovery)?;
     let bulkhead = BulkheadLayer::new(policy.max_in_flight);
     // Layers run top to bottom on the way out to the upstream.
     let stack = ServiceBuilder::new()
@@ -161,41 +164,39 @@ fn guarded(
     Ok((UpstreamService::new(stack), guard))
 }
 
-/// What the calls of [`guarded`] finally go to: the upstream's endpoint(s),
-/// each behind its own circuit breaker.
-///
-/// Today that is one breaker in front of one lazily connected channel to
-/// the configured address (server-side discovery: a DNS name the platform
-/// balances). The breaker sits directly on the channel, under the retries,
-/// so it judges every attempt — including a hung one that the deadline
-/// above ends (booked as a slow call) — and a refusal costs no connection.
-/// Client-side discovery replaces this function's body with a balanced
-/// service over the discovered endpoints, one breaker each; the stack
-/// above does not change.
+/// What the calls of [`guarded`] finally go to: the upstream's instances,
+/// found as `discovery` says (its DNS name resolved and re-resolved, or its
+/// registrations watched in etcd), balanced per call (power of two choices),
+/// each behind its own circuit breaker. The breakers sit directly on the
+/// channels, under the retries, so they judge every attempt — including a
+/// hung one that the deadline above ends (booked as a slow call) — and an
+/// instance whose breaker is open is left out of the balancing (ejected)
+/// until its open interval ends; with none left, a call is refused at once
+/// (`Rejection::Open`), costing no connection.
 fn endpoint_service(
     upstream: Upstream,
     url: &str,
-    timeouts: &Timeouts,
     policy: &CallPolicy,
+    discovery: &DiscoverySettings,
 ) -> anyhow::Result<(UpstreamService, Endpoints)> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid {} upstream url `{url}`", upstream.name()))?
-        // An address that does not answer at all fails the connection
-        // attempt, and so the call, without waiting for the call's deadline.
-        .connect_timeout(Duration::from_secs(timeouts.connect_secs))
-        .connect_lazy();
-    let breaker = CircuitBreakerLayer::new(upstream.name(), (&policy.breaker).into());
-    let service = ServiceBuilder::new()
-        .layer(breaker.clone())
-        .service(channel);
-    let address = url.to_owned();
+    let (service, view) = signalbox_discovery::upstream_with(
+        upstream.name(),
+        url,
+        discovery,
+        (&policy.breaker).into(),
+    )
+    .with_context(|| format!("invalid {} upstream url `{url}`", upstream.name()))?;
     let endpoints = Endpoints(Arc::new(move || {
-        vec![EndpointGuard {
-            address: address.clone(),
-            breaker: breaker.clone(),
-        }]
+        view.snapshot()
+            .endpoints
+            .into_iter()
+            .map(|endpoint| EndpointGuard {
+                address: endpoint.address,
+                breaker: endpoint.breaker,
+            })
+            .collect()
     }));
-    Ok((UpstreamService::new(service), endpoints))
+    Ok((service, endpoints))
 }
 
 /// How the calls to one upstream are guarded, kept for the admin view.

@@ -9,8 +9,10 @@
 //! [`OrdersError::CatalogUnavailable`] carrying the refusal, and orders
 //! answers with its gRPC code (`Unavailable`, `ResourceExhausted`,
 //! `DeadlineExceeded`) and its `signalbox-rejected` metadata, so the gateway
-//! tells the client what happened. The channel connects lazily, so orders
-//! starts even when catalog is not up yet.
+//! tells the client what happened. Catalog's instances are found as the
+//! `discovery` settings say (its DNS name, or its registrations in etcd) and
+//! balanced per call, each behind its own breaker; channels connect lazily,
+//! so orders starts even when catalog is not up yet.
 //!
 //! The call carries no access token, and needs none: pricing uses only
 //! `BatchGetProducts`, a public product read that catalog answers for
@@ -20,15 +22,14 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use signalbox_discovery::DiscoverySettings;
 use signalbox_proto::catalog::v1::{
     catalog_service_client::CatalogServiceClient, catalog_service_server, BatchGetProductsRequest,
     Product,
 };
 use signalbox_resilience::{
-    BulkheadLayer, CallPolicy, CircuitBreakerLayer, ClientService, DeadlineLayer, RetryLayer,
-    UpstreamService,
+    BulkheadLayer, CallPolicy, ClientService, DeadlineLayer, RetryLayer, UpstreamService,
 };
-use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 use uuid::Uuid;
 
@@ -50,8 +51,12 @@ pub struct Quote {
 
 impl CatalogClient {
     /// Builds the client without connecting; fails only on a malformed URL.
-    pub fn new(upstreams: &Upstreams, policy: &CallPolicy) -> anyhow::Result<Self> {
-        let service = guarded(upstreams, policy)?;
+    pub fn new(
+        upstreams: &Upstreams,
+        policy: &CallPolicy,
+        discovery: &DiscoverySettings,
+    ) -> anyhow::Result<Self> {
+        let service = guarded(upstreams, policy, discovery)?;
         Ok(Self {
             client: CatalogServiceClient::new(ClientService::new(service)),
         })
@@ -91,8 +96,12 @@ fn idempotent() -> Vec<String> {
 }
 
 /// The resilience stack of the call to catalog: the one place it is built.
-fn guarded(upstreams: &Upstreams, policy: &CallPolicy) -> anyhow::Result<UpstreamService> {
-    let endpoint = endpoint_service(&upstreams.catalog, policy)?;
+fn guarded(
+    upstreams: &Upstreams,
+    policy: &CallPolicy,
+    discovery: &DiscoverySettings,
+) -> anyhow::Result<UpstreamService> {
+    let endpoint = endpoint_service(&upstreams.catalog, policy, discovery)?;
     // Layers run top to bottom on the way out to catalog.
     let stack = ServiceBuilder::new()
         // Outermost: the call's deadline, the earlier of our own timeout and
@@ -117,19 +126,22 @@ fn guarded(upstreams: &Upstreams, policy: &CallPolicy) -> anyhow::Result<Upstrea
     Ok(UpstreamService::new(stack))
 }
 
-/// What the calls finally go to: catalog's endpoint behind its circuit
-/// breaker. Today one breaker on one lazily connected channel to the
-/// configured address (platform DNS in compose / Kubernetes). The breaker
-/// sits directly on the channel, so it judges every attempt (a hung one,
-/// ended by the deadline above, counts as a slow call) and a refusal costs
-/// no connection. Client-side discovery replaces this function's body with
-/// a balanced service over the discovered endpoints, one breaker each; the
-/// stack above stays as it is, which is why it takes a boxed service.
-fn endpoint_service(url: &str, policy: &CallPolicy) -> anyhow::Result<UpstreamService> {
-    let channel: Channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_lazy();
-    let breaker = CircuitBreakerLayer::new("catalog", (&policy.breaker).into());
-    let service = ServiceBuilder::new().layer(breaker).service(channel);
-    Ok(UpstreamService::new(service))
+/// What the calls finally go to: catalog's instances, found as `discovery`
+/// says and balanced per call (power of two choices), each behind its own
+/// circuit breaker. The breakers sit directly on the channels, so they judge
+/// every attempt (a hung one, ended by the deadline above, counts as a slow
+/// call); an instance whose breaker is open is left out of the balancing
+/// until its interval ends, and with none left a call is refused at once.
+fn endpoint_service(
+    url: &str,
+    policy: &CallPolicy,
+    discovery: &DiscoverySettings,
+) -> anyhow::Result<UpstreamService> {
+    let discovery = DiscoverySettings {
+        connect_timeout_ms: CONNECT_TIMEOUT.as_millis() as u64,
+        ..discovery.clone()
+    };
+    let (service, _view) =
+        signalbox_discovery::upstream_with("catalog", url, &discovery, (&policy.breaker).into())?;
+    Ok(service)
 }

@@ -68,9 +68,13 @@ impl Application {
         );
         inbound.attach().await?;
 
-        // Pricing calls to catalog: platform-provided discovery (the address
-        // is configuration, resolved by compose / Kubernetes DNS).
-        let catalog = CatalogClient::new(&settings.upstreams, &settings.resilience.catalog)?;
+        // Pricing calls to catalog, balanced over its instances as
+        // `discovery` finds them (DNS by default, etcd in registry mode).
+        let catalog = CatalogClient::new(
+            &settings.upstreams,
+            &settings.resilience.catalog,
+            &settings.discovery,
+        )?;
 
         let sweeper = DeadlineSweeper::new(pool.clone(), ns.clone(), &settings.saga);
         // Keys are fetched on the first call, so orders starts without auth.

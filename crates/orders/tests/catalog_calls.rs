@@ -116,7 +116,7 @@ fn client(url: &str, timeout_ms: u64, policy: &CallPolicy) -> CatalogClient {
         catalog: url.to_owned(),
         catalog_timeout_ms: timeout_ms,
     };
-    CatalogClient::new(&upstreams, policy).expect("client builds")
+    CatalogClient::new(&upstreams, policy, &Default::default()).expect("client builds")
 }
 
 /// Orders' position in the call tree, without the rest of orders: a gRPC
