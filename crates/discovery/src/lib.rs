@@ -30,7 +30,6 @@
 
 #![forbid(unsafe_code)]
 
-mod backoff;
 pub mod balance;
 mod discover;
 pub mod dns;

@@ -40,7 +40,6 @@
 //! [`headers`].
 
 pub mod amqp;
-pub mod backoff;
 pub mod census;
 pub mod chain;
 pub mod connection;
@@ -64,3 +63,6 @@ pub use publisher::{ConfirmedPublisher, Outgoing};
 pub use request_reply::{Reply, RequestError, Requester, RequesterOptions};
 pub use sharding::{InOrder, ShardConsumers, Shards};
 pub use topology::{RetryPolicy, WorkQueue};
+
+/// The one backoff of every retry loop (it lives in `signalbox_resilience`).
+pub use signalbox_resilience::backoff;

@@ -54,11 +54,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use futures::future::{self, BoxFuture, Either};
-use rand::RngExt;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::{outcome, window::Window, BoxError, Rejection};
+use crate::{backoff::equal_jitter, outcome, window::Window, BoxError, Rejection};
 
 /// How a breaker judges an upstream. The defaults suit a call with a deadline
 /// of a few seconds.
@@ -332,8 +331,7 @@ impl Shared {
             .saturating_mul(1 << (inner.reopens - 1).min(16))
             .min(self.settings.open_max);
         // Equal jitter: somewhere in [interval/2, interval].
-        let millis = interval.as_millis().max(2) as u64;
-        let jittered = Duration::from_millis(rand::rng().random_range(millis / 2..=millis));
+        let jittered = equal_jitter(interval);
         self.move_to(
             inner,
             Phase::Open {

@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod breaker;
 pub mod bulkhead;
 pub mod client;

@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
-use rand::RngExt;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::backoff::equal_jitter;
 use crate::deadline::{self, CallDeadline};
 use crate::{outcome, BoxError, Rejection};
 
@@ -175,8 +175,7 @@ where
             return result;
         }
         let base = settings.backoff.saturating_mul(1 << (attempt - 1).min(16));
-        let millis = base.as_millis().max(2) as u64;
-        let backoff = Duration::from_millis(rand::rng().random_range(millis / 2..=millis));
+        let backoff = equal_jitter(base);
         if call_deadline.is_some_and(|CallDeadline(at)| Instant::now() + backoff >= at) {
             return result; // a retry could not finish in time
         }

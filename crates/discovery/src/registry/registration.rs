@@ -26,7 +26,9 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::within;
-use crate::{backoff::Backoff, url::Target, DiscoverySettings, Mode};
+use signalbox_resilience::backoff::Backoff;
+
+use crate::{url::Target, DiscoverySettings, Mode};
 
 /// How long a graceful shutdown waits for etcd to confirm the revocation;
 /// past it, the lease expires on its own.

@@ -21,9 +21,10 @@ use std::{collections::BTreeMap, convert::Infallible};
 use anyhow::{anyhow, bail, Context};
 use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
 
+use signalbox_resilience::backoff::Backoff;
+
 use super::within;
 use crate::{
-    backoff::Backoff,
     source::{Endpoints, Publisher, Source},
     url::Target,
     DiscoverySettings,

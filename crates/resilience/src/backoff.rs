@@ -1,9 +1,11 @@
-//! How long to wait before trying the broker again.
+//! How long to wait before trying again.
 //!
-//! Every loop that retries the broker (the first connect and each reconnect
-//! in [`crate::connection`], the session loops of the consumer and of the
-//! request/reply router in [`crate::session`]) waits with one [`Backoff`]:
-//! the wait doubles after every failure, up to a cap, and goes back to the
+//! Every loop in Signalbox that retries something that failed waits with one
+//! [`Backoff`]: the broker loops (`signalbox_messaging`'s connect, reconnect
+//! and session loops), the registry loops (`signalbox_discovery`'s
+//! registration and watch), the `watch` client's reconnects; and the retry
+//! layer and the circuit breaker jitter their waits with [`equal_jitter`].
+//! The wait doubles after every failure, up to a cap, and goes back to the
 //! start once something worked.
 //!
 //! ```text
@@ -17,8 +19,8 @@
 //! lost it at the same instant, and without jitter they would all come back
 //! at the same instants too. Equal jitter rather than *full* jitter (a point
 //! anywhere in `[0, step]`) because it keeps a floor: a retry never comes
-//! sooner than half the step, so a broker that refuses channels is not
-//! hammered by the unlucky draws.
+//! sooner than half the step, so a server that refuses is not hammered by
+//! the unlucky draws.
 
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ use rand::RngExt;
 /// The first step of [`Backoff::default`].
 pub const INITIAL: Duration = Duration::from_millis(100);
 /// The cap of [`Backoff::default`]: an outage of any length is noticed to be
-/// over within this (plus the connect itself).
+/// over within this (plus the attempt itself).
 pub const MAX: Duration = Duration::from_secs(5);
 
 /// Exponential backoff with equal jitter: see the module documentation.
@@ -65,7 +67,7 @@ impl Backoff {
 }
 
 impl Default for Backoff {
-    /// [`INITIAL`] doubling up to [`MAX`], what every broker loop uses.
+    /// [`INITIAL`] doubling up to [`MAX`], what the broker and registry loops use.
     fn default() -> Self {
         Self::new(INITIAL, MAX)
     }
