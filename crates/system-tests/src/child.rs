@@ -13,13 +13,13 @@
 //! stops when its stdin closes (the parent went away, also by a panic) or on
 //! `SIGTERM`.
 
-use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{io::Read, path::Path, process::Stdio, time::Duration};
 
 use anyhow::Context;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
 use tokio_util::sync::CancellationToken;
 
 /// The line a child prints once it listens.
@@ -35,24 +35,25 @@ pub struct ChildService {
 impl ChildService {
     /// Starts catalog in a child process with `env` (its `APP__…`
     /// settings), and waits until it listens.
-    pub async fn catalog(
-        exe: &std::path::Path,
-        env: Vec<(String, String)>,
-    ) -> anyhow::Result<Self> {
+    pub async fn catalog(exe: &Path, env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let mut child = Command::new(exe)
             .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // A child that was not stopped (the test failed) is killed when
+            // its handle goes, also when frozen.
+            .kill_on_drop(true)
             .spawn()
             .context("start the catalog child process")?;
         let stdout = child.stdout.take().context("the child's stdout")?;
-        // A thread reads the child's stdout: it hands over the ready line,
+        // A task reads the child's stdout: it hands over the ready line,
         // then keeps draining, so that the child never blocks on a full pipe.
         let (ready, ports) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
             let mut ready = Some(ready);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.strip_prefix(READY) {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(rest.to_owned());
@@ -81,8 +82,9 @@ impl ChildService {
         Ok(service)
     }
 
+    /// The child's pid (0 once it has been reaped).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.id().unwrap_or(0)
     }
 
     /// Freezes the process (`SIGSTOP`): its sockets stay open, the kernel
@@ -97,7 +99,7 @@ impl ChildService {
     }
 
     fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
+        let status = std::process::Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
@@ -106,33 +108,16 @@ impl ChildService {
         Ok(())
     }
 
-    /// Stops the child gracefully (thawed first), killing it after a grace
-    /// period.
+    /// Stops the child gracefully (thawed first), and waits for its exit
+    /// (within 15 s; killed on drop otherwise).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.thaw()?;
         self.signal("TERM")?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::ensure!(status.success(), "the catalog child exited with {status}");
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!("the catalog child did not stop within 15 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// A child that was not stopped (the test failed): killed, also when
-/// frozen.
-impl Drop for ChildService {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .context("the catalog child did not stop within 15 s")??;
+        anyhow::ensure!(status.success(), "the catalog child exited with {status}");
+        Ok(())
     }
 }
 
