@@ -84,7 +84,10 @@ fn rejected(name: &str, rejection: Rejection, status: &Status) -> Problem {
     match rejection {
         Rejection::Open { retry_after } => Problem::new(
             ErrorCode::UpstreamUnavailable,
-            format!("the {name} service is failing; calls to it are paused ({why})"),
+            // A refusal orders passes on happened further down (its call to
+            // catalog): `why` then names catalog, so the detail does not
+            // blame the service called for it.
+            format!("the {name} service, or one it calls, is failing; calls are paused ({why})"),
         )
         .retry_after(retry_after.as_secs().max(1)),
         Rejection::Overloaded => Problem::new(
