@@ -11,7 +11,7 @@
 //!                            Buffer ─► FailFast ─► p2c ─► Endpoint ─► CircuitBreaker ─► Channel ─► server
 //! ```
 //!
-//! — the stack `crates/gateway/src/upstream.rs` (`guarded`) builds, with its
+//! — `signalbox_resilience::guard`, the stack every client builds, with its
 //! default policy — first one call at a time, then with `--concurrency`
 //! calls in flight. Then the server answers `Unavailable` until the
 //! endpoint's breaker opens, and each further call is a rejection: its
@@ -31,12 +31,9 @@ use std::{
 };
 
 use signalbox_discovery::{upstream_with, DiscoverySettings, Mode};
-use signalbox_resilience::{
-    BreakerSettings, BulkheadLayer, CallPolicy, ClientService, DeadlineLayer, Rejection, RetryLayer,
-};
+use signalbox_resilience::{BreakerSettings, CallPolicy, ClientService, Rejection};
 use tonic::{service::interceptor::InterceptedService, transport::Channel, Request, Status};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-use tower::ServiceBuilder;
 
 /// The method called, listed as a read so that the retry layer treats it
 /// as the gateway treats catalog's reads.
@@ -129,7 +126,7 @@ fn start_server() -> anyhow::Result<(SocketAddr, Arc<Tap>)> {
 }
 
 /// The guarded stack over the server at `url`, as the gateway builds it
-/// for each upstream (`crates/gateway/src/upstream.rs`, `guarded`), with the
+/// for each upstream (`signalbox_resilience::guard`), with the
 /// default policy, except that an open breaker stays open for the whole
 /// rejection measurement.
 fn guarded(url: &str) -> anyhow::Result<HealthClient<ClientService>> {
@@ -145,15 +142,15 @@ fn guarded(url: &str) -> anyhow::Result<HealthClient<ClientService>> {
         ..DiscoverySettings::default()
     };
     let (endpoints, _view) = upstream_with("bench", url, &discovery, breaker)?;
-    let stack = ServiceBuilder::new()
-        // The gateway's per-call deadline (`timeouts.upstream_secs`).
-        .layer(DeadlineLayer::new(Duration::from_secs(5)))
-        .layer(BulkheadLayer::new(policy.max_in_flight))
-        .layer(RetryLayer::new(policy.retry.settings(&[CHECK.to_owned()])))
-        .service(endpoints);
-    Ok(HealthClient::new(ClientService::new(
-        signalbox_resilience::UpstreamService::new(stack),
-    )))
+    // The stack every client builds, with the gateway's per-call deadline
+    // (`timeouts.upstream_secs`).
+    let (stack, _bulkhead) = signalbox_resilience::guard(
+        endpoints,
+        Duration::from_secs(5),
+        &policy,
+        &[CHECK.to_owned()],
+    );
+    Ok(HealthClient::new(ClientService::new(stack)))
 }
 
 #[derive(Clone)]

@@ -27,9 +27,8 @@ use signalbox_proto::{
 };
 use signalbox_resilience::{
     breaker::Transition, BulkheadLayer, CallPolicy, CircuitBreakerLayer, ClientService,
-    DeadlineLayer, RetryLayer, UpstreamService,
+    UpstreamService,
 };
-use tower::ServiceBuilder;
 
 use crate::{
     config::{Resilience, Timeouts, Upstreams},
@@ -127,41 +126,22 @@ fn guarded(
     discovery: &DiscoverySettings,
 ) -> anyhow::Result<(UpstreamService, Guard)> {
     let (endpoint, endpoints) = endpoint_service(upstream, url, policy, discovery)?;
-    let bulkhead = BulkheadLayer::new(policy.max_in_flight);
-    // Layers run top to bottom on the way out to the upstream.
-    let stack = ServiceBuilder::new()
-        // Outermost: every call gets its deadline before anything else
-        // happens to it — the request's remaining budget (inherited from
-        // the edge's `deadline::scope`) or the per-call timeout, whichever
-        // is sooner — and sends what is left as `grpc-timeout`. Above the
-        // bulkhead so that a call is never left waiting anywhere below
-        // without a deadline, and above the retries so that all attempts
-        // together stay within it.
-        .layer(DeadlineLayer::new(Duration::from_secs(
-            timeouts.upstream_secs,
-        )))
-        // Per upstream: a bound on calls in flight to this upstream, refused
-        // at once beyond it (503 `overloaded`), so a hung upstream holds at
-        // most this many of the gateway's requests and the other upstreams
-        // keep theirs. Above the retries: a call and its retries hold one
-        // permit, so retries cannot crowd out first attempts.
-        .layer(bulkhead.clone())
-        // Reads only (`Upstream::idempotent`), only on `Unavailable` or a
-        // failed connection, within a budget shared by this upstream's
-        // calls (at most `ratio` extra load) and never past the deadline
-        // set above. Above the breaker, so each attempt is judged by it and
-        // a refusal of an open breaker is final instead of being retried.
-        .layer(RetryLayer::new(
-            policy.retry.settings(&upstream.idempotent()),
-        ))
-        .service(endpoint);
+    // The deadline (the request's remaining budget or the per-call timeout),
+    // the bulkhead and the retries of reads, in that order: see
+    // `signalbox_resilience::guard` for why each sits where it does.
+    let (stack, bulkhead) = signalbox_resilience::guard(
+        endpoint,
+        Duration::from_secs(timeouts.upstream_secs),
+        policy,
+        &upstream.idempotent(),
+    );
     let guard = Guard {
         upstream,
         bulkhead,
         max_in_flight: policy.max_in_flight,
         endpoints,
     };
-    Ok((UpstreamService::new(stack), guard))
+    Ok((stack, guard))
 }
 
 /// What the calls of [`guarded`] finally go to: the upstream's instances,

@@ -27,10 +27,7 @@ use signalbox_proto::catalog::v1::{
     catalog_service_client::CatalogServiceClient, catalog_service_server, BatchGetProductsRequest,
     Product,
 };
-use signalbox_resilience::{
-    BulkheadLayer, CallPolicy, ClientService, DeadlineLayer, RetryLayer, UpstreamService,
-};
-use tower::ServiceBuilder;
+use signalbox_resilience::{CallPolicy, ClientService, UpstreamService};
 use uuid::Uuid;
 
 use crate::{config::Upstreams, error::OrdersError};
@@ -102,28 +99,18 @@ fn guarded(
     discovery: &DiscoverySettings,
 ) -> anyhow::Result<UpstreamService> {
     let endpoint = endpoint_service(&upstreams.catalog, policy, discovery)?;
-    // Layers run top to bottom on the way out to catalog.
-    let stack = ServiceBuilder::new()
-        // Outermost: the call's deadline, the earlier of our own timeout and
-        // what is left of the caller's budget (inherited from the gateway
-        // through `grpc-timeout`), sent on as `grpc-timeout`. Above the
-        // bulkhead and the retries so that nothing below waits without it
-        // and all attempts together stay within it.
-        .layer(DeadlineLayer::new(Duration::from_millis(
-            upstreams.catalog_timeout_ms,
-        )))
-        // At most `max_in_flight` pricing calls out at once, refused at
-        // once beyond that: a hung catalog then holds that many order
-        // requests, not every one the gateway sends. Above the retries, so
-        // a call and its retries hold one permit.
-        .layer(BulkheadLayer::new(policy.max_in_flight))
-        // Reads only, on `Unavailable` or a failed connection, within a
-        // budget and never past the deadline above. Above the breaker, so
-        // each attempt is judged by it and an open breaker's refusal is
-        // final.
-        .layer(RetryLayer::new(policy.retry.settings(&idempotent())))
-        .service(endpoint);
-    Ok(UpstreamService::new(stack))
+    // The deadline (the earlier of our own timeout and what is left of the
+    // caller's budget, inherited from the gateway through `grpc-timeout`),
+    // a bulkhead (a hung catalog holds at most `max_in_flight` order
+    // requests) and retries of reads: see `signalbox_resilience::guard` for
+    // why each sits where it does.
+    let (stack, _bulkhead) = signalbox_resilience::guard(
+        endpoint,
+        Duration::from_millis(upstreams.catalog_timeout_ms),
+        policy,
+        &idempotent(),
+    );
+    Ok(stack)
 }
 
 /// What the calls finally go to: catalog's instances, found as `discovery`

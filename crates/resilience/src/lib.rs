@@ -37,6 +37,7 @@ pub mod outcome;
 pub mod policy;
 pub mod rejection;
 pub mod retry;
+mod stack;
 mod window;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, CircuitBreakerLayer, State};
@@ -46,6 +47,7 @@ pub use deadline::{Deadline, DeadlineLayer, InheritDeadlineLayer};
 pub use policy::{BreakerPolicy, CallPolicy, RetryPolicy};
 pub use rejection::Rejection;
 pub use retry::{RetryLayer, RetrySettings};
+pub use stack::guard;
 
 /// The error type of every layer here, as tower's own layers use it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
