@@ -2,8 +2,8 @@
 //!
 //! Errors here keep their causes as sources (`#[source]`, `#[from]`) instead
 //! of flattening them into their message. Where the story must become text
-//! (a log line, the `x-failure-reason` header of a dead letter, the `dlq`
-//! tool's output) [`Chain`] writes all of it: `outer: inner: innermost`.
+//! (a log line, the `x-failure-reason` header of a dead letter, `signalbox
+//! dlq`'s output) [`Chain`] writes all of it: `outer: inner: innermost`.
 
 use std::{error::Error, fmt};
 

@@ -10,12 +10,12 @@
 //! retries waited. After the fix an operator replays them.
 //!
 //! This module holds the two operations, [`list`] and [`replay`], for any
-//! caller; the `dlq` binary (`src/bin/dlq.rs`) parses its command line,
-//! calls them and prints what they return:
+//! caller; the command line's `signalbox dlq` (`crates/cli/src/dlq.rs`)
+//! parses its arguments, calls them and prints what they return:
 //!
 //! ```text
-//! dlq list   <queue> [--limit N]   # print <queue>.dlq without consuming it
-//! dlq replay <queue> [--limit N]   # move <queue>.dlq back into <queue>
+//! signalbox dlq list   <queue> [--limit N]   # print <queue>.dlq without consuming it
+//! signalbox dlq replay <queue> [--limit N]   # move <queue>.dlq back into <queue>
 //! ```
 //!
 //! **Listing without consuming.** AMQP has no "peek". [`list`] takes each

@@ -12,7 +12,7 @@
 //!   broker's own dead-lettering headers (`x-death`), so they read as
 //!   transport metadata next to the message's own.
 //!
-//! An operator sees these names in the management UI and in `dlq list`; the
+//! An operator sees these names in the management UI and in `signalbox dlq list`; the
 //! pattern pages cite them. Renaming one is a change of the wire format.
 
 use lapin::{types::AMQPValue, BasicProperties};

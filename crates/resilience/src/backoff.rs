@@ -3,7 +3,7 @@
 //! Every loop in Signalbox that retries something that failed waits with one
 //! [`Backoff`]: the broker loops (`signalbox_messaging`'s connect, reconnect
 //! and session loops), the registry loops (`signalbox_discovery`'s
-//! registration and watch), the `watch` client's reconnects; and the retry
+//! registration and watch), `signalbox watch`'s reconnects; and the retry
 //! layer and the circuit breaker jitter their waits with [`equal_jitter`].
 //! The wait doubles after every failure, up to a cap, and goes back to the
 //! start once something worked.
