@@ -16,12 +16,14 @@ use std::collections::HashMap;
 use serde::Serialize;
 use signalbox_proto::{catalog::v1::Product, orders::v1::Order};
 
-use crate::order_state::state_name;
+use crate::order_state::{state_name, StateName};
 
 /// An order enriched with catalog details.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrderDetails {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(value_type = StateName)]
     pub state: &'static str,
     pub items: Vec<ItemDetails>,
     pub total_cents: i64,
@@ -33,7 +35,7 @@ pub struct OrderDetails {
     pub degraded: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ItemDetails {
     pub product_id: String,
     pub quantity: i64,
@@ -43,7 +45,7 @@ pub struct ItemDetails {
     pub product: Option<ProductSummary>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ProductSummary {
     pub sku: String,
     pub name: String,

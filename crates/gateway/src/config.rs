@@ -49,7 +49,36 @@ pub struct Settings {
     /// start-up. `None` (`amqp: ~` in the file): the census answers 503.
     #[serde(default = "default_amqp")]
     pub amqp: Option<AmqpSettings>,
+    /// What the live page at `/` is told about the system (`GET
+    /// /api/config`).
+    #[serde(default)]
+    pub page: PageSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// The live page's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PageSettings {
+    /// The WebSocket URLs of the realtime instances the page may open its
+    /// socket on (`APP__PAGE__REALTIME_URLS` takes a comma-separated list);
+    /// `{host}` stands for the host name the page was loaded from, so one
+    /// setting serves `localhost` and `127.0.0.1` alike. Each realtime
+    /// instance must allow the page's origin (its `ws.allowed_origins`).
+    #[serde(deserialize_with = "comma_list")]
+    pub realtime_urls: Vec<String>,
+}
+
+impl Default for PageSettings {
+    /// The two realtime instances of `scripts/up`.
+    fn default() -> Self {
+        Self {
+            realtime_urls: vec![
+                "ws://{host}:8081/ws".to_owned(),
+                "ws://{host}:8091/ws".to_owned(),
+            ],
+        }
+    }
 }
 
 fn default_amqp() -> Option<AmqpSettings> {
@@ -196,6 +225,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             trusted_proxies: Vec::new(),
             amqp: default_amqp(),
+            page: PageSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

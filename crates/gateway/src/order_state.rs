@@ -5,6 +5,21 @@
 
 use signalbox_proto::orders::v1::OrderState;
 
+/// The names [`state_name`] gives, as the OpenAPI document lists them (a
+/// test checks the two agree).
+#[derive(utoipa::ToSchema)]
+#[schema(as = OrderState)]
+#[allow(clippy::upper_case_acronyms, dead_code)]
+pub enum StateName {
+    PENDING,
+    APPROVED,
+    REJECTED,
+    CANCELLED,
+    UNSPECIFIED,
+    /// A state this gateway does not know yet (a newer orders service).
+    UNKNOWN,
+}
+
 /// The public name of the order state `raw`. A value this gateway does not
 /// know yet (a newer orders service) reads as `UNKNOWN` rather than failing
 /// the request.
@@ -47,6 +62,20 @@ mod tests {
                 proto.strip_prefix("ORDER_STATE_")
             );
         }
+    }
+
+    #[test]
+    fn the_documented_names_are_the_names_given() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(StateName::schema()).unwrap();
+        let mut documented: Vec<String> = serde_json::from_value(schema["enum"].clone()).unwrap();
+        let mut given: Vec<String> = (0..=4)
+            .chain([99])
+            .map(|raw| state_name(raw).to_owned())
+            .collect();
+        documented.sort();
+        given.sort();
+        assert_eq!(documented, given);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Serialize;
 use signalbox_platform::Problem;
 use signalbox_proto::catalog::v1::{GetProductRequest, ListProductsRequest, Product};
 use tonic::Status;
+use utoipa::ToSchema;
 
 use crate::{
     error::{upstream_down, upstream_problem},
@@ -22,8 +23,10 @@ use crate::{
     upstream::{Clients, Upstream},
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(example = json!({"id": "0192f1e4-7b1c-7a51-9a53-6f0cbbfa2c11", "sku": "SB-001", "name": "Signal lamp", "price_cents": 1999, "currency": "EUR", "stock": 25}))]
 pub struct ProductBody {
+    #[schema(format = Uuid)]
     pub id: String,
     pub sku: String,
     pub name: String,
@@ -45,7 +48,7 @@ impl From<Product> for ProductBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProductList {
     pub products: Vec<ProductBody>,
     /// `true` when catalog could not answer and this is its last good list.
@@ -53,7 +56,7 @@ pub struct ProductList {
 }
 
 /// A product's details, and whether they are a fallback.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProductDetails {
     #[serde(flatten)]
     pub product: ProductBody,
@@ -62,6 +65,17 @@ pub struct ProductDetails {
     pub stale: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/catalog/products",
+    tag = "catalog",
+    operation_id = "list_products",
+    summary = "Every product, with price and stock",
+    responses(
+        (status = 200, description = "The products; with `\"stale\": true`, `X-Signalbox-Stale: true` and `Age` when catalog cannot answer and this is its last good answer", body = ProductList,
+            headers(("X-Signalbox-Stale" = String, description = "`true` on an answer from memory"), ("Age" = u64, description = "Seconds since that answer, on an answer from memory"))),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(State(clients): State<Clients>) -> Result<Response, Problem> {
     let kept = &clients.catalog_fallback;
@@ -83,6 +97,18 @@ pub async fn list(State(clients): State<Clients>) -> Result<Response, Problem> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/catalog/products/{id}",
+    tag = "catalog",
+    operation_id = "get_product",
+    summary = "One product",
+    params(("id" = Uuid, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The products; with `\"stale\": true`, `X-Signalbox-Stale: true` and `Age` when catalog cannot answer and this is its last good answer", body = ProductDetails,
+            headers(("X-Signalbox-Stale" = String, description = "`true` on an answer from memory"), ("Age" = u64, description = "Seconds since that answer, on an answer from memory"))),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(product_id = %raw))]
 pub async fn get(
     State(clients): State<Clients>,
@@ -137,9 +163,11 @@ fn details(product: Product, stale: bool) -> ProductDetails {
 
 /// The body of `PATCH /api/catalog/products/{id}`: the new price (in cents;
 /// `price` is accepted as its name too) and/or the new stock.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"price_cents": 2499, "stock": 40}))]
 pub struct ProductChange {
+    /// The new price in cents (`price` is accepted too).
     #[serde(default, alias = "price")]
     pub price_cents: Option<i64>,
     #[serde(default)]
@@ -150,6 +178,17 @@ pub struct ProductChange {
 /// `UpdateProduct`, on behalf of the operator (their token goes along and
 /// catalog verifies it too). Catalog validates the values (400) and knows
 /// the product (404), and announces the change on the `catalog` channel.
+#[utoipa::path(
+    patch,
+    path = "/api/catalog/products/{id}",
+    tag = "catalog",
+    operation_id = "update_product",
+    summary = "Change a product's price or stock (scope `catalog:admin`)",
+    params(("id" = Uuid, Path, description = "The product's id")),
+    request_body = ProductChange,
+    security(("bearer" = ["catalog:admin"])),
+    responses((status = 200, description = "The product as changed; `catalog.price_changed` / `catalog.stock_changed` follow on the `catalog` channel", body = ProductBody)),
+)]
 #[tracing::instrument(skip_all, fields(product_id = %raw))]
 pub async fn update(
     State(clients): State<Clients>,

@@ -1,7 +1,7 @@
 //! The routing table: every public route, the upstream that serves it, and
-//! whether it needs a token (and which scope). Reading this one function
-//! tells what the edge exposes; a route that is not here answers a 404
-//! problem.
+//! whether it needs a token (and which scope). Reading [`api`] tells what
+//! the edge exposes; a route that is not there (or in the census's router,
+//! or the page's) answers a 404 problem.
 
 pub mod auth;
 pub mod catalog;
@@ -11,13 +11,9 @@ pub mod system;
 
 use std::sync::Arc;
 
-use axum::{
-    extract::FromRef,
-    http::Method,
-    routing::{get, post},
-    Router,
-};
+use axum::{extract::FromRef, http::Method, Router};
 use signalbox_platform::tokens::TokenVerifier;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     error,
@@ -54,31 +50,36 @@ pub fn class_of(method: &Method, route: &str) -> Option<(Class, Answer)> {
     })
 }
 
-pub fn table(state: AppState) -> Router {
-    Router::new()
+/// The documented routes: each is registered from its handler's
+/// `#[utoipa::path]` (which names its method and path), so the router and
+/// the OpenAPI document (`crate::openapi`) are built from one list.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         // → auth (public; class credentials).
-        .route("/api/auth/register", post(auth::register))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/logout", post(auth::logout))
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
         // → auth, OAuth 2.0 endpoints (public; class credentials, refusals
         // in RFC 6749 format).
-        .route("/oauth/token", post(oauth::token))
-        .route("/oauth/revoke", post(oauth::revoke))
+        .routes(routes!(oauth::token))
+        .routes(routes!(oauth::revoke))
         // → auth (public).
-        .route("/.well-known/jwks.json", get(auth::jwks))
+        .routes(routes!(auth::jwks))
         // → catalog (public reads; changes need `catalog:admin`).
-        .route("/api/catalog/products", get(catalog::list))
-        .route(
-            "/api/catalog/products/{id}",
-            get(catalog::get).patch(catalog::update),
-        )
+        .routes(routes!(catalog::list))
+        .routes(routes!(catalog::get, catalog::update))
         // → orders (Bearer token; reads need `orders:read`, changes
         // `orders:write`: the handlers take `Authorized<OrdersRead>` or
         // `Authorized<OrdersWrite>`).
-        .route("/api/orders", post(orders::create).get(orders::list))
+        .routes(routes!(orders::create, orders::list))
         // → orders, then catalog (aggregated); PATCH revises the items.
-        .route("/api/orders/{id}", get(orders::get).patch(orders::revise))
-        .route("/api/orders/{id}/cancel", post(orders::cancel))
+        .routes(routes!(orders::get, orders::revise))
+        .routes(routes!(orders::cancel))
+}
+
+pub fn table(state: AppState) -> Router {
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -26,15 +26,18 @@ use signalbox_proto::auth::v1::{
     token_grant_response, RevokeRequest, TokenErrorCode, TokenRequest,
 };
 use tonic::Status;
+use utoipa::ToSchema;
 
 use crate::{
     error::throttled,
     oauth_error::{no_store, OAuthError},
+    openapi::OAuthErrorBody,
     upstream::Clients,
 };
 
 /// A successful token response (RFC 6749 §5.1).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"access_token": "eyJhbGciOiJFZERTQSIsImtpZCI6IjEifQ.e30.c2ln", "token_type": "Bearer", "expires_in": 900, "scope": "system:admin"}))]
 pub struct TokenBody {
     pub access_token: String,
     pub token_type: String,
@@ -43,6 +46,36 @@ pub struct TokenBody {
     pub refresh_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+}
+
+/// The form of `POST /oauth/token`, as documented (the handler reads the
+/// pairs itself, to refuse repeated parameters).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TokenForm {
+    /// `refresh_token` (rotation: the answer carries a new refresh token and
+    /// the old one is spent; presenting a spent one revokes its family) or
+    /// `client_credentials` (a service account's token).
+    #[schema(example = "refresh_token")]
+    grant_type: String,
+    /// For `grant_type=refresh_token`.
+    refresh_token: Option<String>,
+    /// Space-separated scopes, for `client_credentials`: at most those the
+    /// client was created with.
+    scope: Option<String>,
+    /// Client authentication in the form, instead of HTTP Basic.
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// The form of `POST /oauth/revoke` (RFC 7009 §2.1).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RevokeForm {
+    /// The refresh token to revoke (with its family).
+    token: String,
+    /// `refresh_token` or `access_token`; informative only.
+    token_type_hint: Option<String>,
 }
 
 /// The form parameters, each at most once (§3.2); empty values count as
@@ -156,6 +189,23 @@ fn form_decode(raw: &str) -> Option<String> {
 }
 
 /// `POST /oauth/token`.
+#[utoipa::path(
+    post,
+    path = "/oauth/token",
+    tag = "oauth",
+    operation_id = "token",
+    summary = "Tokens for a refresh token or for client credentials (RFC 6749)",
+    description = "Client authentication, when needed, by HTTP Basic (`Authorization: Basic`, id \
+and secret form-urlencoded) or by the `client_id` / `client_secret` parameters, never both. Every \
+answer carries `Cache-Control: no-store`.",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The tokens", body = TokenBody),
+        (status = 400, description = "`invalid_request`, `invalid_grant`, `unsupported_grant_type`, `invalid_scope`, `unauthorized_client`, or `invalid_client` (form credentials)", body = OAuthErrorBody),
+        (status = 401, description = "`invalid_client` with HTTP Basic credentials",
+            body = OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "`Basic realm=\"signalbox\"`"))),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(grant_type))]
 pub async fn token(
     State(clients): State<Clients>,
@@ -245,6 +295,18 @@ fn throttled_or_unavailable(status: Status) -> Response {
 /// caller nothing about which tokens exist. Access tokens cannot be revoked
 /// (they are checked offline and live minutes); presenting one is a 200 that
 /// changes nothing, which §2.2 allows.
+#[utoipa::path(
+    post,
+    path = "/oauth/revoke",
+    tag = "oauth",
+    operation_id = "revoke",
+    summary = "Revoke a refresh token and its family (RFC 7009)",
+    request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Done, whether or not the token was known"),
+        (status = 400, description = "`invalid_request`: no token, or a malformed form", body = OAuthErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn revoke(
     State(clients): State<Clients>,

@@ -24,6 +24,7 @@ use signalbox_proto::{
         Order, ReviseOrderRequest,
     },
 };
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -31,29 +32,37 @@ use crate::{
     auth::{Authorized, OrdersRead, OrdersWrite},
     error::UpstreamResult,
     extract::{parse_id, ApiJson, ApiPath},
-    order_state::state_name,
+    order_state::{state_name, StateName},
     upstream::{Clients, Upstream},
 };
 
 /// Most ids catalog accepts in one `BatchGetProducts` call.
 const CATALOG_BATCH: usize = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+// The example orders the sample catalog's signal lamp (a seeded product).
+#[schema(example = json!({"items": [{"product_id": "0193a4c0-0000-7000-8000-000000000001", "quantity": 2}]}))]
 pub struct NewOrder {
+    /// At most 50 distinct products (the orders service's rule).
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<NewItem>,
 }
 
 /// Types are checked here (a product id must be a UUID); business rules
 /// (positive quantities, known products) are the orders service's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct NewItem {
     pub product_id: Uuid,
+    /// 1 to 1000 per product, repeated lines added up (the orders
+    /// service's rule).
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
 }
 
 /// `PATCH /api/orders/{id}`: the order's new items, all of them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Revision {
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<NewItem>,
 }
 
@@ -67,33 +76,41 @@ fn line_items(items: Vec<NewItem>) -> Vec<LineItem> {
         .collect()
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"order_id": "0192f1e4-9c3d-7e12-8f00-2b6a4de0c7aa", "state": "PENDING"}))]
 pub struct Accepted {
+    #[schema(format = Uuid)]
     pub order_id: String,
+    #[schema(value_type = StateName)]
     pub state: &'static str,
 }
 
 /// An order as listed or as returned by a cancel (not aggregated).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct OrderBody {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(value_type = StateName)]
     pub state: &'static str,
     pub items: Vec<ItemBody>,
     pub total_cents: i64,
     pub currency: String,
+    /// Why the order was rejected; `null` unless it was.
     pub rejection_reason: Option<String>,
+    /// RFC 3339.
     pub created_at: String,
+    /// RFC 3339.
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ItemBody {
     pub product_id: String,
     pub quantity: i64,
     pub unit_price_cents: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderList {
     pub orders: Vec<OrderBody>,
 }
@@ -121,6 +138,24 @@ impl From<Order> for OrderBody {
     }
 }
 
+/// Places an order: 202, because the saga decides it later; it is
+/// PENDING until catalog has reserved the stock, then APPROVED or
+/// REJECTED, pushed on the socket's `user:<id>` channel.
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    tag = "orders",
+    operation_id = "create_order",
+    summary = "Place an order (scope `orders:write`)",
+    request_body = NewOrder,
+    security(("bearer" = ["orders:write"])),
+    responses(
+        (status = 202, description = "The order exists, PENDING until the saga decides it", body = Accepted,
+            headers(("Location" = String, description = "`/api/orders/{id}`, where to read it"))),
+        (status = 404, description = "A product of the order does not exist (`not_found`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The order cannot be placed as it is (`failed_precondition`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn create(
     State(clients): State<Clients>,
@@ -153,6 +188,15 @@ pub async fn create(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    tag = "orders",
+    operation_id = "list_orders",
+    summary = "The caller's orders (scope `orders:read`)",
+    security(("bearer" = ["orders:read"])),
+    responses((status = 200, description = "The caller's orders, newest first", body = OrderList)),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn list(
     State(clients): State<Clients>,
@@ -169,6 +213,16 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    operation_id = "get_order",
+    summary = "One of the caller's orders, with catalog details (scope `orders:read`)",
+    params(("id" = Uuid, Path, description = "The order's id")),
+    security(("bearer" = ["orders:read"])),
+    responses((status = 200, description = "The order; `degraded: true` when catalog could not add its details", body = OrderDetails)),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
 pub async fn get(
     State(clients): State<Clients>,
@@ -200,6 +254,21 @@ pub async fn get(
 /// on the socket (`order.approved`, or `order.revision_rejected` with the
 /// order as it was) and in `GET /api/orders/{id}`. A revision that loses a
 /// race with a cancellation, or meets one still in progress, is a 409.
+#[utoipa::path(
+    patch,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    operation_id = "revise_order",
+    summary = "Replace a PENDING or APPROVED order's items (scope `orders:write`)",
+    params(("id" = Uuid, Path, description = "The order's id")),
+    request_body = Revision,
+    security(("bearer" = ["orders:write"])),
+    responses(
+        (status = 202, description = "The revision is accepted; catalog reserves or releases the difference", body = Accepted),
+        (status = 409, description = "The order is being cancelled, or was (`conflict`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The order cannot be revised in its state (`failed_precondition`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
 pub async fn revise(
     State(clients): State<Clients>,
@@ -244,6 +313,20 @@ async fn product_details(clients: &Clients, ids: Vec<String>) -> Result<Vec<Prod
     Ok(products)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/orders/{id}/cancel",
+    tag = "orders",
+    operation_id = "cancel_order",
+    summary = "Cancel one of the caller's orders (scope `orders:write`)",
+    params(("id" = Uuid, Path, description = "The order's id")),
+    security(("bearer" = ["orders:write"])),
+    responses(
+        (status = 200, description = "The order, cancelled", body = OrderBody),
+        (status = 409, description = "The order changed meanwhile (`conflict`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The order cannot be cancelled in its state (`failed_precondition`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id, order_id = %raw))]
 pub async fn cancel(
     State(clients): State<Clients>,

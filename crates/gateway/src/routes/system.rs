@@ -14,7 +14,8 @@
 //! with its own reply queue as `reply_to`; every instance of every service
 //! that has a broker connection (orders, catalog, realtime) answers with its
 //! service name, instance id, version and start time. The gateway collects
-//! what arrives within the deadline (`?deadline_ms=`, 500 ms by default) and
+//! what arrives within the deadline (`?deadline_ms=`, 100 to 5000, 500 ms
+//! by default) and
 //! answers with that list; an instance that did not answer in time is simply
 //! not in it. See `signalbox_messaging::census`.
 //!
@@ -30,7 +31,6 @@ use std::{
 
 use axum::{
     extract::{rejection::QueryRejection, FromRef, Query, State},
-    routing::get,
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,8 @@ use signalbox_messaging::{census, RequestError, Requester, RequesterOptions};
 use signalbox_platform::{config::AmqpSettings, tokens::TokenVerifier, ErrorCode, Problem};
 use signalbox_servicekit::connect_broker_within;
 use tokio::sync::OnceCell;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::{Authorized, RequiredScope},
@@ -51,6 +53,11 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
 /// request budget.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The shortest: the deadline bounds the publication of the request too
+/// (the broker's confirm), so one shorter than a confirm takes could only
+/// fail (504) and never count anyone.
+pub const MIN_DEADLINE: Duration = Duration::from_millis(100);
+
 /// How long the first census may spend connecting to the broker; the
 /// connect timeout of the settings (meant for services that cannot work
 /// without a broker) is capped to this.
@@ -63,18 +70,23 @@ const MAX_CENSUSES: usize = 32;
 /// The system routes with their own state, to be merged into the
 /// gateway's router.
 pub fn router(census: Census, guards: Arc<[Guard]>, verifier: Arc<TokenVerifier>) -> Router {
-    Router::new()
-        .route("/api/system/instances", get(instances))
-        .route("/api/system/upstreams", get(upstreams))
-        .with_state(SystemState {
-            census,
-            guards,
-            verifier,
-        })
+    let (router, _) = api().split_for_parts();
+    router.with_state(SystemState {
+        census,
+        guards,
+        verifier,
+    })
+}
+
+/// The documented system routes (see `crate::openapi`).
+pub fn api() -> OpenApiRouter<SystemState> {
+    OpenApiRouter::new()
+        .routes(routes!(instances))
+        .routes(routes!(upstreams))
 }
 
 #[derive(Clone, FromRef)]
-struct SystemState {
+pub struct SystemState {
     census: Census,
     guards: Arc<[Guard]>,
     verifier: Arc<TokenVerifier>,
@@ -88,12 +100,12 @@ impl RequiredScope for SystemAdmin {
     const SCOPE: &'static str = "system:admin";
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UpstreamsBody {
     pub upstreams: Vec<UpstreamBody>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UpstreamBody {
     pub name: &'static str,
     /// Calls in flight now, and the bulkhead's bound on them.
@@ -102,16 +114,17 @@ pub struct UpstreamBody {
     pub endpoints: Vec<EndpointBody>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointBody {
     pub address: String,
     /// `closed`, `open` or `half_open`.
+    #[schema(example = "closed")]
     pub breaker: String,
     /// Oldest first, at most the breaker's history.
     pub transitions: Vec<TransitionBody>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TransitionBody {
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
@@ -120,6 +133,15 @@ pub struct TransitionBody {
     pub reason: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/system/upstreams",
+    tag = "system",
+    operation_id = "upstreams",
+    summary = "The gateway's guards of each upstream: bulkhead, breakers (scope `system:admin`)",
+    security(("bearer" = ["system:admin"])),
+    responses((status = 200, description = "Per upstream its calls in flight and per endpoint its breaker", body = UpstreamsBody)),
+)]
 #[tracing::instrument(skip_all)]
 async fn upstreams(
     State(guards): State<Arc<[Guard]>>,
@@ -220,13 +242,16 @@ async fn connect(settings: &AmqpSettings) -> anyhow::Result<Requester> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CensusQuery {
-    /// How long to wait for answers, in milliseconds.
+    /// How long to wait for answers, in milliseconds (100 to 5000; 500
+    /// when absent).
+    #[param(minimum = 100, maximum = 5000, example = 500)]
     deadline_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InstancesBody {
     /// Sorted by service, then instance id.
     pub instances: Vec<InstanceBody>,
@@ -234,7 +259,7 @@ pub struct InstancesBody {
     pub deadline_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InstanceBody {
     pub service: String,
     pub instance_id: String,
@@ -243,6 +268,19 @@ pub struct InstanceBody {
     pub started_at: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/system/instances",
+    tag = "system",
+    operation_id = "instances",
+    summary = "Census: every running service instance that answers within the deadline",
+    params(CensusQuery),
+    responses(
+        (status = 200, description = "The instances that answered in time", body = InstancesBody),
+        (status = 400, description = "`deadline_ms` is not a number from 100 to 5000 (`invalid_input`)",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn instances(
     State(census): State<Census>,
@@ -268,14 +306,15 @@ pub async fn instances(
     }))
 }
 
-/// The requested deadline: `?deadline_ms=` between 1 and [`MAX_DEADLINE`],
-/// or [`DEFAULT_DEADLINE`].
+/// The requested deadline: `?deadline_ms=` between [`MIN_DEADLINE`] and
+/// [`MAX_DEADLINE`], or [`DEFAULT_DEADLINE`].
 fn deadline(query: Result<Query<CensusQuery>, QueryRejection>) -> Result<Duration, Problem> {
     let invalid = || {
         Problem::new(
             ErrorCode::InvalidInput,
             format!(
-                "deadline_ms must be a number of milliseconds from 1 to {}",
+                "deadline_ms must be a number of milliseconds from {} to {}",
+                MIN_DEADLINE.as_millis(),
                 MAX_DEADLINE.as_millis()
             ),
         )
@@ -283,7 +322,9 @@ fn deadline(query: Result<Query<CensusQuery>, QueryRejection>) -> Result<Duratio
     let Query(query) = query.map_err(|_| invalid())?;
     match query.deadline_ms {
         None => Ok(DEFAULT_DEADLINE),
-        Some(ms) if ms >= 1 && u128::from(ms) <= MAX_DEADLINE.as_millis() => {
+        Some(ms)
+            if (MIN_DEADLINE.as_millis()..=MAX_DEADLINE.as_millis()).contains(&u128::from(ms)) =>
+        {
             Ok(Duration::from_millis(ms))
         }
         Some(_) => Err(invalid()),

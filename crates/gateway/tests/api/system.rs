@@ -117,7 +117,12 @@ async fn the_census_answers_503_when_no_broker_is_configured() {
 async fn a_census_deadline_out_of_bounds_is_refused_with_a_problem() {
     let app = spawn_app_configured(World::all_down(), |settings| settings.amqp = None).await;
 
-    for query in ["deadline_ms=0", "deadline_ms=60000", "deadline_ms=soon"] {
+    for query in [
+        "deadline_ms=0",
+        "deadline_ms=99",
+        "deadline_ms=60000",
+        "deadline_ms=soon",
+    ] {
         let response = app.get(&format!("/api/system/instances?{query}")).await;
         assert_problem(response, 400, "invalid_input").await;
     }
