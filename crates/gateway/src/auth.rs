@@ -89,8 +89,12 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = authorization::bearer_in(&parts.headers)?;
-        let verifier = Arc::<TokenVerifier>::from_ref(state);
-        let claims = verifier.verify(token).await?;
+        // The rate limiter verified this very token already when the route
+        // counts per user (`crate::limits`); otherwise it is verified here.
+        let claims = match parts.extensions.get::<Verified>() {
+            Some(verified) if verified.token == token => verified.claims.clone(),
+            _ => Arc::<TokenVerifier>::from_ref(state).verify(token).await?,
+        };
         // The parser let through visible ASCII without spaces only, which
         // is always a valid metadata value; refused rather than unwrapped.
         let credential = MetadataValue::try_from(format!("Bearer {token}"))
@@ -101,6 +105,29 @@ where
             claims,
             credential,
         })
+    }
+}
+
+/// A bearer token of this request that was verified earlier in the stack
+/// (by the rate limiter, which counts per user), kept in the request's
+/// extensions so that the extractor does not verify it again. Not `Debug`:
+/// it holds the token.
+#[derive(Clone)]
+pub struct Verified {
+    token: String,
+    claims: AccessClaims,
+}
+
+impl Verified {
+    pub fn new(token: &str, claims: AccessClaims) -> Self {
+        Self {
+            token: token.to_owned(),
+            claims,
+        }
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.claims.sub
     }
 }
 

@@ -43,6 +43,7 @@ use secrecy::ExposeSecret;
 use signalbox_platform::{authorization, tokens::TokenVerifier, ErrorCode, Problem};
 
 use crate::{
+    auth::Verified,
     config::{ClassLimits, LimitSettings, Rate},
     oauth_error::OAuthError,
 };
@@ -308,19 +309,20 @@ impl Limits {
     /// The verified subject of the request's bearer token, if it has one.
     /// A missing or bad token is not refused here: the route's extractor
     /// answers it, and the request still counts against its IP.
-    async fn user(&self, headers: &HeaderMap) -> Option<String> {
+    async fn user(&self, headers: &HeaderMap) -> Option<Verified> {
         let token = authorization::bearer_in(headers).ok()?;
-        self.verifier
-            .verify(token)
-            .await
-            .ok()
-            .map(|claims| claims.sub)
+        let claims = self.verifier.verify(token).await.ok()?;
+        Some(Verified::new(token, claims))
     }
 }
 
 /// Middleware on every route of the table: the request's limits, then the
 /// route, then the `RateLimit*` fields on whatever it answers.
-pub async fn enforce(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+pub async fn enforce(
+    State(limits): State<Arc<Limits>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -337,6 +339,13 @@ pub async fn enforce(State(limits): State<Arc<Limits>>, request: Request, next: 
         Some(_) => limits.user(request.headers()).await,
         None => None,
     };
+    // The route's extractor takes the verified token from here instead of
+    // verifying it a second time.
+    let user = user.map(|verified| {
+        let subject = verified.subject().to_owned();
+        request.extensions_mut().insert(verified);
+        subject
+    });
     let applied = limits.applied(class, client, user.as_deref());
     let decisions = limits.decide(&applied).await;
 
