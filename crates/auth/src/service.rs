@@ -157,7 +157,10 @@ impl Auth {
     pub async fn login(&self, email: &str, password: String) -> Result<Session, AuthError> {
         // Counted before the password is checked, known email or not.
         let throttle_key = Throttle::login_key(email);
-        self.throttle.attempt(&throttle_key).await?;
+        self.throttle
+            .attempt(&throttle_key)
+            .await
+            .inspect_err(|_| login_outcome("throttled"))?;
 
         // An email that does not parse cannot belong to an account; it takes
         // the unknown-user path, dummy hash included.
@@ -177,6 +180,7 @@ impl Auth {
             Some(id) if verified => id,
             _ => {
                 tracing::info!(known_user = user_id.is_some(), "login refused");
+                login_outcome("refused");
                 return Err(AuthError::InvalidCredentials);
             }
         };
@@ -198,6 +202,8 @@ impl Auth {
         )
         .await?;
         tracing::info!(%family_id, "logged in");
+        login_outcome("success");
+        token_issued("password");
         Ok(Session {
             subject: user_id.to_string(),
             access,
@@ -239,6 +245,7 @@ impl Auth {
                 already_revoked = row.revoked_at.is_some(),
                 "refresh token reuse detected; family revoked"
             );
+            metrics::counter!("auth_refresh_reuse_detected_total").increment(1);
             return Err(AuthError::InvalidRefreshToken);
         }
         if row.expires_at <= Utc::now() {
@@ -263,6 +270,7 @@ impl Auth {
         .await?;
         tx.commit().await?;
         tracing::info!("refresh token rotated");
+        token_issued("refresh_token");
         Ok(Session {
             subject: row.user_id.to_string(),
             access,
@@ -333,6 +341,7 @@ impl Auth {
                     .issue(subject, &granted, Some(subject))
                     .map_err(AuthError::from)?;
                 tracing::info!(client_id = subject, scope = %granted, "client token issued");
+                token_issued("client_credentials");
                 Ok(Session {
                     subject: subject.to_owned(),
                     access,
@@ -402,4 +411,16 @@ impl Auth {
             .checked_add_signed(self.refresh_ttl)
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
+}
+
+/// `auth_logins_total` by outcome: `success`, `refused` (wrong email or
+/// password, one outcome so the figure cannot tell which), `throttled`.
+fn login_outcome(outcome: &'static str) {
+    metrics::counter!("auth_logins_total", "outcome" => outcome).increment(1);
+}
+
+/// `auth_tokens_issued_total` by grant (`password`, `refresh_token`,
+/// `client_credentials`).
+fn token_issued(grant: &'static str) {
+    metrics::counter!("auth_tokens_issued_total", "grant" => grant).increment(1);
 }

@@ -84,14 +84,18 @@ impl Application {
             discovery: _,
         } = self;
 
+        // Ready while the database answers: over HTTP and in the gRPC
+        // health protocol alike.
+        let readiness = Health::new().database(pool.clone());
         let grpc = serve::grpc(
             grpc_listener,
             AuthServiceServer::new(AuthGrpc::new(auth, jwks.clone())),
             signalbox_proto::FILE_DESCRIPTOR_SET,
+            readiness.clone(),
             shutdown.clone(),
         );
 
-        let router = http::router(jwks).merge(Health::new().database(pool.clone()).router());
+        let router = http::router(jwks).merge(readiness.router());
         let http = serve::http(http_listener, router, shutdown.clone());
         let registered = registration.hold_until(shutdown.clone());
 

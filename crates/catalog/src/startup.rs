@@ -100,6 +100,8 @@ impl Application {
             discovery,
         } = self;
 
+        // Ready only while every shard has this instance's consumer.
+        let checks = Health::new().flag("commands", consumers.attached().probe());
         let grpc = serve::grpc(
             grpc_listener,
             CatalogServiceServer::new(CatalogGrpc::new(
@@ -108,10 +110,9 @@ impl Application {
                 verifier,
             )),
             signalbox_proto::FILE_DESCRIPTOR_SET,
+            OutboxService::readiness(checks.clone(), &pool, &broker),
             shutdown.clone(),
         );
-        // Ready only while every shard has this instance's consumer.
-        let checks = Health::new().flag("commands", consumers.attached().probe());
         // One consumer task per shard queue, all with the same handler.
         let commands = consumers.run(
             Arc::new(CommandHandler::new(pool.clone())),

@@ -412,15 +412,17 @@ impl Consumer {
     }
 }
 
-/// Handles one delivery and settles it.
+/// Handles one delivery and settles it, inside the delivery's span.
 ///
-/// One span per delivery, so every line logged while it is handled (by the
-/// handler too) names the queue, the message and the attempt; `message_id`
-/// and `message_type` stay empty for a delivery without a valid envelope.
-#[tracing::instrument(
-    skip_all,
-    fields(queue = %queue, message_id, message_type, attempt)
-)]
+/// One span per delivery (OpenTelemetry's messaging conventions: `process
+/// <queue>`, kind consumer), child of the trace context the message carries
+/// (`traceparent`, [`crate::trace_context`]): the handler's database work
+/// and the messages it enqueues continue the trace of whatever sent it. A
+/// redelivery and every retry carry the same header, so each attempt is
+/// another child of the same producer span. Every line logged while the
+/// delivery is handled (by the handler too) names the queue, the message and
+/// the attempt; `message_id` and `message_type` stay empty for a delivery
+/// without a valid envelope.
 async fn process<H: Handler>(
     channel: &Channel,
     queue: &str,
@@ -429,10 +431,95 @@ async fn process<H: Handler>(
     handler: &H,
     delivery: Delivery,
 ) -> Result<(), ConsumeError> {
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let envelope = amqp::from_properties(&delivery.properties);
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("process {queue}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = queue,
+        messaging.message.id = tracing::field::Empty,
+        messaging.message.conversation_id = tracing::field::Empty,
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        queue = %queue,
+        message_id = tracing::field::Empty,
+        message_type = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    if let Ok(envelope) = &envelope {
+        // Before the span is first entered: its parent is fixed then.
+        let _ = span.set_parent(crate::trace_context::context_of(envelope));
+    }
+    let started = std::time::Instant::now();
+    let result = handle_delivery(channel, queue, work, stream, handler, delivery, envelope)
+        .instrument(span.clone())
+        .await;
+    let outcome = match &result {
+        Ok(outcome) => outcome.as_str(),
+        Err(_) => "interrupted",
+    };
+    span.record("outcome", outcome);
+    metrics::histogram!(
+        "messaging_consumer_handle_duration_seconds",
+        "queue" => queue.to_owned(),
+        "outcome" => outcome,
+    )
+    .record(started.elapsed().as_secs_f64());
+    let counter = match &result {
+        Ok(Settled::Handled) => Some("messaging_consumer_handled_total"),
+        Ok(Settled::Retried) => Some("messaging_consumer_retried_total"),
+        Ok(Settled::DeadLettered) => {
+            span.record("otel.status_code", "ERROR");
+            Some("messaging_consumer_dead_lettered_total")
+        }
+        Err(_) => None,
+    };
+    if let Some(name) = counter {
+        metrics::counter!(name, "queue" => queue.to_owned()).increment(1);
+    }
+    result.map(|_| ())
+}
+
+/// How a delivery was settled, for the consumer's metrics.
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    /// Handled and acked (a stream message passed over counts here too).
+    Handled,
+    /// Sent to a retry queue, or requeued on an instance queue.
+    Retried,
+    /// Moved to the dead-letter queue, or dropped from an instance queue.
+    DeadLettered,
+}
+
+impl Settled {
+    fn as_str(self) -> &'static str {
+        match self {
+            Settled::Handled => "handled",
+            Settled::Retried => "retried",
+            Settled::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+async fn handle_delivery<H: Handler>(
+    channel: &Channel,
+    queue: &str,
+    work: Option<&WorkQueue>,
+    stream: bool,
+    handler: &H,
+    delivery: Delivery,
+    envelope: Result<Envelope, amqp::EnvelopeError>,
+) -> Result<Settled, ConsumeError> {
     let span = tracing::Span::current();
     let attempt = retry_count(&delivery.properties);
     span.record("attempt", attempt);
-    let envelope = match amqp::from_properties(&delivery.properties) {
+    let envelope = match envelope {
         Ok(envelope) => envelope,
         Err(error) => {
             // The reason travels as a header: text, but the whole chain.
@@ -442,6 +529,13 @@ async fn process<H: Handler>(
         }
     };
     span.record("message_id", tracing::field::display(envelope.message_id));
+    span.record(
+        "messaging.message.id",
+        tracing::field::display(envelope.message_id),
+    );
+    if let Some(correlation_id) = &envelope.correlation_id {
+        span.record("messaging.message.conversation_id", correlation_id.as_str());
+    }
     span.record("message_type", envelope.message_type.as_str());
     let incoming = Incoming {
         envelope,
@@ -452,7 +546,9 @@ async fn process<H: Handler>(
     };
 
     match handler.handle(incoming).await {
-        Ok(()) => settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await,
+        Ok(()) => settle_delivery(channel, delivery.ack(BasicAckOptions::default()))
+            .await
+            .map(|()| Settled::Handled),
         Err(HandleError::Interrupted) => {
             // Neither ack nor nack: closing the channel returns this delivery
             // and the prefetched ones behind it to the queue, in order.
@@ -468,7 +564,9 @@ async fn process<H: Handler>(
             // A stream keeps the message whatever we do; there is no
             // requeue, and waiting here would hold up every later event.
             tracing::error!(error = %Chain(&*error), "handler failed; passing over the stream message");
-            settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await
+            settle_delivery(channel, delivery.ack(BasicAckOptions::default()))
+                .await
+                .map(|()| Settled::Handled)
         }
         Err(HandleError::Transient(error)) => {
             let reason = Chain(&*error).to_string();
@@ -481,7 +579,9 @@ async fn process<H: Handler>(
                         (FAILURE_REASON, long_string(&reason)),
                     ];
                     republish(channel, &retry_queue, &delivery, &headers).await?;
-                    settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await
+                    settle_delivery(channel, delivery.ack(BasicAckOptions::default()))
+                        .await
+                        .map(|()| Settled::Retried)
                 }
                 None if work.is_none() => {
                     // An instance queue has no retry queues: put it back.
@@ -490,7 +590,9 @@ async fn process<H: Handler>(
                         requeue: true,
                         ..Default::default()
                     };
-                    settle_delivery(channel, delivery.nack(requeue)).await
+                    settle_delivery(channel, delivery.nack(requeue))
+                        .await
+                        .map(|()| Settled::Retried)
                 }
                 None => {
                     tracing::error!(error = %reason, "retries exhausted; dead-lettering");
@@ -510,7 +612,7 @@ async fn give_up(
     work: Option<&WorkQueue>,
     delivery: &Delivery,
     reason: &str,
-) -> Result<(), ConsumeError> {
+) -> Result<Settled, ConsumeError> {
     if work.is_some() {
         let headers = [
             (FAILURE_REASON, long_string(reason)),
@@ -531,7 +633,9 @@ async fn give_up(
     } else {
         tracing::error!(%reason, "message dropped from instance queue");
     }
-    settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await
+    settle_delivery(channel, delivery.ack(BasicAckOptions::default()))
+        .await
+        .map(|()| Settled::DeadLettered)
 }
 
 /// Publishes a copy of `delivery` (same body and properties, extra headers)

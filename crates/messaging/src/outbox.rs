@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     chain::Chain,
     publisher::{ConfirmedPublisher, Outgoing, PublishError},
-    Broker,
+    trace_context, Broker,
 };
 
 /// The PostgreSQL notification channel a commit with outbox rows signals on.
@@ -38,17 +38,47 @@ pub const NOTIFY_CHANNEL: &str = "outbox";
 /// Writes `message` into the outbox as part of the caller's transaction, and
 /// asks PostgreSQL to wake the relay when that transaction commits
 /// (notifications are delivered on commit, and dropped on rollback).
+///
+/// The row's envelope carries the current span's trace context
+/// (`traceparent`, see [`crate::trace_context`]): the message is published
+/// later, by another task, perhaps by another instance, and continues the
+/// trace of the operation that wrote it.
 pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> Result<(), sqlx::Error> {
     let payload: serde_json::Value =
         serde_json::from_slice(&message.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // The caller's context, taken before the insert's own span is entered.
+    let mut envelope = message.envelope.clone();
+    trace_context::stamp(&mut envelope);
+    insert(conn, message, &envelope, payload).await
+}
+
+#[tracing::instrument(
+    name = "outbox insert",
+    skip_all,
+    fields(
+        otel.name = "INSERT outbox",
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = "outbox",
+        messaging.destination.name = %message.exchange,
+        messaging.message.id = %envelope.message_id,
+    )
+)]
+async fn insert(
+    conn: &mut PgConnection,
+    message: &Outgoing,
+    envelope: &Envelope,
+    payload: serde_json::Value,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO outbox (message_id, exchange, routing_key, envelope, payload)
          VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(message.envelope.message_id)
+    .bind(envelope.message_id)
     .bind(&message.exchange)
     .bind(&message.routing_key)
-    .bind(Json(&message.envelope))
+    .bind(Json(envelope))
     .bind(Json(payload))
     .execute(&mut *conn)
     .await?;
@@ -123,8 +153,14 @@ impl OutboxRelay {
         let mut publisher: Option<ConfirmedPublisher> = None;
         loop {
             if let Err(error) = self.drain(&mut publisher, &shutdown).await {
+                metrics::counter!("outbox_relay_failures_total").increment(1);
                 tracing::warn!(error = %Chain(&error), "outbox relay failed; will retry");
                 publisher = None;
+            }
+            // What is left behind, for `/metrics`: a growing backlog or an
+            // old oldest row means the relay cannot keep up or publish.
+            if let Err(error) = self.measure_backlog().await {
+                tracing::debug!(%error, "outbox backlog not measured");
             }
             tokio::select! {
                 // Stop between batches, never in the middle of one.
@@ -145,6 +181,22 @@ impl OutboxRelay {
                 _ = tokio::time::sleep(self.poll_interval) => {}
             }
         }
+    }
+
+    /// Sets `outbox_rows_waiting` and `outbox_oldest_waiting_age_seconds`
+    /// (one query on the index of unpublished rows).
+    async fn measure_backlog(&self) -> Result<(), sqlx::Error> {
+        let (waiting, oldest): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*),
+                    EXTRACT(EPOCH FROM now() - min(created_at))::float8
+             FROM outbox
+             WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        metrics::gauge!("outbox_rows_waiting").set(waiting as f64);
+        metrics::gauge!("outbox_oldest_waiting_age_seconds").set(oldest.unwrap_or(0.0));
+        Ok(())
     }
 
     async fn listen(&self) -> Result<PgListener, sqlx::Error> {
@@ -205,16 +257,31 @@ impl OutboxRelay {
             return Ok(0);
         }
 
-        let messages: Vec<Outgoing> = rows
+        // One producer span per message, child of the context its row
+        // carries (the operation that enqueued it); the published message
+        // carries the producer span's context instead, so the consumer's
+        // span hangs below this hop. The spans end when they are dropped,
+        // after the batch's confirms.
+        let (messages, _sends): (Vec<Outgoing>, Vec<tracing::Span>) = rows
             .iter()
-            .map(|row| Outgoing {
-                exchange: row.exchange.clone(),
-                routing_key: row.routing_key.clone(),
-                envelope: row.envelope.0.clone(),
-                payload: serde_json::to_vec(&row.payload.0).expect("JSON values serialize"),
+            .map(|row| {
+                let mut envelope = row.envelope.0.clone();
+                let send = send_span(&row.exchange, &row.routing_key, &envelope);
+                if let Some(traceparent) = trace_context::traceparent_of(&send) {
+                    envelope.traceparent = Some(traceparent);
+                }
+                let message = Outgoing {
+                    exchange: row.exchange.clone(),
+                    routing_key: row.routing_key.clone(),
+                    envelope,
+                    payload: serde_json::to_vec(&row.payload.0).expect("JSON values serialize"),
+                };
+                (message, send)
             })
-            .collect();
+            .unzip();
+        metrics::counter!("outbox_relay_published_total").increment(messages.len() as u64);
         publisher.publish_all(&messages).await?;
+        metrics::counter!("outbox_relay_confirmed_total").increment(messages.len() as u64);
 
         let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
         sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
@@ -225,6 +292,33 @@ impl OutboxRelay {
         tracing::debug!(count = rows.len(), "outbox batch published");
         Ok(rows.len())
     }
+}
+
+/// The producer span of one relayed message (OpenTelemetry's messaging
+/// conventions: `send <destination>`, kind producer).
+fn send_span(exchange: &str, routing_key: &str, envelope: &Envelope) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let destination = if exchange.is_empty() {
+        routing_key // the default exchange routes by queue name
+    } else {
+        exchange
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "outbox send",
+        otel.name = format!("send {destination}"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = destination,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.message.id = %envelope.message_id,
+        messaging.message.conversation_id = envelope.correlation_id.as_deref().unwrap_or_default(),
+    );
+    // Before the span starts: its parent is the row's context.
+    let _ = span.set_parent(trace_context::context_of(envelope));
+    span
 }
 
 /// Waits for the next notification, or forever when there is no listener.

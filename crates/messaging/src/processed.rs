@@ -29,5 +29,10 @@ pub async fn claim(
     .bind(message_id)
     .execute(conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    let claimed = inserted.rows_affected() == 1;
+    if !claimed {
+        metrics::counter!("messaging_consumer_duplicates_total", "consumer" => consumer.to_owned())
+            .increment(1);
+    }
+    Ok(claimed)
 }

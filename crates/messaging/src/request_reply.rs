@@ -582,6 +582,9 @@ impl Requester {
         let mut envelope = message.envelope.clone();
         envelope.reply_to = Some(registration.session.queue.clone());
         envelope.correlation_id = Some(correlation_id.clone());
+        // The caller's trace goes with the request: the handler's span
+        // (another service's consumer) continues it.
+        crate::trace_context::stamp(&mut envelope);
         let mut properties = amqp::to_properties(&envelope);
         if let Some(expiration) = expiration {
             properties = properties.with_expiration(expiration.as_millis().to_string().into());

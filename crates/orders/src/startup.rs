@@ -117,6 +117,11 @@ impl Application {
             discovery,
         } = self;
 
+        // Ready only while the saga's reply consumer and the socket
+        // commands' consumer are attached.
+        let checks = Health::new()
+            .flag("replies", consumer.attached().probe())
+            .flag("inbound", inbound.attached().probe());
         let grpc = serve::grpc(
             grpc_listener,
             OrderServiceServer::new(OrdersGrpc::new(
@@ -126,13 +131,10 @@ impl Application {
                 verifier,
             )),
             signalbox_proto::FILE_DESCRIPTOR_SET,
+            OutboxService::readiness(checks.clone(), &pool, &broker),
             shutdown.clone(),
         );
 
-        // Ready only while the saga's reply consumer is attached.
-        let checks = Health::new()
-            .flag("replies", consumer.attached().probe())
-            .flag("inbound", inbound.attached().probe());
         let replies = consumer.run(
             ReplyHandler::new(pool.clone(), broker.namespace().clone()),
             shutdown.clone(),

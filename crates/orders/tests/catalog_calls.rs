@@ -160,6 +160,7 @@ async fn serve_middle(
         listener,
         CatalogServiceServer::new(Middle(catalog)),
         signalbox_proto::FILE_DESCRIPTOR_SET,
+        signalbox_platform::health::Health::new(),
         stop.clone(),
     ));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))

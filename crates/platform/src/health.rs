@@ -3,7 +3,12 @@
 //! `/health/live` answers 200 while the process can serve at all (restart me
 //! if not). `/health/ready` runs the service's checks (database reachable,
 //! broker connected, …) and answers 503 while any fails, so a load balancer
-//! or Kubernetes stops sending traffic without killing the process.
+//! or Kubernetes stops sending traffic without killing the process. The
+//! same checks drive the gRPC health protocol of a service that serves gRPC
+//! ([`crate::serve::grpc`]).
+//!
+//! The router also answers `/metrics` ([`crate::metrics`]), so every
+//! service's HTTP port has it.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -86,6 +91,7 @@ impl Health {
             )
             .route("/health/ready", get(ready))
             .with_state(self)
+            .merge(crate::metrics::router())
     }
 }
 

@@ -14,7 +14,10 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseSettings, ListenSettings};
+use crate::{
+    config::{DatabaseSettings, ListenSettings},
+    health::Health,
+};
 
 pub async fn bind(settings: &ListenSettings) -> anyhow::Result<TcpListener> {
     let addr = settings
@@ -31,6 +34,9 @@ pub async fn http(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // After routing (a router's layer), so that every request is measured
+    // by its route template: `http_server_request_duration_seconds`.
+    let router = router.layer(axum::middleware::from_fn(crate::instrument::http_metrics));
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -46,8 +52,18 @@ pub fn port(listener: &TcpListener) -> u16 {
 
 /// Serves one gRPC service until `shutdown`, together with what every
 /// Signalbox gRPC server offers: the standard health protocol
-/// (`grpc.health.v1`, reporting the service SERVING) and reflection over
-/// `file_descriptor_set`.
+/// (`grpc.health.v1`) and reflection over `file_descriptor_set`.
+///
+/// The health protocol follows `readiness`, the same checks as the
+/// service's `/health/ready`: NOT_SERVING until they first pass, while any
+/// fails, and from the moment shutdown begins (so a gRPC-aware balancer
+/// drains the instance while its in-flight calls finish); SERVING
+/// otherwise. Both the service's own name and the whole server (`""`) are
+/// reported.
+///
+/// Every call gets a server span that continues the caller's trace and is
+/// measured (`rpc_server_duration_seconds`, see
+/// [`crate::instrument::GrpcServerLayer`]).
 ///
 /// Every request runs in the deadline its caller sent (`grpc-timeout`):
 /// the guarded clients a handler calls through
@@ -57,6 +73,7 @@ pub async fn grpc<S>(
     listener: TcpListener,
     service: S,
     file_descriptor_set: &'static [u8],
+    readiness: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
@@ -72,10 +89,25 @@ where
     S::Future: Send + 'static,
 {
     let (reporter, health) = tonic_health::server::health_reporter();
+    // NOT_SERVING until the first round of checks has passed.
     reporter
-        .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
+        .set_service_status(S::NAME, tonic_health::ServingStatus::NotServing)
         .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    // A task that keeps the health protocol in step with readiness; it
+    // ends with the server (shutdown), having said NOT_SERVING.
+    tokio::spawn(follow_readiness(
+        reporter,
+        S::NAME,
+        readiness,
+        shutdown.clone(),
+    ));
     tonic::transport::Server::builder()
+        // Outermost: the server span and the duration of every call, so
+        // that the time spent in the layers below is part of both.
+        .layer(crate::instrument::GrpcServerLayer)
         // Around every service: a layer of the server, so each request's
         // handler runs inside the caller's deadline scope and no service
         // can forget it.
@@ -86,6 +118,50 @@ where
         .serve_with_incoming_shutdown(grpc_incoming(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// How often the gRPC health status is brought in step with readiness.
+const READINESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `readiness` every [`READINESS_EVERY`] and reports the result for
+/// `service` and the whole server, until `shutdown`: then NOT_SERVING.
+async fn follow_readiness(
+    mut reporter: tonic_health::server::HealthReporter,
+    service: &'static str,
+    readiness: Health,
+    shutdown: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    let mut serving = None;
+    loop {
+        let (ready, _) = readiness.report().await;
+        if serving != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(service, ?status, "grpc health");
+            set_status(&mut reporter, service, status).await;
+            serving = Some(ready);
+        }
+        tokio::select! {
+            // Shutdown: stop taking new calls from balancers that watch.
+            _ = shutdown.cancelled() => break,
+            // The next round of checks.
+            _ = tokio::time::sleep(READINESS_EVERY) => {}
+        }
+    }
+    set_status(&mut reporter, service, ServingStatus::NotServing).await;
+}
+
+async fn set_status(
+    reporter: &mut tonic_health::server::HealthReporter,
+    service: &'static str,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status(service, status).await;
+    reporter.set_service_status("", status).await;
 }
 
 /// A pre-bound listener as the incoming-connection stream tonic serves from.
@@ -187,6 +263,9 @@ pub async fn run_all(
             }
         }
     }
+    // Every task has stopped: export the spans they ended, so a graceful
+    // shutdown loses none (blocking, bounded by the exporter's timeout).
+    let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
     first_error.map_or(Ok(()), Err)
 }
 

@@ -115,6 +115,18 @@ impl fmt::Display for State {
     }
 }
 
+impl State {
+    /// The value of the `resilience_breaker_state` gauge: 0 closed, 1
+    /// half-open, 2 open (higher is worse, so a graph reads at a glance).
+    pub fn gauge(self) -> f64 {
+        match self {
+            State::Closed => 0.0,
+            State::HalfOpen => 1.0,
+            State::Open => 2.0,
+        }
+    }
+}
+
 /// One change of state, kept for the admin view.
 #[derive(Debug, Clone)]
 pub struct Transition {
@@ -354,6 +366,14 @@ impl Shared {
             }
             _ => tracing::info!(upstream = %self.upstream, %from, %to, %reason, "circuit breaker"),
         }
+        metrics::gauge!("resilience_breaker_state", "upstream" => self.upstream.clone())
+            .set(to.gauge());
+        metrics::counter!(
+            "resilience_breaker_transitions_total",
+            "upstream" => self.upstream.clone(),
+            "state" => to.to_string(),
+        )
+        .increment(1);
         if inner.history.len() == HISTORY {
             inner.history.pop_front();
         }
@@ -378,9 +398,13 @@ pub struct CircuitBreakerLayer {
 impl CircuitBreakerLayer {
     pub fn new(upstream: impl Into<String>, settings: BreakerSettings) -> Self {
         let window = Window::new(settings.window_size, settings.window_age);
+        let upstream = upstream.into();
+        // Every breaker shows on `/metrics` from its start, closed.
+        metrics::gauge!("resilience_breaker_state", "upstream" => upstream.clone())
+            .set(State::Closed.gauge());
         Self {
             shared: Arc::new(Shared {
-                upstream: upstream.into(),
+                upstream,
                 settings,
                 inner: Mutex::new(Inner {
                     phase: Phase::Closed,

@@ -21,7 +21,8 @@
 //!
 //! [`outcome`] tells a failure from a success by the gRPC status the server
 //! answered with; [`deadline`] carries the caller's remaining budget into
-//! `grpc-timeout`, and out of it on the server side; [`policy`] is how
+//! `grpc-timeout`, and out of it on the server side; [`trace`] gives every
+//! call a client span and sends its trace context on; [`policy`] is how
 //! configuration spells the layers' settings. A client's stack is built in
 //! one function beside the client: `crates/gateway/src/upstream.rs`
 //! (`guarded`) and `crates/orders/src/catalog.rs` (`guarded`).
@@ -38,6 +39,7 @@ pub mod policy;
 pub mod rejection;
 pub mod retry;
 mod stack;
+pub mod trace;
 mod window;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, CircuitBreakerLayer, State};

@@ -2,14 +2,16 @@
 //! gateway's calls to auth, orders and catalog; orders' call to catalog).
 //!
 //! ```text
-//!   call ──► Deadline ──► Bulkhead ──► Retry ──► endpoints (one breaker each)
+//!   call ──► Trace ──► Deadline ──► Bulkhead ──► Retry ──► endpoints (one breaker each)
 //! ```
 
 use std::time::Duration;
 
 use tower::ServiceBuilder;
 
-use crate::{BulkheadLayer, CallPolicy, DeadlineLayer, RetryLayer, UpstreamService};
+use crate::{
+    trace::ClientTraceLayer, BulkheadLayer, CallPolicy, DeadlineLayer, RetryLayer, UpstreamService,
+};
 
 /// Guards the calls to one upstream: `endpoints` is what they finally go to
 /// (its instances, each behind its own circuit breaker), `timeout` the
@@ -25,7 +27,13 @@ pub fn guard(
     let bulkhead = BulkheadLayer::new(policy.max_in_flight);
     // Layers run top to bottom on the way out to the upstream.
     let stack = ServiceBuilder::new()
-        // Outermost: every call gets its deadline before anything else
+        // Outermost: the call's client span, whose context travels in the
+        // metadata to the server. Above everything else so that the span
+        // covers the time a call waits for its deadline's permit, its
+        // retries and a breaker's refusal, and so that a refused call is
+        // traced and counted too.
+        .layer(ClientTraceLayer)
+        // Then: every call gets its deadline before anything else
         // happens to it — the caller's remaining budget (inherited through
         // `deadline::scope`, or from the `grpc-timeout` a server received)
         // or `timeout`, whichever is sooner — and sends what is left as

@@ -45,6 +45,17 @@ pub struct OutboxService {
 }
 
 impl OutboxService {
+    /// A service's readiness: its own `checks` (its consumers attached),
+    /// plus its database and the broker. Without its database a service can
+    /// neither serve nor commit what it consumes, and without the broker its
+    /// outbox backs up and its consumers stop; either takes it out of the
+    /// load balancer until it is back, without restarting it. The same
+    /// checks answer `/health/ready` and drive the gRPC health protocol
+    /// (`serve::grpc`).
+    pub fn readiness(checks: Health, pool: &PgPool, broker: &Arc<Broker>) -> Health {
+        checks.database(pool.clone()).flag("broker", broker.probe())
+    }
+
     /// Runs the service's own `tasks` (its servers and consumers) and the
     /// common ones until all have stopped (see [`serve::run_all`]), then
     /// closes the broker connection and the pool. `checks` are the service's
@@ -71,11 +82,7 @@ impl OutboxService {
         // the `registration` task below withdraws it on shutdown.
         let registration = signalbox_discovery::register(name, grpc_port, &discovery)?;
 
-        // Readiness: without its database a service can neither serve nor
-        // commit what it consumes, and without the broker its outbox backs
-        // up and its consumers stop; either takes it out of the load
-        // balancer until it is back, without restarting it.
-        let health = checks.database(pool.clone()).flag("broker", broker.probe());
+        let health = Self::readiness(checks, &pool, &broker);
         tasks.push(serve::task(
             "http",
             serve::http(http, health.router(), shutdown.clone()),
