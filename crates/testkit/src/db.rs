@@ -22,8 +22,14 @@ impl TestDatabase {
     /// Creates the (empty) database `name`. Make the name unique: the test's
     /// random namespace and the service, `<namespace>_<service>`.
     pub async fn create(name: impl Into<String>) -> anyhow::Result<Self> {
+        Self::create_on(&server_url(), name).await
+    }
+
+    /// Like [`Self::create`], on the server `server` (a URL without a
+    /// database), such as a test's [`crate::pg_server::PrivateServer`].
+    pub async fn create_on(server: &str, name: impl Into<String>) -> anyhow::Result<Self> {
         let name = name.into();
-        let mut admin = admin().await?;
+        let mut admin = admin_on(server).await?;
         // Safe: `identifier` admits only ASCII letters, digits and `_`.
         sqlx::query(AssertSqlSafe(format!(
             r#"CREATE DATABASE "{}""#,
@@ -32,7 +38,7 @@ impl TestDatabase {
         .execute(&mut admin)
         .await?;
         admin.close().await?;
-        let url = format!("{}/{name}", server_url());
+        let url = format!("{server}/{name}");
         Ok(Self { name, url })
     }
 
@@ -79,7 +85,11 @@ pub async fn exists(name: &str) -> anyhow::Result<bool> {
 /// A connection to the server's `postgres` database, for creating and
 /// dropping the others.
 async fn admin() -> anyhow::Result<PgConnection> {
-    Ok(PgConnection::connect(&format!("{}/postgres", server_url())).await?)
+    admin_on(&server_url()).await
+}
+
+async fn admin_on(server: &str) -> anyhow::Result<PgConnection> {
+    Ok(PgConnection::connect(&format!("{server}/postgres")).await?)
 }
 
 /// A database name that can be spliced into DDL (which takes no bind
