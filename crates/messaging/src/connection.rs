@@ -39,6 +39,10 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
 }
 
+/// How long [`Broker::close`] waits for the connection's I/O loop to end
+/// after `Close-Ok`: it only has the TCP stream left to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// A broker connection that heals itself, plus the namespace every name is
 /// built from.
 pub struct Broker {
@@ -132,15 +136,40 @@ impl Broker {
     }
 
     /// Closes the connection politely (the broker then releases exclusive
-    /// queues at once instead of waiting for a heartbeat timeout).
+    /// queues at once instead of waiting for a heartbeat timeout), and
+    /// returns only once the connection's I/O loop has ended.
+    ///
+    /// That second half is what makes a shutdown quiet. lapin runs the I/O
+    /// loop on a thread of its own that drives the socket through this
+    /// runtime's reactor; after `Close-Ok` it still closes the TCP stream.
+    /// A service whose `main` returned right after `close` drops the
+    /// runtime under that thread, and lapin reports the runtime's "being
+    /// shutdown" I/O error as an ERROR "Connection error" (about every
+    /// other shutdown). So the loop's thread is joined here, on a blocking
+    /// thread, within [`CLOSE_WAIT`].
     pub async fn close(&self) {
         let connection = self.current.write().ok().and_then(|mut c| c.take());
-        if let Some(connection) = connection {
-            if connection.status().connected() {
-                if let Err(error) = connection.close(200, "shutting down".into()).await {
-                    tracing::debug!(%error, "broker close");
-                }
+        let Some(connection) = connection else {
+            return;
+        };
+        if connection.status().connected() {
+            if let Err(error) = connection.close(200, "shutting down".into()).await {
+                tracing::debug!(%error, "broker close");
             }
+        }
+        // `live()` hands out clones only for the length of a `channel()`
+        // call, so at shutdown this is the last one.
+        let Ok(connection) = Arc::try_unwrap(connection) else {
+            tracing::debug!("broker connection still shared; not waiting for its I/O loop");
+            return;
+        };
+        // `Connection::run` drops the handle and joins the I/O loop's thread.
+        let joined = tokio::task::spawn_blocking(move || connection.run());
+        match tokio::time::timeout(CLOSE_WAIT, joined).await {
+            Ok(Ok(Ok(()))) => tracing::debug!("broker connection closed"),
+            Ok(Ok(Err(error))) => tracing::debug!(%error, "broker I/O loop ended"),
+            Ok(Err(error)) => tracing::debug!(%error, "broker I/O loop join"),
+            Err(_) => tracing::warn!(waited = ?CLOSE_WAIT, "broker I/O loop still running"),
         }
     }
 

@@ -26,6 +26,21 @@ const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
 const DEAD_LETTER_ROUTING_KEY: &str = "x-dead-letter-routing-key";
 /// At most one consumer receives at a time; the others stand by.
 const SINGLE_ACTIVE_CONSUMER: &str = "x-single-active-consumer";
+/// The most messages a queue holds...
+const MAX_LENGTH: &str = "x-max-length";
+/// ...and the most bytes of message bodies...
+const MAX_LENGTH_BYTES: &str = "x-max-length-bytes";
+/// ...and what the broker does when one of them is reached.
+const OVERFLOW: &str = "x-overflow";
+
+/// The bound of every per-instance queue ([`declare_instance_queue`]):
+/// far more than a live instance ever has waiting (it consumes as they
+/// come: replies to its own requests, at most a few hundred outstanding;
+/// census requests, one every few seconds), so only a frozen or dead
+/// instance reaches it.
+pub const INSTANCE_QUEUE_MAX_MESSAGES: i64 = 10_000;
+/// The same bound in bytes (bodies only, as the broker counts them).
+pub const INSTANCE_QUEUE_MAX_BYTES: i64 = 16 * 1024 * 1024;
 
 /// Declares the exchanges shared by every service.
 pub async fn declare_exchanges(channel: &Channel, ns: &Namespace) -> Result<(), lapin::Error> {
@@ -222,11 +237,31 @@ pub async fn declare_work_queue(
 /// Declares this instance's private queue for fan-out: server-named,
 /// exclusive to this connection and deleted with it. Every instance that
 /// binds such a queue to the events exchange gets its own copy of each event.
+///
+/// Bounded ([`INSTANCE_QUEUE_MAX_MESSAGES`], [`INSTANCE_QUEUE_MAX_BYTES`]),
+/// oldest dropped first (`x-overflow: drop-head`): a frozen instance keeps
+/// its connection, and so its queue, until the broker's heartbeat gives up
+/// on it, and without a bound that queue would grow the broker's memory
+/// until its memory alarm blocks every publisher of the system. Dropping
+/// the oldest is right for what these queues carry: a reply whose request
+/// has long timed out, a census request whose asker has long answered.
+/// Publishers are never refused (`reject-publish` would fail the sender of
+/// the newest message instead, who is not the one at fault).
 pub async fn declare_instance_queue(
     channel: &Channel,
     ns: &Namespace,
     patterns: &[&str],
 ) -> Result<String, lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert(
+        MAX_LENGTH.into(),
+        AMQPValue::LongLongInt(INSTANCE_QUEUE_MAX_MESSAGES),
+    );
+    args.insert(
+        MAX_LENGTH_BYTES.into(),
+        AMQPValue::LongLongInt(INSTANCE_QUEUE_MAX_BYTES),
+    );
+    args.insert(OVERFLOW.into(), long_string("drop-head"));
     let queue = channel
         .queue_declare(
             "".into(),
@@ -235,7 +270,7 @@ pub async fn declare_instance_queue(
                 auto_delete: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await?;
     let name = queue.name().as_str().to_owned();
