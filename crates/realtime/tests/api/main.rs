@@ -2,6 +2,7 @@
 //! stand-in JWKS server for the auth service.
 
 mod auth;
+mod backpressure;
 mod commands;
 mod events;
 mod expiry;
