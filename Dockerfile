@@ -4,12 +4,17 @@
 # /usr/local/bin and the container's command picks which one runs
 # (`docker run signalbox:dev orders`, `command: ["orders"]` in compose,
 # `command: ["orders"]` in Kubernetes). One build, one image to ship and scan.
+# A second, small image holds the `signalbox` command line and scripts/demo,
+# so the demo runs against compose without cargo on the host (target `cli`).
 #
-# Build:  docker build -t signalbox:dev .
+# Build:  docker build -t signalbox:dev .                      (the services; the last stage)
+#         docker build --target cli -t signalbox-cli:dev .     (the command line)
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts.
 
-ARG RUST_IMAGE=rust:1-bookworm
-ARG RUNTIME_IMAGE=debian:bookworm-slim
+# Pinned: the toolchain the workspace is tested with, and the Debian release
+# of its builder (the binaries need the glibc they were linked against).
+ARG RUST_IMAGE=rust:1.95.0-bookworm
+ARG RUNTIME_IMAGE=debian:12.15-slim
 
 # ---------------------------------------------------------------------------
 # Build stage: compile every binary of the workspace in release mode.
@@ -51,8 +56,36 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && for bin in gateway auth realtime orders catalog; do \
         install -m 0755 "target/release/${bin}" /out/bin/; \
     done \
+ && mkdir -p /out/cli \
+ && install -m 0755 target/release/signalbox /out/cli/signalbox \
+ && install -m 0755 scripts/demo /out/cli/demo \
  && install -m 0755 deploy/docker/healthcheck /out/bin/healthcheck \
  && if [ -d config ]; then cp -R config/. /out/config/; fi
+
+# ---------------------------------------------------------------------------
+# The command line: `signalbox` and the demo script, nothing else. Built
+# with --target cli; it comes before the runtime stage so that a plain
+# `docker build` still produces the services' image (the last stage).
+#   docker compose run --rm cli products        docker compose run --rm demo
+# ---------------------------------------------------------------------------
+FROM ${RUNTIME_IMAGE} AS cli
+
+# A home directory: `signalbox login` keeps the login in ~/.config/signalbox.
+# ~/.config exists in the image, owned by the user, so that a volume mounted
+# there (compose's cli-config) starts with that owner and mode.
+RUN groupadd --system --gid 10001 signalbox \
+ && useradd --system --uid 10001 --gid signalbox --create-home \
+        --home-dir /home/signalbox --shell /usr/sbin/nologin signalbox \
+ && install -d -m 0700 -o signalbox -g signalbox /home/signalbox/.config
+
+COPY --from=build /out/cli/ /usr/local/bin/
+USER 10001:10001
+WORKDIR /home/signalbox
+# Inside compose the system is reached by its service names.
+ENV SIGNALBOX_GATEWAY=http://gateway:8080 \
+    SIGNALBOX_REALTIME=ws://realtime-lb:8081/ws
+ENTRYPOINT ["signalbox"]
+CMD ["--help"]
 
 # ---------------------------------------------------------------------------
 # Runtime stage: a slim Debian of the same release as the builder, so the
