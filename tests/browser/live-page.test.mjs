@@ -72,6 +72,7 @@ test("a visitor registers, orders, and watches the order approved live", async (
       { timeout: DEADLINE },
     );
     const events = await row.locator(".events").textContent();
+    assert.match(events, /order\.created · 127\.0\.0\.1:\d+ · #\d+/, "the creation came over the socket");
     assert.match(events, /order\.approved · 127\.0\.0\.1:\d+ · #\d+/, "the approval came over the socket");
     // The picture lit up to the end: the realtime instance that pushed it,
     // and the page.

@@ -210,8 +210,11 @@ async function placeOrder(product, quantity) {
     $("#flow-order").textContent = json.order_id;
     const trace = traceId(headers);
     $("#flow-trace").textContent = trace || "– (no traceparent on the response)";
+    // The socket may have pushed this order's events before this answer
+    // arrived: a state it already showed stays.
+    const known = state.orders.get(json.order_id);
     upsertOrder(json.order_id, {
-      state: json.state,
+      state: known ? known.state : json.state,
       total: money(product.price_cents * quantity, product.currency),
       trace,
     });
@@ -272,7 +275,8 @@ function showEvent(data, offset) {
   const id = data.order_id;
   if (!id) return;
   const instance = instanceName(state.socketUrl);
-  const order = state.orders.get(id) || { events: [] };
+  if (!state.orders.has(id)) state.orders.set(id, { state: "PENDING", total: "", events: [] });
+  const order = state.orders.get(id);
   order.events.push(`${data.type} · ${instance} · #${offset}`);
   upsertOrder(id, { state: data.state || order.state });
   if (state.current && state.current !== id) return;
@@ -287,9 +291,10 @@ function showEvent(data, offset) {
     const tone = data.type === "order.approved" ? "ok" : "bad";
     lightHop("catalog", tone);
     lightHop("decision", tone);
-    setStatus($("#catalog-status"), `order ${id.slice(0, 8)} is ${data.state}${data.reason ? `: ${data.reason}` : ""}`);
-    // Catalog reserved (or refused) stock: show what is left.
-    loadProducts();
+    // Catalog reserved (or refused) stock: show what is left, then the
+    // outcome (loading the list clears the status line).
+    const outcome = `order ${id.slice(0, 8)} is ${data.state}${data.reason ? `: ${data.reason}` : ""}`;
+    loadProducts().then(() => setStatus($("#catalog-status"), outcome));
   }
   lightHop("page", data.state === "REJECTED" || data.state === "CANCELLED" ? "bad" : data.state === "APPROVED" ? "ok" : undefined);
   $("#hop-page").textContent = data.state || data.type;
