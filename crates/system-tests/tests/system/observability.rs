@@ -22,12 +22,13 @@ use signalbox_platform::telemetry;
 use signalbox_system_tests::{products, Options, Socket, TestSystem, DEADLINE};
 use signalbox_testkit::otlp::{OtlpReceiver, ReceivedSpan};
 
-/// The environment of a realtime child that exports to `endpoint` over
-/// OTLP/HTTP, quickly (100 ms batches instead of 5 s), and logs its pushes.
-fn otel_env(endpoint: &str) -> Vec<(String, String)> {
+/// The environment of a realtime child that exports to `endpoint` with
+/// `protocol` (`grpc` or `http/protobuf`), quickly (100 ms batches instead
+/// of 5 s), and logs its pushes.
+fn otel_env(endpoint: &str, protocol: &str) -> Vec<(String, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.into()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
         ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
         // `event handled` is a debug line, written inside the push span.
         ("RUST_LOG".into(), "info,signalbox_realtime=debug".into()),
@@ -113,7 +114,7 @@ async fn an_order_is_one_trace_from_the_edge_to_the_socket() -> anyhow::Result<(
     let receiver = OtlpReceiver::shared();
     let system = TestSystem::start_with(Options {
         realtime_process: Some(env!("CARGO_BIN_EXE_realtime-child").into()),
-        realtime_process_env: otel_env(&receiver.http_endpoint()),
+        realtime_process_env: otel_env(&receiver.http_endpoint(), "http/protobuf"),
         ..Default::default()
     })
     .await?;
@@ -373,11 +374,13 @@ async fn metrics_answer_prometheus_text_and_move_with_an_order() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_changes_nothing_for_requests() -> anyhow::Result<()> {
-    // A port nobody listens on: every export fails at once.
+    // A port nobody listens on: every export fails at once. Over OTLP/gRPC
+    // (the other test's child exports over OTLP/HTTP), chosen by the
+    // variable alone.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let system = TestSystem::start_with(Options {
         realtime_process: Some(env!("CARGO_BIN_EXE_realtime-child").into()),
-        realtime_process_env: otel_env(&format!("http://{closed}")),
+        realtime_process_env: otel_env(&format!("http://{closed}"), "grpc"),
         ..Default::default()
     })
     .await?;
