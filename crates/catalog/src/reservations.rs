@@ -39,6 +39,7 @@ use signalbox_messages::{
     Envelope, Message,
 };
 use signalbox_messaging::{outbox, processed, HandleError, Handler, Incoming, Outgoing};
+use signalbox_platform::faults;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -83,6 +84,8 @@ impl Handler for CommandHandler {
             other => return Err(HandleError::Reject(format!("unknown command `{other}`"))),
         }
         tx.commit().await?;
+        // Test-only: where a crash test kills catalog (committed, not acked).
+        faults::point(faults::points::CATALOG_COMMAND_COMMITTED);
         Ok(())
     }
 }

@@ -8,21 +8,24 @@ use axum::{
     body::Body,
     extract::DefaultBodyLimit,
     http::{HeaderName, Request},
-    middleware, Router,
+    middleware,
+    response::Response,
+    Router,
 };
-use signalbox_platform::{health::Health, serve, tokens::TokenVerifier};
+use signalbox_platform::{health::Health, instrument, serve, tokens::TokenVerifier};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::{DefaultOnResponse, TraceLayer},
+    trace::{DefaultOnResponse, OnResponse, TraceLayer},
 };
-use tracing::Level;
+use tracing::{Level, Span};
 
 use crate::{
     budget,
     limits::{self, Limits, TrustedProxies},
+    page,
     routes::system::Census,
     routes::{self, AppState},
     upstream::Clients,
@@ -109,10 +112,12 @@ pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
         // Outermost: give every request an id (or keep the caller's) before
         // anything logs, so the trace span below can carry it.
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        // One span per request with method, path and id, so every log line
-        // below carries them; 5xx answers are logged here with latency
-        // (every answer with `RUST_LOG=tower_http=info`), including timed-out
-        // and rejected requests, because everything below runs inside it.
+        // One server span per request (`POST /api/orders`), the root of the
+        // order's trace or the child of the caller's `traceparent`, with
+        // method, route, status and id, so every log line below carries
+        // them; 5xx answers are logged here with latency (every answer
+        // with `RUST_LOG=tower_http=info`), including timed-out and
+        // rejected requests, because everything below runs inside it.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<Body>| {
@@ -121,15 +126,18 @@ pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
                         .get(REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id,
-                    )
+                    instrument::http_server_span(request, request_id)
                 })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(|response: &Response, latency: Duration, span: &Span| {
+                    instrument::record_http_response(response, span);
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .on_response(response, latency, span);
+                }),
         )
+        // Answer with the request's `traceparent`, so a client can look
+        // its trace up; inside the span, whose context it writes.
+        .layer(middleware::from_fn(instrument::return_traceparent))
         // Echo the id on the response so a client can quote it in a report;
         // inside the trace so the echoed id is the one that was logged.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -162,6 +170,9 @@ pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
         // → the broker: the system census, with its own lazily connected
         // state; and the admin view of the upstream guards.
         .merge(system)
+        // The live page's settings and the OpenAPI document: API routes
+        // like the others, limited like them.
+        .merge(page::api_router(&settings.page))
         // The rate limits of every route above (not of health, merged
         // below: a refused probe would take the gateway out of service). A
         // route layer, so it runs after routing and knows the route's
@@ -169,5 +180,8 @@ pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
         // 431 and the timeout still apply.
         .route_layer(middleware::from_fn_with_state(limits, limits::enforce))
         .merge(health)
+        // The page and the API reference: embedded files, cheap to serve
+        // and fetched many at a time by one browser, so not rate-limited.
+        .merge(page::assets())
         .layer(stack)
 }

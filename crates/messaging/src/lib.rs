@@ -22,7 +22,7 @@
 //! Where the order of an aggregate's messages matters, a channel is split
 //! into shard queues with one active consumer each ([`sharding`]). What
 //! could not be handled waits in a dead-letter queue, from where an operator
-//! lists and replays it ([`dead_letters`], the `dlq` binary).
+//! lists and replays it ([`dead_letters`], `signalbox dlq`).
 //!
 //! Not every message belongs in the outbox. A caller that *waits* for an
 //! answer (an HTTP request, a WebSocket command) sends it directly with a
@@ -55,6 +55,7 @@ pub mod session;
 pub mod sharding;
 pub mod stream;
 pub mod topology;
+pub mod trace_context;
 
 pub use connection::Broker;
 pub use consumer::{Consumer, Flag, HandleError, Handler, Incoming, Source};

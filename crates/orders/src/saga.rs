@@ -49,6 +49,7 @@ use signalbox_messages::{
     Envelope, Message,
 };
 use signalbox_messaging::{outbox, processed, HandleError, Handler, Incoming, Outgoing, Shards};
+use signalbox_platform::faults;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -306,6 +307,9 @@ impl Handler for ReplyHandler {
             }
         }
         tx.commit().await?;
+        // Test-only: where a crash test kills orders (committed, not acked,
+        // the event not yet published by the relay).
+        faults::point(faults::points::ORDERS_REPLY_COMMITTED);
         Ok(())
     }
 }

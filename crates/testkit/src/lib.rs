@@ -31,9 +31,13 @@
 //!
 //! [`tokens`] stands in for the auth service where a test needs tokens it
 //! signs itself: an Ed25519 key, its JWKS on port 0, and access tokens.
+//! [`otlp`] is a real OTLP trace receiver, for the tests of what the
+//! services export.
 
 pub mod broker;
 pub mod db;
+pub mod otlp;
+pub mod pg_server;
 pub mod probe;
 pub mod sandbox;
 pub mod tokens;
