@@ -155,6 +155,23 @@ fn describe() {
         "realtime_commands_total",
         "socket commands accepted (within the rate limit) and sent to the backend"
     );
+    describe_gauge!(
+        "realtime_event_lag_seconds",
+        Unit::Seconds,
+        "how long after it occurred the instance handled its latest event"
+    );
+    describe_counter!(
+        "realtime_events_dropped_total",
+        "superseded (catalog) events not pushed because they arrived too late"
+    );
+    describe_counter!(
+        "realtime_lag_evictions_total",
+        "sockets closed 1008 because the instance lagged for too long"
+    );
+    describe_counter!(
+        "realtime_sockets_refused_total",
+        "new sockets refused 1013 while the instance lagged"
+    );
     describe_counter!("auth_logins_total", "login attempts, by outcome");
     describe_counter!("auth_tokens_issued_total", "access tokens issued, by grant");
     describe_counter!(
