@@ -1,7 +1,7 @@
 //! Settings of the realtime service (defaults here, then
 //! `config/realtime.yaml`, then `APP__…` environment variables).
 
-pub use crate::recovery::RecoverySettings;
+pub use crate::{backpressure::BackpressureSettings, recovery::RecoverySettings};
 use serde::{Deserialize, Serialize};
 use signalbox_platform::config::{
     comma_list, AmqpSettings, ListenSettings, TelemetrySettings, VerifierSettings,
@@ -18,6 +18,10 @@ pub struct Settings {
     /// How much history is kept for recovering clients, and for how long.
     #[serde(default)]
     pub recovery: RecoverySettings,
+    /// What the instance sheds when it falls behind the event log, and
+    /// from how far behind (`APP__BACKPRESSURE__…`).
+    #[serde(default)]
+    pub backpressure: BackpressureSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -29,6 +33,7 @@ impl Default for Settings {
             tokens: VerifierSettings::default(),
             ws: WsSettings::default(),
             recovery: RecoverySettings::default(),
+            backpressure: BackpressureSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -41,7 +46,9 @@ pub struct WsSettings {
     /// Browser origins allowed to open a socket (`APP__WS__ALLOWED_ORIGINS`
     /// takes a comma-separated list). A request with an `Origin` header not in
     /// the list is refused; a request without one (not a browser) is let in,
-    /// since it is the token, not the origin, that authenticates.
+    /// since it is the token, not the origin, that authenticates. By
+    /// default the gateway's live page on this machine
+    /// (`http://localhost:8080`, `http://127.0.0.1:8080`).
     #[serde(deserialize_with = "comma_list")]
     pub allowed_origins: Vec<String>,
     /// How long a socket opened without an `Authorization` header may take to
@@ -81,23 +88,30 @@ pub struct WsSettings {
 impl Default for WsSettings {
     fn default() -> Self {
         Self {
-            allowed_origins: Vec::new(),
+            allowed_origins: vec![
+                "http://localhost:8080".to_owned(),
+                "http://127.0.0.1:8080".to_owned(),
+            ],
             auth_timeout_secs: 5,
             // Client frames are small JSON: `subscribe` is tens of bytes,
             // `auth` and `refresh` carry a token of about a kilobyte. 64 KiB
             // is far above any of them and small enough that a client cannot
             // make the service buffer much on its behalf.
             max_frame_bytes: 64 * 1024,
-            // tungstenite's default is 128 KiB, which would make every idle
-            // socket cost 128 KiB. One page holds any client frame of this
-            // protocol in a single read; the rare larger one grows the
-            // buffer (see the field).
-            read_buffer_bytes: 4 * 1024,
-            // Nothing to gather: the socket task writes one frame at a time
-            // and flushes it at once (the hub's queue is drained frame by
-            // frame), so each frame is written as it is sent, instead of
-            // tungstenite's default of waiting for 128 KiB.
-            write_buffer_bytes: 0,
+            // tungstenite's default is 128 KiB, and the buffer is filled
+            // (so resident) on the first read: every idle socket would cost
+            // 128 KiB. Client frames of this protocol are tens of bytes
+            // (`subscribe`, `ping`) or about a kilobyte (`auth`, `refresh`
+            // with a token); 1 KiB holds most of them in one read, and a
+            // longer one grows the buffer to fit (see the field).
+            read_buffer_bytes: 1024,
+            // The socket task writes every event its queue holds before it
+            // flushes once (`socket::push_queued`): this gathers them into
+            // one write to the connection, up to 4 KiB (some twenty event
+            // frames), instead of one write per frame; tungstenite's
+            // default would wait for 128 KiB. A socket that once had a
+            // burst keeps that much capacity.
+            write_buffer_bytes: 4 * 1024,
             send_buffer: 256,
             heartbeat_secs: 20,
             command_timeout_ms: 10_000,

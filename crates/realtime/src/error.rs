@@ -20,12 +20,16 @@ use signalbox_platform::{
 pub mod close {
     /// The server is shutting down; reconnect (to another instance).
     pub const GOING_AWAY: u16 = 1001;
-    /// A policy was violated: no or invalid authentication, slow consumer,
-    /// heartbeat lost, binary frames before authentication.
+    /// A policy was violated: no or invalid authentication, slow consumer
+    /// (its buffer filled, or it was the furthest behind while the instance
+    /// lagged), heartbeat lost, binary frames before authentication.
     pub const POLICY: u16 = 1008;
     /// A message larger than `ws.max_frame_bytes` arrived.
     pub const TOO_LARGE: u16 = 1009;
-    /// The token could not be checked right now (signing keys unreachable).
+    /// The token could not be checked right now (signing keys unreachable),
+    /// or the instance is too far behind the event log to take another
+    /// socket (see `crate::backpressure`); reconnect after a moment, maybe
+    /// to another instance.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The token expired without a successful `refresh`; get a new token and
     /// reconnect.
@@ -42,6 +46,10 @@ pub mod frame_code {
     pub const FORBIDDEN: &str = "forbidden";
     pub const BAD_REQUEST: &str = "bad_request";
     pub const UNAVAILABLE: &str = "unavailable";
+    /// Events of a channel were not pushed to this socket (the instance
+    /// shed old superseded ones, or missed some): reload, or subscribe again
+    /// with `recover` to replay them from the log.
+    pub const EVENTS_DROPPED: &str = "events_dropped";
 }
 
 /// Why a `GET /ws` was refused before the upgrade.

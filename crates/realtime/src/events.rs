@@ -14,6 +14,10 @@
 //! message type added as `type`, so a client sees
 //! `{"type":"order.approved","order_id":…,"user_id":…,"state":"APPROVED"}`.
 //!
+//! Each event is handled by the shedding policy ([`crate::backpressure`]):
+//! its kind ([`EventKind::of`]) and its lag, how long after it occurred it
+//! is handled here, decide whether it is pushed at all.
+//!
 //! The consumer loop acks after [`EventRouter::handle`] returns: the effect of
 //! an event here is the push into the hub, which cannot fail in a way a
 //! redelivery would fix (and an ack on a stream only gives credit back).
@@ -25,7 +29,10 @@ use serde_json::Value;
 use signalbox_messages::Envelope;
 use signalbox_messaging::{HandleError, Handler, Incoming};
 
-use crate::hub::{user_channel, Hub, CATALOG_CHANNEL};
+use crate::{
+    backpressure::EventKind,
+    hub::{user_channel, Hub, CATALOG_CHANNEL},
+};
 
 /// Routing-key patterns this instance's queue is bound with.
 pub const BINDINGS: [&str; 2] = ["order.*", "catalog.*"];
@@ -75,7 +82,19 @@ impl EventRouter {
 }
 
 impl Handler for EventRouter {
-    #[tracing::instrument(skip_all, fields(message_id = %message.envelope.message_id, message_type = %message.envelope.message_type))]
+    // The push of one event to this instance's sockets: a span of its own
+    // under the consumer's `process` span, so an order's trace shows where
+    // it reached the sockets and how many it reached.
+    #[tracing::instrument(
+        name = "push",
+        skip_all,
+        fields(
+            otel.name = "push",
+            message_id = %message.envelope.message_id,
+            message_type = %message.envelope.message_type,
+            signalbox.sockets_pushed = tracing::field::Empty,
+        )
+    )]
     async fn handle(&self, message: Incoming) -> Result<(), HandleError> {
         let Some(offset) = message.stream_offset else {
             return Err(HandleError::Reject(
@@ -83,24 +102,32 @@ impl Handler for EventRouter {
             ));
         };
         let channels = channels_for(&message.envelope);
+        let kind = EventKind::of(&message.envelope.message_type);
+        // How long after it occurred the event is handled here: the
+        // instance's lag, which the shedding policy goes by. A clock behind
+        // the publisher's gives a negative age, counted as none.
+        let lag = (chrono::Utc::now() - message.envelope.occurred_at)
+            .to_std()
+            .unwrap_or_default();
         // Whatever it carries, the event moves the hub's position: it has
         // been handled, and a replay up to here must not wait for it.
         let data = match frame_data(&message.envelope, &message.body) {
             Ok(data) if !channels.is_empty() => data,
             Ok(_) => {
-                self.hub.publish(offset, &[], &Value::Null);
+                self.hub.handle(offset, &[], &Value::Null, kind, lag);
                 tracing::trace!(offset, "event for no channel");
                 return Ok(());
             }
             // A malformed payload is passed over (logged by the consumer
             // loop): it could not be shown to anyone anyway.
             Err(error) => {
-                self.hub.publish(offset, &[], &Value::Null);
+                self.hub.handle(offset, &[], &Value::Null, kind, lag);
                 return Err(error);
             }
         };
-        let pushed = self.hub.publish(offset, &channels, &data);
-        tracing::debug!(offset, pushed, "event handled");
+        let pushed = self.hub.handle(offset, &channels, &data, kind, lag);
+        tracing::Span::current().record("signalbox.sockets_pushed", pushed);
+        tracing::debug!(offset, pushed, ?lag, "event handled");
         Ok(())
     }
 }

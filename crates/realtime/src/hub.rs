@@ -37,6 +37,15 @@
 //! missed from the stream; that costs it less than it would cost everyone
 //! else to wait.
 //!
+//! When the instance lags behind the log, the hub also applies the
+//! shedding policy of [`crate::backpressure`] ([`Hub::handle`]): an old
+//! superseded event (a price) is not pushed, its channel's subscribers are
+//! told once with an `error events_dropped` frame when events flow fresh
+//! again, and, if that is not enough, the socket with the most frames
+//! waiting is evicted like a slow consumer. A gap in the log's offsets (the
+//! instance resumed at a position retention had deleted) is told to every
+//! channel the same way: nothing a client must see is lost without a word.
+//!
 //! The map sits behind a plain `std::sync::Mutex`: every critical section is
 //! a few map operations and non-blocking `try_send`s, never an `.await`. One
 //! lock over the whole map is also what makes dropping an empty channel
@@ -60,9 +69,15 @@ use std::{
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 
-use crate::frames::ServerFrame;
+use crate::{
+    backpressure::{BackpressureSettings, EventKind, Load},
+    error::frame_code,
+    frames::ServerFrame,
+};
 
 /// The public channel every user may subscribe to (price changes).
 pub const CATALOG_CHANNEL: &str = "catalog";
@@ -104,6 +119,25 @@ impl Publication {
             frame: Utf8Bytes::from(frame.to_json()),
         }
     }
+
+    /// The `error events_dropped` frame for `channel`: events of it were not
+    /// pushed to this socket (the instance shed them, or never saw them).
+    /// It travels the socket's queue like an event, at `offset`, the event
+    /// at which the hub noticed.
+    pub fn dropped_notice(channel: &str, offset: u64) -> Self {
+        let frame = ServerFrame::error(
+            frame_code::EVENTS_DROPPED,
+            format!(
+                "events of `{channel}` were dropped while this instance was behind; \
+                 reload, or subscribe again with `recover` to replay them"
+            ),
+        );
+        Self {
+            channel: channel.to_owned(),
+            offset,
+            frame: Utf8Bytes::from(frame.to_json()),
+        }
+    }
 }
 
 /// Where the event log stands for this instance: its epoch and the offset
@@ -126,11 +160,18 @@ pub struct Hub {
     /// for both: a subscribe reads the position under the same guard that
     /// a publish moves it, so "handled before" and "pushed to me" agree.
     state: Mutex<State>,
+    /// The instance's lag and what the policy shed (see
+    /// [`crate::backpressure`]); shared with the socket upgrade, which
+    /// refuses new sockets while the instance is far behind.
+    load: Arc<Load>,
 }
 
 struct State {
     channels: HashMap<String, Channel>,
     last_offset: Option<u64>,
+    /// Channels whose subscribers missed events and have not been told yet
+    /// (they are, once events flow fresh again).
+    gaps: HashSet<String>,
 }
 
 /// A channel's state on this instance.
@@ -148,16 +189,28 @@ struct Subscriber {
 }
 
 impl Hub {
-    /// A hub for the event log of `epoch`.
+    /// A hub for the event log of `epoch`, with the default shedding bounds.
     pub fn new(epoch: impl Into<String>) -> Self {
+        Self::with_backpressure(epoch, BackpressureSettings::default())
+    }
+
+    /// A hub for the event log of `epoch` that sheds by `settings`.
+    pub fn with_backpressure(epoch: impl Into<String>, settings: BackpressureSettings) -> Self {
         Self {
             epoch: epoch.into(),
             next_socket: AtomicU64::new(1),
             state: Mutex::new(State {
                 channels: HashMap::new(),
                 last_offset: None,
+                gaps: HashSet::new(),
             }),
+            load: Arc::new(Load::new(settings)),
         }
+    }
+
+    /// The instance's load: lag, shedding counters, the refusal check.
+    pub fn load(&self) -> &Arc<Load> {
+        &self.load
     }
 
     /// Where the log stands for this instance.
@@ -217,6 +270,82 @@ impl Hub {
         pushed
     }
 
+    /// Handles the log's event at `offset`, of `kind`, `lag` after it
+    /// occurred, by the shedding policy ([`crate::backpressure`]): like
+    /// [`Hub::publish`], except that an old superseded event is not pushed
+    /// (its channels are noted, and told when events are fresh again), that
+    /// the slowest socket is evicted when the policy says so, and that an
+    /// offset at or below the position (a resumed consumer is sent its
+    /// chunk from the start) was handled already and is skipped. Returns
+    /// how many sockets it was pushed to.
+    pub fn handle(
+        &self,
+        offset: u64,
+        channels: &[String],
+        data: &Value,
+        kind: EventKind,
+        lag: std::time::Duration,
+    ) -> usize {
+        let verdict = self.load.observe(kind, lag);
+        let fresh = lag.as_millis() <= u128::from(self.load.settings().drop_superseded_after_ms);
+        let mut state = self.lock();
+        match state.last_offset {
+            Some(last) if offset <= last => return 0,
+            // Offsets of the log have no holes; this instance skipped some
+            // (it resumed where retention had deleted): every channel here
+            // may have missed something.
+            Some(last) if offset > last + 1 => {
+                tracing::warn!(after = last, offset, "events missed; telling every channel");
+                let all: Vec<String> = state.channels.keys().cloned().collect();
+                state.gaps.extend(all);
+            }
+            _ => {}
+        }
+        state.last_offset = Some(offset);
+        if fresh && !state.gaps.is_empty() {
+            tell_gaps(&mut state, offset);
+        }
+        let mut pushed = 0;
+        if verdict.push {
+            for channel in channels {
+                let Some(subscribers) = state.channels.get_mut(channel) else {
+                    continue;
+                };
+                let event = Arc::new(Publication::new(channel, &self.epoch, offset, data.clone()));
+                pushed += push(subscribers, channel, &event);
+                if subscribers.subscribers.is_empty() {
+                    state.channels.remove(channel);
+                }
+            }
+        } else {
+            let subscribed = channels.iter().filter(|c| state.channels.contains_key(*c));
+            let subscribed: Vec<String> = subscribed.cloned().collect();
+            state.gaps.extend(subscribed);
+        }
+        if verdict.evict && evict_slowest(&mut state) {
+            self.load.evicted_one();
+        }
+        pushed
+    }
+
+    /// Tells the channels that missed events, if the instance is no longer
+    /// behind: the catch-up (or quiet) after an overload may bring no fresh
+    /// event to carry the notice, so the instance calls this on a timer
+    /// (see `startup`). Returns how many channels were told.
+    pub fn tell_gaps_if_caught_up(&self) -> usize {
+        let bound = self.load.settings().drop_superseded_after_ms;
+        if self.load.lag().as_millis() > u128::from(bound) {
+            return 0;
+        }
+        let mut state = self.lock();
+        let (Some(offset), false) = (state.last_offset, state.gaps.is_empty()) else {
+            return 0;
+        };
+        let told = state.gaps.len();
+        tell_gaps(&mut state, offset);
+        told
+    }
+
     /// How many sockets of this instance are subscribed to `channel`.
     pub fn subscribers(&self, channel: &str) -> usize {
         self.lock()
@@ -261,6 +390,54 @@ fn push(state: &mut Channel, channel: &str, event: &Outbound) -> usize {
         }
     });
     pushed
+}
+
+/// Tells the subscribers of every channel in `gaps` that they missed
+/// events (an `error events_dropped` frame through their queue), and
+/// forgets the gaps: a channel nobody here subscribes to any more has
+/// nobody to tell.
+fn tell_gaps(state: &mut State, offset: u64) {
+    for channel in std::mem::take(&mut state.gaps) {
+        let Some(subscribers) = state.channels.get_mut(&channel) else {
+            continue;
+        };
+        let notice = Arc::new(Publication::dropped_notice(&channel, offset));
+        let told = push(subscribers, &channel, &notice);
+        tracing::info!(%channel, told, "subscribers told of dropped events");
+        if subscribers.subscribers.is_empty() {
+            state.channels.remove(&channel);
+        }
+    }
+}
+
+/// Evicts the subscribed socket with the most frames waiting in its queue
+/// (the one furthest behind), from every channel; `false` when no socket
+/// has anything waiting (then none is behind, and none is evicted).
+fn evict_slowest(state: &mut State) -> bool {
+    let slowest = state
+        .channels
+        .values()
+        .flat_map(|channel| channel.subscribers.iter())
+        .map(|(id, subscriber)| {
+            let waiting = subscriber.outbound.max_capacity() - subscriber.outbound.capacity();
+            (waiting, *id, subscriber.evicted.clone())
+        })
+        .filter(|(waiting, _, _)| *waiting > 0)
+        .max_by_key(|(waiting, id, _)| (*waiting, *id));
+    let Some((waiting, socket, evicted)) = slowest else {
+        return false;
+    };
+    tracing::warn!(
+        socket,
+        waiting,
+        "instance lagging; evicting the slowest socket"
+    );
+    evicted.cancel();
+    state.channels.retain(|_, channel| {
+        channel.subscribers.remove(&socket);
+        !channel.subscribers.is_empty()
+    });
+    true
 }
 
 /// A socket's place in the hub. Owned by the socket task; dropping it (on
@@ -312,6 +489,13 @@ impl Membership {
     pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
         self.subscriber.evicted.cancelled()
     }
+
+    /// Like [`Membership::evicted`], but owning a handle on the token, so
+    /// the socket task can make it once and keep it across the turns of
+    /// its loop while it borrows the membership mutably.
+    pub fn eviction(&self) -> WaitForCancellationFutureOwned {
+        self.subscriber.evicted.clone().cancelled_owned()
+    }
 }
 
 impl Drop for Membership {
@@ -341,6 +525,7 @@ fn leave(channels: &mut HashMap<String, Channel>, channel: &str, id: SocketId) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backpressure::{BackpressureSettings, EventKind};
     use serde_json::json;
 
     fn user(id: &str) -> Vec<String> {
@@ -441,6 +626,125 @@ mod tests {
         assert_eq!(hub.channel_count(), 0);
         drop(slow); // leaving a channel the hub already dropped is a no-op
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    fn frame(event: &Outbound) -> Value {
+        serde_json::from_str(event.frame.as_str()).unwrap()
+    }
+
+    fn catalog() -> Vec<String> {
+        vec![CATALOG_CHANNEL.to_owned()]
+    }
+
+    const FRESH: std::time::Duration = std::time::Duration::from_millis(10);
+    const OLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+    #[test]
+    fn an_old_price_is_dropped_and_its_subscribers_told_once_events_are_fresh_again() {
+        let hub = hub();
+        let (mut socket, mut inbox) = hub.join(8);
+        socket.subscribe(CATALOG_CHANNEL);
+
+        assert_eq!(
+            hub.handle(1, &catalog(), &json!({"n": 1}), EventKind::Superseded, OLD),
+            0
+        );
+        assert_eq!(
+            hub.handle(2, &catalog(), &json!({"n": 2}), EventKind::Superseded, OLD),
+            0
+        );
+        assert!(inbox.try_recv().is_err(), "nothing pushed while behind");
+        assert_eq!(
+            hub.position().offset,
+            Some(2),
+            "dropped events were handled"
+        );
+
+        assert_eq!(
+            hub.handle(
+                3,
+                &catalog(),
+                &json!({"n": 3}),
+                EventKind::Superseded,
+                FRESH
+            ),
+            1
+        );
+        let notice = frame(&inbox.try_recv().unwrap());
+        assert_eq!(notice["type"], "error");
+        assert_eq!(notice["code"], "events_dropped");
+        assert_eq!(frame(&inbox.try_recv().unwrap())["offset"], 3);
+        assert!(inbox.try_recv().is_err(), "told once");
+        assert_eq!(hub.load().shed().dropped, 2);
+    }
+
+    #[test]
+    fn subscribers_are_told_of_dropped_events_once_the_lag_is_gone_without_a_fresh_event() {
+        let hub = hub();
+        let (mut socket, mut inbox) = hub.join(8);
+        socket.subscribe(CATALOG_CHANNEL);
+        hub.handle(1, &catalog(), &json!({}), EventKind::Superseded, OLD);
+        assert_eq!(hub.tell_gaps_if_caught_up(), 0, "still behind");
+        hub.handle(2, &[], &Value::Null, EventKind::MustArrive, FRESH);
+        assert_eq!(frame(&inbox.try_recv().unwrap())["code"], "events_dropped");
+        assert_eq!(hub.tell_gaps_if_caught_up(), 0, "told already");
+    }
+
+    #[test]
+    fn an_old_order_event_is_pushed_all_the_same() {
+        let hub = hub();
+        let (mut socket, mut inbox) = hub.join(8);
+        socket.subscribe("user:1");
+        assert_eq!(
+            hub.handle(1, &user("1"), &json!({}), EventKind::MustArrive, OLD * 30),
+            1
+        );
+        assert_eq!(frame(&inbox.try_recv().unwrap())["offset"], 1);
+        assert_eq!(hub.load().shed().dropped, 0);
+    }
+
+    #[test]
+    fn a_gap_in_the_offsets_is_told_to_every_channel_and_a_repeat_is_skipped() {
+        let hub = hub();
+        let (mut socket, mut inbox) = hub.join(8);
+        socket.subscribe("user:1");
+        hub.handle(1, &user("1"), &json!({}), EventKind::MustArrive, FRESH);
+        assert_eq!(frame(&inbox.try_recv().unwrap())["offset"], 1);
+
+        // Resumed after a reconnect: offset 1 again, then a hole (2..=4).
+        assert_eq!(
+            hub.handle(1, &user("1"), &json!({}), EventKind::MustArrive, FRESH),
+            0
+        );
+        hub.handle(5, &[], &Value::Null, EventKind::MustArrive, FRESH);
+        assert_eq!(frame(&inbox.try_recv().unwrap())["code"], "events_dropped");
+        assert!(inbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_sustained_lag_evicts_the_socket_furthest_behind() {
+        let hub = Arc::new(Hub::with_backpressure(
+            "e1",
+            BackpressureSettings {
+                evict_interval_ms: 0,
+                ..Default::default()
+            },
+        ));
+        let (mut behind, _behind_inbox) = hub.join(8);
+        let (mut keeping_up, mut keeping_up_inbox) = hub.join(8);
+        behind.subscribe("user:1");
+        keeping_up.subscribe("user:1");
+        // Both are sent two events; only one socket reads them.
+        for offset in 1..=2 {
+            hub.handle(offset, &user("1"), &json!({}), EventKind::MustArrive, FRESH);
+            keeping_up_inbox.try_recv().unwrap();
+        }
+        hub.handle(3, &user("1"), &json!({}), EventKind::MustArrive, OLD * 5);
+
+        assert!(behind.subscriber.evicted.is_cancelled());
+        assert!(!keeping_up.subscriber.evicted.is_cancelled());
+        assert_eq!(hub.subscribers("user:1"), 1);
+        assert_eq!(hub.load().shed().evicted, 1);
     }
 
     /// Sockets of one user come and go on several threads at once, so a

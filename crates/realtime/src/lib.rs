@@ -10,8 +10,11 @@
 //! `command` goes to the backend over the inbound exchange and its reply
 //! comes back to this instance ([`commands`]). Every event has a position in
 //! a log kept by the broker, so a client that reconnects, to any instance,
-//! gets what it missed ([`recovery`]).
+//! gets what it missed ([`recovery`]). An instance that falls behind the
+//! log sheds what the policy allows instead of holding a backlog
+//! ([`backpressure`]).
 
+pub mod backpressure;
 pub mod commands;
 pub mod config;
 pub mod error;

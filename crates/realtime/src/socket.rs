@@ -60,6 +60,7 @@ use axum::{
     routing::get,
     Router,
 };
+use futures::SinkExt;
 use signalbox_messages::inbound::{codes, ClientReply};
 use signalbox_platform::{
     authorization::{self, AuthorizationError},
@@ -87,6 +88,10 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(30);
 /// A write that takes longer than this means the client stopped reading;
 /// the socket is dropped rather than left hanging.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many queued events are written before one flush (the
+/// hub's queue holds `ws.send_buffer`); the loop then turns, so pings,
+/// client frames and expiry are not held up behind a long queue.
+const BATCH: usize = 64;
 /// After our close frame, how long we wait for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// A heartbeat is lost after this many silent intervals.
@@ -135,13 +140,15 @@ async fn upgrade(
     let write_buffer = context.settings.write_buffer_bytes;
     Ok(ws
         // Buffers sized for many idle sockets with small JSON frames, not
-        // for throughput: an idle socket costs a few KiB instead of
-        // tungstenite's 128 KiB read buffer (the numbers, and why, are in
-        // `WsSettings`). The write buffer keeps tungstenite's default bound
-        // (none): it never holds more than the frame being written and a
-        // pong or close frame, because every send waits for its flush (at
-        // most `SEND_TIMEOUT`) before the next frame is taken from the hub's
-        // bounded queue; a bound would only refuse events larger than it.
+        // for throughput: an idle socket costs 1 KiB of read buffer instead
+        // of tungstenite's 128 KiB (the numbers, and why, are in
+        // `WsSettings`). The write buffer gathers the frames of one batch
+        // (`send_batch`) into one write of at most `write_buffer_bytes`; it
+        // keeps tungstenite's default bound (none) because it never holds
+        // more than that plus one frame: a write that cannot go through
+        // holds the next frame back until it does (at most `SEND_TIMEOUT`),
+        // and the hub's queue in front of it is bounded. A bound would only
+        // refuse events larger than it.
         .read_buffer_size(read_buffer)
         .write_buffer_size(write_buffer)
         // A client message (or single frame) above the limit fails the read
@@ -192,6 +199,17 @@ enum Exit {
 
 /// The socket task. `claims` are set when the upgrade carried a valid token.
 async fn serve(mut socket: WebSocket, context: Arc<SocketContext>, claims: Option<AccessClaims>) {
+    // Shedding, last step (`crate::backpressure`): an instance far behind
+    // the event log takes no new socket, which would only add fan-out; the
+    // client retries later, or another instance.
+    if context.hub.load().refuse_new_socket() {
+        finish(
+            &mut socket,
+            Exit::Close(close::TRY_AGAIN_LATER, "try again later"),
+        )
+        .await;
+        return;
+    }
     let (membership, outbound) = context.hub.join(context.settings.send_buffer);
     let span = tracing::info_span!(
         "socket",
@@ -362,6 +380,8 @@ impl<'a> Session<'a> {
     /// Serves the socket until something ends it; only ever returns `Err`.
     async fn run(&mut self, socket: &mut WebSocket) -> Result<Infallible, Exit> {
         tracing::info!("socket authenticated");
+        // `realtime_sockets_open` counts this socket until `run` returns.
+        let _open = OpenSocket::count();
         send(socket, &ServerFrame::Welcome { ttl: self.ttl() }).await?;
 
         let period = Duration::from_secs(self.context.settings.heartbeat_secs.max(1));
@@ -371,15 +391,28 @@ impl<'a> Session<'a> {
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
+        // The two cancellations are waited for by futures made once, not
+        // once per turn of the loop: each new `cancelled()` future enrols
+        // with its token when first polled and leaves when dropped, under
+        // the token's lock, and the shutdown token is the same for every
+        // socket of the instance; a fan-out that wakes every socket would
+        // otherwise take that lock twice per socket per event.
+        let context = self.context;
+        let shutdown = context.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let evicted = self.membership.eviction();
+        tokio::pin!(evicted);
+
         loop {
             tokio::select! {
                 // The service is stopping: say so, so clients reconnect
                 // elsewhere at once instead of waiting for a timeout.
-                _ = self.context.shutdown.cancelled() => {
+                () = &mut shutdown => {
                     return Err(Exit::Close(close::GOING_AWAY, "server shutting down"));
                 }
                 // The hub found this socket's buffer full and dropped it.
-                _ = self.membership.evicted() => {
+                () = &mut evicted => {
+                    metrics::counter!("realtime_slow_consumer_evictions_total").increment(1);
                     return Err(Exit::Close(close::POLICY, "slow consumer"));
                 }
                 // A frame from the client (any frame proves it is alive).
@@ -387,13 +420,12 @@ impl<'a> Session<'a> {
                     self.last_seen = Instant::now();
                     self.on_message(socket, incoming).await?;
                 }
-                // An event the hub routed to this socket. The sender lives in
-                // our own membership, so the queue cannot close under us.
+                // An event the hub routed to this socket, and every event
+                // queued behind it: written together, flushed once. The
+                // sender lives in our own membership, so the queue cannot
+                // close under us.
                 Some(event) = self.outbound.recv() => {
-                    if self.floors.get(&event.channel).is_some_and(|floor| event.offset <= *floor) {
-                        continue;
-                    }
-                    send_text(socket, event.frame.clone()).await?;
+                    self.push_queued(socket, event).await?;
                 }
                 // A command's reply (or the error standing in for it).
                 Some(done) = self.commands.join_next(), if !self.commands.is_empty() => {
@@ -411,6 +443,7 @@ impl<'a> Session<'a> {
                 }
                 // The token expired and was not refreshed.
                 () = &mut self.expiry => {
+                    metrics::counter!("realtime_token_expiries_total").increment(1);
                     return Err(Exit::Close(close::TOKEN_EXPIRED, "token expired"));
                 }
                 // Heartbeat: a client that has been silent for three
@@ -426,6 +459,25 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Writes `first` and the events queued behind it (at most
+    /// [`BATCH`]), skipping those a recovery already sent, then flushes
+    /// once. One wake-up of the socket task and one write to the connection
+    /// carry a burst of events, instead of one of each per event; the
+    /// tungstenite write buffer (`ws.write_buffer_bytes`) gathers them.
+    async fn push_queued(&mut self, socket: &mut WebSocket, first: Outbound) -> Result<(), Exit> {
+        let (outbound, floors) = (&mut self.outbound, &self.floors);
+        let queued = std::iter::once(first)
+            .chain(std::iter::from_fn(|| outbound.try_recv().ok()))
+            .take(BATCH)
+            .filter(|event| {
+                floors
+                    .get(&event.channel)
+                    .is_none_or(|floor| event.offset > *floor)
+            })
+            .map(|event| event.frame.clone());
+        send_batch(socket, queued).await
+    }
+
     /// Seconds until the token expires.
     fn ttl(&self) -> u64 {
         self.expires_at
@@ -439,7 +491,10 @@ impl<'a> Session<'a> {
         incoming: Option<Result<Message, axum::Error>>,
     ) -> Result<(), Exit> {
         match incoming {
-            Some(Ok(Message::Text(text))) => self.on_text(socket, &text).await,
+            Some(Ok(Message::Text(text))) => {
+                metrics::counter!("realtime_frames_in_total").increment(1);
+                self.on_text(socket, &text).await
+            }
             Some(Ok(Message::Binary(_))) => {
                 let frame = ServerFrame::error(
                     frame_code::BAD_REQUEST,
@@ -488,7 +543,13 @@ impl<'a> Session<'a> {
                 let live = position.offset.unwrap_or(0);
                 let (recovered, replay) = match recover {
                     None => (false, Vec::new()),
-                    Some(from) => self.recover(&channel, &from, position.offset).await,
+                    Some(from) => {
+                        let recovery = self.recover(&channel, &from, position.offset).await;
+                        let result = if recovery.0 { "hit" } else { "miss" };
+                        metrics::counter!("realtime_recoveries_total", "result" => result)
+                            .increment(1);
+                        recovery
+                    }
                 };
                 tracing::debug!(%channel, live, recovered, replayed = replay.len(), "subscribed");
                 let frame = ServerFrame::Subscribed {
@@ -498,11 +559,10 @@ impl<'a> Session<'a> {
                     offset: live,
                 };
                 send(socket, &frame).await?;
-                // The missed events, in order, before any live one.
-                for event in replay {
-                    send_text(socket, event.frame.clone()).await?;
-                }
-                Ok(())
+                // The missed events, in order, before any live one; written
+                // together and flushed once.
+                let frames = replay.iter().map(|event| event.frame.clone());
+                send_batch(socket, frames).await
             }
             ClientFrame::Unsubscribe { channel } => {
                 // Idempotent: unsubscribing from a channel one is not in is
@@ -519,6 +579,7 @@ impl<'a> Session<'a> {
                         ClientReply::failed(codes::RATE_LIMITED, "too many commands; slow down");
                     return send(socket, &reply_frame(id, reply)).await;
                 }
+                metrics::counter!("realtime_commands_total").increment(1);
                 let commands = Arc::clone(&self.context.commands);
                 let (user_id, scopes) = (self.user_id.clone(), self.scopes.clone());
                 self.commands.spawn(
@@ -643,11 +704,47 @@ async fn send_text(socket: &mut WebSocket, text: Utf8Bytes) -> Result<(), Exit> 
     send_message(socket, Message::Text(text)).await
 }
 
+/// Writes the frames one after the other without flushing in between, then
+/// flushes once, all bounded by [`SEND_TIMEOUT`] (failing like
+/// [`send_message`]). What is not flushed waits in the tungstenite write
+/// buffer, which writes to the connection whenever it holds more than
+/// `ws.write_buffer_bytes`: so it never holds more than that and one frame.
+async fn send_batch(
+    socket: &mut WebSocket,
+    frames: impl Iterator<Item = Utf8Bytes>,
+) -> Result<(), Exit> {
+    let written = async {
+        let mut count = 0u64;
+        for frame in frames {
+            socket.feed(Message::Text(frame)).await?;
+            count += 1;
+        }
+        socket.flush().await.map(|()| count)
+    };
+    match timeout(SEND_TIMEOUT, written).await {
+        Ok(Ok(count)) => {
+            metrics::counter!("realtime_frames_out_total").increment(count);
+            Ok(())
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "socket write failed");
+            Err(Exit::Gone)
+        }
+        Err(_) => {
+            tracing::info!("socket write timed out");
+            Err(Exit::Gone)
+        }
+    }
+}
+
 /// Writes one message, bounded by [`SEND_TIMEOUT`]. A failed or stuck write
 /// means the client is gone or not reading: either way the socket is done.
 async fn send_message(socket: &mut WebSocket, message: Message) -> Result<(), Exit> {
     match timeout(SEND_TIMEOUT, socket.send(message)).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => {
+            metrics::counter!("realtime_frames_out_total").increment(1);
+            Ok(())
+        }
         Ok(Err(error)) => {
             tracing::debug!(%error, "socket write failed");
             Err(Exit::Gone)
@@ -686,6 +783,23 @@ async fn finish(socket: &mut WebSocket, exit: Exit) {
                 .await;
             }
         }
+    }
+}
+
+/// One open (authenticated) socket in `realtime_sockets_open`, for as long
+/// as this value lives: a guard, so every way out of `run` counts it out.
+struct OpenSocket;
+
+impl OpenSocket {
+    fn count() -> Self {
+        metrics::gauge!("realtime_sockets_open").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        metrics::gauge!("realtime_sockets_open").decrement(1.0);
     }
 }
 

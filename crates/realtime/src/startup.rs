@@ -64,7 +64,12 @@ impl Application {
         // After attaching: the consumer receives this marker, and its offset
         // becomes the instance's first known position.
         history.mark().await?;
-        let hub = Arc::new(Hub::new(history.epoch()));
+        // The hub sheds by the backpressure bounds when the instance falls
+        // behind the log (see `crate::backpressure`).
+        let hub = Arc::new(Hub::with_backpressure(
+            history.epoch(),
+            settings.backpressure.clone(),
+        ));
         // This instance's reply queue for socket commands (server-named,
         // exclusive): the `reply_to` of every command its sockets send.
         let requester = Requester::start(broker.clone(), RequesterOptions::new("realtime")).await?;
@@ -122,6 +127,7 @@ impl Application {
             tracker: tracker.clone(),
         });
 
+        let hub_for_gaps = hub.clone();
         let attached = events.attached();
         let position = hub.clone();
         let health = Health::new()
@@ -137,6 +143,9 @@ impl Application {
         let events = events.run(EventRouter::new(hub), shutdown.clone());
         let census = census::Responder::new(broker.clone(), "realtime", env!("CARGO_PKG_VERSION"))
             .run(shutdown.clone());
+        // Sockets that missed shed events are told once the instance has
+        // caught up, also when no fresh event comes to carry the notice.
+        let gaps = tell_gaps(hub_for_gaps, shutdown.clone());
 
         let result = serve::run_all(
             shutdown.clone(),
@@ -144,6 +153,7 @@ impl Application {
                 serve::task("http", http),
                 serve::task("events", events),
                 serve::task("census", census),
+                serve::task("shedding", gaps),
             ],
         )
         .await;
@@ -161,5 +171,22 @@ impl Application {
         commands.close().await;
         broker.close().await;
         result
+    }
+}
+
+/// Every [`STALE_AFTER`](crate::backpressure::STALE_AFTER) until shutdown,
+/// tells the channels that missed shed events, once the instance is no
+/// longer behind ([`Hub::tell_gaps_if_caught_up`]).
+async fn tell_gaps(hub: Arc<Hub>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(crate::backpressure::STALE_AFTER);
+    loop {
+        tokio::select! {
+            // The service is stopping: sockets close anyway.
+            _ = shutdown.cancelled() => return Ok(()),
+            // Time to look: cheap when there is nothing to tell.
+            _ = tick.tick() => {
+                hub.tell_gaps_if_caught_up();
+            }
+        }
     }
 }
