@@ -9,9 +9,10 @@ pub use signalbox_testkit::{
     db::{drop_database, server_url as database_server_url},
 };
 
-/// Creates the database `name`; returns its URL.
-pub async fn create_database(name: &str) -> anyhow::Result<String> {
-    Ok(db::TestDatabase::create(name).await?.url)
+/// Creates the database `name` on `server` (a URL without a database);
+/// returns its URL.
+pub async fn create_database(server: &str, name: &str) -> anyhow::Result<String> {
+    Ok(db::TestDatabase::create_on(server, name).await?.url)
 }
 
 /// Every durable queue the services of one namespace declare: catalog's

@@ -20,17 +20,31 @@ pub struct TestSystem {
     /// `ws://127.0.0.1:<port>/ws` of each realtime instance.
     pub realtime: Vec<String>,
     databases: Vec<String>,
+    /// The server they are on (a URL without a database).
+    database_server: String,
+    /// Whether that is a test's private server (`Options::database_server`):
+    /// its databases go with it, nothing to drop.
+    private_database_server: bool,
     /// Every service's name and HTTP port, for `/health/ready`.
     health: Vec<(&'static str, u16)>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     /// Catalog, when it runs in a child process (`Options::catalog_process`).
     pub catalog_process: Option<ChildService>,
+    /// The first orders instance (the one the gateway calls), when it runs
+    /// in a child process (`Options::orders_process`).
+    pub orders_process: Option<ChildService>,
+    /// The first realtime instance (`realtime[0]`), when it runs in a child
+    /// process (`Options::realtime_process`).
+    pub realtime_process: Option<ChildService>,
     cleaned: bool,
 }
 
 /// Changes a service's settings before it is built.
 pub type Configure<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+/// Changes the settings of every instance of a service before it is built.
+pub type ConfigureEach<S> = Box<dyn Fn(&mut S) + Send>;
 
 /// Adjustments to the settings of a test system's services, applied after
 /// the harness filled in ports, databases and namespace.
@@ -47,6 +61,29 @@ pub struct Options {
     /// path of the `catalog-child` binary
     /// (`env!("CARGO_BIN_EXE_catalog-child")` in an integration test).
     pub catalog_process: Option<std::path::PathBuf>,
+    /// The PostgreSQL server for the services' databases (a URL without a
+    /// database), such as a test's
+    /// [`PrivateServer`](signalbox_testkit::pg_server::PrivateServer) that
+    /// the test restarts; default the shared server. The databases on it
+    /// are not dropped at the end: they go with the server.
+    pub database_server: Option<String>,
+    /// Runs the first orders instance in a child process of its own
+    /// ([`TestSystem::orders_process`]), so that a test can kill it: the
+    /// path of the `orders-child` binary
+    /// (`env!("CARGO_BIN_EXE_orders-child")` in an integration test).
+    pub orders_process: Option<std::path::PathBuf>,
+    /// More environment for the catalog and orders children (a fault point
+    /// armed with [`crate::child::ABORT_AT`], for example).
+    pub child_env: Vec<(String, String)>,
+    /// Runs the first realtime instance (`realtime[0]`) in a child process
+    /// of its own ([`TestSystem::realtime_process`]), so that a test can
+    /// freeze it: the path of the `realtime-child` binary
+    /// (`env!("CARGO_BIN_EXE_realtime-child")` in an integration test).
+    pub realtime_process: Option<std::path::PathBuf>,
+    /// More `APP__…` settings for that child (its bounds, for example).
+    pub realtime_process_env: Vec<(String, String)>,
+    /// For every realtime instance that runs in this process.
+    pub realtime: Option<ConfigureEach<signalbox_realtime::Settings>>,
 }
 
 impl TestSystem {
@@ -65,10 +102,17 @@ impl TestSystem {
             api: Api::new(String::new()),
             realtime: Vec::new(),
             databases: Vec::new(),
+            database_server: options
+                .database_server
+                .clone()
+                .unwrap_or_else(infra::database_server_url),
+            private_database_server: options.database_server.is_some(),
             health: Vec::new(),
             shutdown: shutdown.clone(),
             tasks: Vec::new(),
             catalog_process: None,
+            orders_process: None,
+            realtime_process: None,
             cleaned: false,
         };
         // From here on, a failure still cleans up (Drop).
@@ -85,7 +129,7 @@ impl TestSystem {
         let mut urls = Vec::new();
         for service in ["auth", "catalog", "orders"] {
             let name = format!("{prefix}_{service}");
-            urls.push(infra::create_database(&name).await?);
+            urls.push(infra::create_database(&system.database_server, &name).await?);
             system.databases.push(name);
         }
         let [auth_db, catalog_db, orders_db] =
@@ -130,7 +174,10 @@ impl TestSystem {
                     ("APP__AMQP__NAMESPACE".into(), prefix.clone()),
                     ("APP__AMQP__CONNECT_TIMEOUT_SECS".into(), "10".into()),
                     ("APP__TOKENS__JWKS_URL".into(), verifier.jwks_url.clone()),
-                ],
+                ]
+                .into_iter()
+                .chain(options.child_env.iter().cloned())
+                .collect(),
             )
             .await?;
             system.health.push(("catalog", child.http_port));
@@ -172,7 +219,42 @@ impl TestSystem {
         // The gateway calls the first instance; every instance consumes the
         // shared queues (saga replies, socket commands).
         let mut orders_grpc = String::new();
-        for _ in 0..options.orders_instances.max(1) {
+        // The first in a child process of its own for a scenario that kills
+        // it (`Options::orders_process`), with the same settings.
+        if let Some(exe) = &options.orders_process {
+            let child = ChildService::orders(
+                exe,
+                vec![
+                    ("APP__GRPC__HOST".into(), "127.0.0.1".into()),
+                    ("APP__GRPC__PORT".into(), "0".into()),
+                    ("APP__HTTP__HOST".into(), "127.0.0.1".into()),
+                    ("APP__HTTP__PORT".into(), "0".into()),
+                    (
+                        "APP__DATABASE__URL".into(),
+                        secrecy::ExposeSecret::expose_secret(&settings.database.url).to_owned(),
+                    ),
+                    ("APP__DATABASE__MAX_CONNECTIONS".into(), "4".into()),
+                    ("APP__AMQP__URL".into(), infra::amqp_url()),
+                    ("APP__AMQP__NAMESPACE".into(), prefix.clone()),
+                    ("APP__AMQP__CONNECT_TIMEOUT_SECS".into(), "10".into()),
+                    ("APP__UPSTREAMS__CATALOG".into(), catalog_grpc.clone()),
+                    (
+                        "APP__TOKENS__JWKS_URL".into(),
+                        settings.tokens.jwks_url.clone(),
+                    ),
+                ]
+                .into_iter()
+                .chain(options.child_env.iter().cloned())
+                .collect(),
+            )
+            .await?;
+            orders_grpc = format!("http://127.0.0.1:{}", child.grpc_port);
+            system.health.push(("orders", child.http_port));
+            system.orders_process = Some(child);
+        }
+        let in_process =
+            options.orders_instances.max(1) - usize::from(options.orders_process.is_some());
+        for _ in 0..in_process {
             let orders = signalbox_orders::Application::build(settings.clone()).await?;
             if orders_grpc.is_empty() {
                 orders_grpc = format!("http://127.0.0.1:{}", orders.grpc_port());
@@ -181,14 +263,37 @@ impl TestSystem {
             system.spawn(orders.run_until_stopped(shutdown.child_token()));
         }
 
-        // realtime, twice: each instance has its own queue on the events exchange
-        for _ in 0..REALTIME_INSTANCES {
-            let settings = signalbox_realtime::Settings {
+        // realtime, twice: each instance reads the whole event log (fan-out);
+        // the first in a child process of its own for a scenario that
+        // freezes it (`Options::realtime_process`).
+        for instance in 0..REALTIME_INSTANCES {
+            if let (0, Some(exe)) = (instance, &options.realtime_process) {
+                let mut env: Vec<(String, String)> = vec![
+                    ("APP__HTTP__HOST".into(), "127.0.0.1".into()),
+                    ("APP__HTTP__PORT".into(), "0".into()),
+                    ("APP__AMQP__URL".into(), infra::amqp_url()),
+                    ("APP__AMQP__NAMESPACE".into(), prefix.clone()),
+                    ("APP__AMQP__CONNECT_TIMEOUT_SECS".into(), "10".into()),
+                    ("APP__TOKENS__JWKS_URL".into(), verifier.jwks_url.clone()),
+                ];
+                env.extend(options.realtime_process_env.iter().cloned());
+                let child = ChildService::realtime(exe, env).await?;
+                system
+                    .realtime
+                    .push(format!("ws://127.0.0.1:{}/ws", child.http_port));
+                system.health.push(("realtime", child.http_port));
+                system.realtime_process = Some(child);
+                continue;
+            }
+            let mut settings = signalbox_realtime::Settings {
                 http: ListenSettings::ephemeral(),
                 amqp: amqp.clone(),
                 tokens: verifier.clone(),
                 ..Default::default()
             };
+            if let Some(configure) = &options.realtime {
+                configure(&mut settings);
+            }
             let realtime = signalbox_realtime::Application::build(settings).await?;
             system
                 .realtime
@@ -208,6 +313,10 @@ impl TestSystem {
             tokens: verifier,
             // The census asks this system's services, not the default namespace.
             amqp: Some(amqp.clone()),
+            // The live page opens its socket on this system's realtime.
+            page: signalbox_gateway::config::PageSettings {
+                realtime_urls: system.realtime.clone(),
+            },
             ..Default::default()
         };
         if let Some(configure) = options.gateway {
@@ -238,7 +347,7 @@ impl TestSystem {
         let name = format!("{}_{service}", self.namespace.prefix());
         self.databases
             .contains(&name)
-            .then(|| format!("{}/{name}", infra::database_server_url()))
+            .then(|| format!("{}/{name}", self.database_server))
     }
 
     /// The readiness URL of the (first) instance of `service`.
@@ -266,6 +375,16 @@ impl TestSystem {
                 failures.push(format!("{error:#}"));
             }
         }
+        if let Some(orders) = self.orders_process.take() {
+            if let Err(error) = orders.stop().await {
+                failures.push(format!("{error:#}"));
+            }
+        }
+        if let Some(realtime) = self.realtime_process.take() {
+            if let Err(error) = realtime.stop().await {
+                failures.push(format!("{error:#}"));
+            }
+        }
         for task in std::mem::take(&mut self.tasks) {
             match tokio::time::timeout(Duration::from_secs(15), task).await {
                 Ok(Ok(Ok(()))) => {}
@@ -281,6 +400,9 @@ impl TestSystem {
 
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         self.cleaned = true;
+        if self.private_database_server {
+            self.databases.clear();
+        }
         for name in &self.databases {
             infra::drop_database(name).await?;
         }
@@ -298,7 +420,10 @@ impl Drop for TestSystem {
         }
         self.shutdown.cancel();
         let namespace = self.namespace.clone();
-        let databases = std::mem::take(&mut self.databases);
+        let mut databases = std::mem::take(&mut self.databases);
+        if self.private_database_server {
+            databases.clear();
+        }
         let cleanup = signalbox_testkit::block_on_thread(async move {
             for name in &databases {
                 infra::drop_database(name).await?;
