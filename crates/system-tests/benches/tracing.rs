@@ -1,0 +1,336 @@
+//! What tracing costs an order, end to end: orders placed over REST until
+//! APPROVED is pushed on the socket, with every span exported over OTLP at
+//! sampling ratio 1.0, against the same run with OpenTelemetry switched off.
+//!
+//! ```text
+//! cargo bench -p signalbox-system-tests --bench tracing -- [--quick|--smoke]
+//!     [--orders N] [--rounds R] [--concurrency C]
+//! ```
+//!
+//! Each measurement is a process of its own (this binary with `--child
+//! off|on`), because tracing is set up once per process from the standard
+//! variables, exactly as in a service:
+//!
+//! - `off`: `OTEL_SDK_DISABLED=true` — no spans, no ids, nothing propagated;
+//! - `on`: `OTEL_EXPORTER_OTLP_ENDPOINT` (gRPC) pointing at an OTLP receiver
+//!   in this parent process (the test kit's, which decodes and keeps every
+//!   span, as a collector would), `OTEL_TRACES_SAMPLER=traceidratio` with
+//!   `OTEL_TRACES_SAMPLER_ARG=1.0`, the default batch delay.
+//!
+//! A child starts the whole system in-process on fresh databases and a
+//! fresh broker namespace (`TestSystem`, the edge's rate limits lifted and
+//! stock raised so that every order is approved), opens one socket per
+//! client on the user's channel, and runs `C` clients in a closed loop: place
+//! an order, wait for its APPROVED on the socket, place the next. Latency is
+//! placed → APPROVED received; throughput is orders over the wall time of
+//! the loop. The modes take turns (off, on, on, off, …) for `R` rounds and
+//! the medians are reported with their ratio, because this machine's load
+//! moves under any one run.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use signalbox_gateway::config::{ClassLimits, Rate};
+use signalbox_platform::telemetry::{self, LogFormat};
+use signalbox_system_tests::{products, Options, Socket, TestSystem, DEADLINE};
+use signalbox_testkit::otlp::OtlpReceiver;
+use tokio::task::JoinSet;
+
+/// What one child measured.
+#[derive(Debug, Serialize, Deserialize)]
+struct Run {
+    mode: String,
+    orders: usize,
+    seconds: f64,
+    orders_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+struct Size {
+    orders: usize,
+    rounds: usize,
+    concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; nothing else of its is ours.
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect();
+    if let [flag, mode, orders, concurrency, out] = args.as_slice() {
+        if *flag == "--child" {
+            return child(mode, orders.parse()?, concurrency.parse()?, Path::new(out));
+        }
+    }
+    let mut size = Size {
+        orders: 300,
+        rounds: 3,
+        concurrency: 8,
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = || -> anyhow::Result<usize> {
+            Ok(rest.next().context("a number after the option")?.parse()?)
+        };
+        match *arg {
+            "--quick" => (size.orders, size.rounds) = (150, 2),
+            "--smoke" => (size.orders, size.rounds, size.concurrency) = (10, 1, 2),
+            "--orders" => size.orders = value()?,
+            "--rounds" => size.rounds = value()?,
+            "--concurrency" => size.concurrency = value()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    parent(&size)
+}
+
+/// Runs the children in turns and reports the medians.
+fn parent(size: &Size) -> anyhow::Result<()> {
+    let receiver = OtlpReceiver::shared();
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir();
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    println!(
+        "tracing: {} orders per run, {} clients, {} round(s), load {}",
+        size.orders,
+        size.concurrency,
+        size.rounds,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    for round in 0..size.rounds {
+        // Alternate which mode goes first, so a drift in the machine's load
+        // falls on both.
+        let order: [&str; 2] = if round % 2 == 0 {
+            ["off", "on"]
+        } else {
+            ["on", "off"]
+        };
+        for mode in order {
+            let out = dir.join(format!(
+                "signalbox-bench-tracing-{}-{mode}.json",
+                std::process::id()
+            ));
+            let run = run_child(&exe, mode, size, &out, &receiver.grpc_endpoint())?;
+            println!(
+                "  round {}/{} {:>3}: {:7.1} orders/s, p50 {:6.1} ms, p99 {:6.1} ms",
+                round + 1,
+                size.rounds,
+                mode,
+                run.orders_per_second,
+                run.p50_ms,
+                run.p99_ms
+            );
+            if mode == "on" {
+                on.push(run)
+            } else {
+                off.push(run)
+            }
+        }
+    }
+    let spans = receiver.spans().len();
+    let median = |runs: &[Run], f: fn(&Run) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (off_tput, on_tput) = (
+        median(&off, |r| r.orders_per_second),
+        median(&on, |r| r.orders_per_second),
+    );
+    let (off_p99, on_p99) = (median(&off, |r| r.p99_ms), median(&on, |r| r.p99_ms));
+    println!("tracing (medians)        off        on   on/off");
+    println!(
+        "  orders/s          {off_tput:8.1}  {on_tput:8.1}   {:5.2}",
+        on_tput / off_tput
+    );
+    println!(
+        "  p99 ms            {off_p99:8.1}  {on_p99:8.1}   {:5.2}",
+        on_p99 / off_p99
+    );
+    println!("  spans received by the OTLP receiver: {spans}");
+    if spans == 0 {
+        bail!("the traced runs exported no span: the measurement would not be of tracing");
+    }
+    Ok(())
+}
+
+fn run_child(
+    exe: &Path,
+    mode: &str,
+    size: &Size,
+    out: &PathBuf,
+    endpoint: &str,
+) -> anyhow::Result<Run> {
+    // The child's log lines, kept when it fails.
+    let log = out.with_extension("log");
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["--child", mode])
+        .arg(size.orders.to_string())
+        .arg(size.concurrency.to_string())
+        .arg(out)
+        // The services' default filter, as deployed, in both modes: it
+        // decides which spans exist at all, so it must not be narrowed.
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::from(std::fs::File::create(&log)?));
+    for var in [
+        "OTEL_SDK_DISABLED",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_SAMPLER",
+    ] {
+        command.env_remove(var);
+    }
+    if mode == "on" {
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_SERVICE_NAME", "bench-e2e")
+            .env("OTEL_TRACES_SAMPLER", "traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", "1.0");
+    } else {
+        command.env("OTEL_SDK_DISABLED", "true");
+    }
+    let status = command.status()?;
+    if !status.success() {
+        bail!(
+            "the {mode} run failed ({status}); its log: {}",
+            log.display()
+        );
+    }
+    let run = serde_json::from_slice(&std::fs::read(out)?)?;
+    std::fs::remove_file(out)?;
+    std::fs::remove_file(&log)?;
+    Ok(run)
+}
+
+/// One measurement: the system, `orders` orders by `concurrency` clients.
+fn child(mode: &str, orders: usize, concurrency: usize, out: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // Before the system starts, so that its own (test) set-up finds it
+    // installed and the `OTEL_*` variables decide, as in a service; on the
+    // runtime, whose reactor the OTLP/gRPC exporter's channel uses.
+    let _entered = runtime.enter();
+    telemetry::init("bench-e2e", LogFormat::Json);
+    let run = runtime.block_on(measure(mode, orders, concurrency))?;
+    telemetry::flush();
+    std::fs::write(out, serde_json::to_vec(&run)?)?;
+    Ok(())
+}
+
+async fn measure(mode: &str, orders: usize, concurrency: usize) -> anyhow::Result<Run> {
+    let system = TestSystem::start_with(Options {
+        gateway: Some(Box::new(|settings| {
+            let unlimited = ClassLimits {
+                per_ip: Rate::new(1_000_000, 60_000_000),
+                per_user: Some(Rate::new(1_000_000, 60_000_000)),
+            };
+            settings.limits.credentials = unlimited;
+            settings.limits.reads = unlimited;
+            settings.limits.writes = unlimited;
+            settings.limits.admin = unlimited;
+        })),
+        ..Options::default()
+    })
+    .await?;
+    let result = load(&system, orders, concurrency).await;
+    system.stop().await?;
+    let (seconds, mut latencies) = result?;
+    latencies.sort();
+    let percentile = |p: f64| {
+        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    Ok(Run {
+        mode: mode.to_owned(),
+        orders: latencies.len(),
+        seconds,
+        orders_per_second: latencies.len() as f64 / seconds,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+    })
+}
+
+/// The closed loop; returns its wall time and every order's latency.
+async fn load(
+    system: &TestSystem,
+    orders: usize,
+    concurrency: usize,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
+    // Enough stock for every order, so that each one takes the whole
+    // saga (reserve, approve) rather than a quick rejection.
+    let catalog = system
+        .database_url("catalog")
+        .context("the catalog database")?;
+    let pool = sqlx::PgPool::connect(&catalog).await?;
+    sqlx::query("UPDATE products SET stock = 1000000")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+
+    let api = Arc::new(system.api.clone());
+    let mut clients = Vec::new();
+    for n in 0..concurrency {
+        let user = api.new_user().await?;
+        let url = &system.realtime[n % system.realtime.len()];
+        let mut socket = Socket::connect(url, Some(&user.access_token)).await?;
+        socket.expect("welcome", DEADLINE).await?;
+        let subscribed = socket
+            .subscribe(&format!("user:{}", user.id), DEADLINE)
+            .await?;
+        if subscribed["type"] != "subscribed" {
+            bail!("subscribe answered {subscribed}");
+        }
+        clients.push((user, socket));
+    }
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (n, (user, mut socket)) in clients.into_iter().enumerate() {
+        let api = api.clone();
+        // The orders shared out over the clients, the remainder to the first.
+        let share = orders / concurrency + usize::from(n < orders % concurrency);
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(share);
+            for _ in 0..share {
+                let placed_at = Instant::now();
+                let placed = api.place_order(&user, &[(products::LAMP, 1)]).await?;
+                if placed.status() != StatusCode::ACCEPTED {
+                    bail!("POST /api/orders answered {}", placed.status());
+                }
+                let body: Value = placed.json().await?;
+                let order_id = body["order_id"].as_str().context("order_id")?.to_owned();
+                socket
+                    .wait_for(DEADLINE, |frame| {
+                        frame["type"] == "event"
+                            && frame["data"]["order_id"] == order_id.as_str()
+                            && frame["data"]["state"] == "APPROVED"
+                    })
+                    .await?;
+                latencies.push(placed_at.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(orders);
+    while let Some(joined) = tasks.join_next().await {
+        latencies.extend(joined??);
+    }
+    Ok((started.elapsed().as_secs_f64(), latencies))
+}
