@@ -945,6 +945,12 @@ pub struct Figures {
     pub p99_ms_at_fixed: f64,
     pub rss_per_socket_kib: f64,
     pub connect_errors: usize,
+    /// Above saturation: the first step of the ladder that was not
+    /// sustained, as a share of what it asked for that was delivered (the
+    /// rest shed or late), its p99, and the sockets it cost.
+    pub over_delivered_share: f64,
+    pub over_p99_ms: f64,
+    pub over_lost_sockets: f64,
 }
 
 /// Medians per (size, mode, system), in the plan's order of systems.
@@ -981,7 +987,18 @@ pub fn figures(plan: &Plan, runs: &[Run]) -> Vec<Figures> {
                 p99_ms_at_fixed: of(&|r| r.fixed.as_ref().map(|s| s.p99_ms)),
                 rss_per_socket_kib: of(&|r| Some(r.rss_per_socket_kib)),
                 connect_errors: runs.iter().map(|r| r.connect_errors).sum(),
+                over_delivered_share: of(&|r| {
+                    first_unsustained(r).map(|s| s.delivered as f64 / s.expected.max(1) as f64)
+                }),
+                over_p99_ms: of(&|r| first_unsustained(r).map(|s| s.p99_ms)),
+                over_lost_sockets: of(&|r| first_unsustained(r).map(|s| s.lost_sockets as f64)),
             }
         })
         .collect()
+}
+
+/// The first step of a run's ladder that was not sustained: the system
+/// just above its saturation.
+fn first_unsustained(run: &Run) -> Option<&Step> {
+    run.steps.iter().find(|s| !s.sustained)
 }

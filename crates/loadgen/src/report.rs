@@ -133,6 +133,33 @@ pub fn markdown(plan: &Plan, figures: &[Figures], header: &str) -> String {
             }
             let _ = writeln!(out);
         }
+        // Above saturation: what each system did with more than it could
+        // push (what was shed shows as the share not delivered in time).
+        let _ = writeln!(
+            out,
+            "Above saturation, the first step of the ladder that was not sustained (medians):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| sockets | system | delivered of what was asked | p99 ms | sockets lost |"
+        );
+        let _ = writeln!(out, "|---:|---|---:|---:|---:|");
+        for f in &rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                f.size,
+                f.system,
+                if f.over_delivered_share.is_nan() {
+                    fmt(f64::NAN)
+                } else {
+                    format!("{:.0} %", f.over_delivered_share * 100.0)
+                },
+                fmt(f.over_p99_ms),
+                fmt(f.over_lost_sockets)
+            );
+        }
+        let _ = writeln!(out);
     }
     let _ = writeln!(out, "{END}");
     out
