@@ -60,3 +60,44 @@ async fn every_response_carries_a_request_id() {
     assert!(uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok());
     assert_eq!(kept.headers()["x-request-id"], "req-from-client-1");
 }
+
+/// The trace id of a `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+fn trace_and_span(response: &reqwest::Response) -> (String, String) {
+    let value = response
+        .headers()
+        .get("traceparent")
+        .expect("the gateway answers with a traceparent")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+#[tokio::test]
+async fn a_callers_traceparent_is_continued_and_a_missing_one_started() {
+    // Spans exist only with the tracing layer installed, as in a service.
+    signalbox_platform::telemetry::init_for_tests();
+    let app = spawn_app().await;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+
+    let continued = app
+        .client
+        .get(app.url("/api/nowhere"))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .send()
+        .await
+        .unwrap();
+    let started = app.get("/api/nowhere").await;
+
+    // The caller's trace, under a span of the gateway's own.
+    let (trace, span) = trace_and_span(&continued);
+    assert_eq!(trace, caller_trace);
+    assert_ne!(span, caller_span);
+    // No caller context: a new trace.
+    let (trace, _) = trace_and_span(&started);
+    assert_ne!(trace, caller_trace);
+    assert_ne!(trace, "0".repeat(32));
+}
