@@ -20,6 +20,24 @@ use sqlx::PgPool;
 
 use crate::{config::ThrottleSettings, error::AuthError, repo};
 
+/// At most `max` characters of what the caller typed, with control
+/// characters spelled out (`\u{0}`): the key is stored in a PostgreSQL
+/// `TEXT` column, which cannot hold a NUL, and an attempt must be counted
+/// whatever bytes it came with.
+fn storable(typed: &str, max: usize) -> String {
+    typed
+        .chars()
+        .take(max)
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// One in this many attempts also purges ended windows.
 const PURGE_EVERY: u32 = 64;
 
@@ -43,13 +61,11 @@ impl Throttle {
     /// The key of a login attempt for `email` as typed (normalised the way
     /// accounts are, so `Ann@x.org` and `ann@x.org` share one count).
     pub fn login_key(email: &str) -> String {
-        let normalised: String = email.trim().to_lowercase().chars().take(254).collect();
-        format!("login:{normalised}")
+        format!("login:{}", storable(&email.trim().to_lowercase(), 254))
     }
 
     pub fn client_key(client_id: &str) -> String {
-        let client_id: String = client_id.chars().take(64).collect();
-        format!("client:{client_id}")
+        format!("client:{}", storable(client_id, 64))
     }
 
     /// Counts an attempt for `key`; `Throttled` when the window's allowance
@@ -74,5 +90,18 @@ impl Throttle {
     pub async fn succeeded(&self, key: &str) -> Result<(), AuthError> {
         repo::clear_attempts(&self.pool, key).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_spell_out_control_characters_and_keep_the_rest() {
+        assert_eq!(Throttle::login_key(" Ann@X.org "), "login:ann@x.org");
+        assert_eq!(Throttle::login_key("a\0b@x.org"), "login:a\\u{0}b@x.org");
+        assert_eq!(Throttle::client_key("web\u{1b}"), "client:web\\u{1b}");
+        assert!(!Throttle::login_key(&"\0".repeat(300)).contains('\0'));
     }
 }

@@ -79,8 +79,11 @@ async fn a_wrong_password_and_an_unknown_email_get_the_same_answer() {
         .unwrap_err();
     let unknown_user = app.login("bob@example.org", PASSWORD).await.unwrap_err();
     let not_an_email = app.login("bob", PASSWORD).await.unwrap_err();
+    // Bytes PostgreSQL cannot store (a NUL) are counted by the throttle
+    // like any other attempt, not an internal error.
+    let with_a_nul = app.login("bob\0@example.org", PASSWORD).await.unwrap_err();
 
-    for status in [&wrong_password, &unknown_user, &not_an_email] {
+    for status in [&wrong_password, &unknown_user, &not_an_email, &with_a_nul] {
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         assert_eq!(status.message(), "invalid email or password");
     }
