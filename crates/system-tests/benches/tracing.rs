@@ -38,7 +38,6 @@ use anyhow::{bail, Context};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use signalbox_gateway::config::{ClassLimits, Rate};
 use signalbox_platform::telemetry::{self, LogFormat};
 use signalbox_system_tests::{products, Options, Socket, TestSystem, DEADLINE};
 use signalbox_testkit::otlp::OtlpReceiver;
@@ -237,16 +236,7 @@ fn child(mode: &str, orders: usize, concurrency: usize, out: &Path) -> anyhow::R
 
 async fn measure(mode: &str, orders: usize, concurrency: usize) -> anyhow::Result<Run> {
     let system = TestSystem::start_with(Options {
-        gateway: Some(Box::new(|settings| {
-            let unlimited = ClassLimits {
-                per_ip: Rate::new(1_000_000, 60_000_000),
-                per_user: Some(Rate::new(1_000_000, 60_000_000)),
-            };
-            settings.limits.credentials = unlimited;
-            settings.limits.reads = unlimited;
-            settings.limits.writes = unlimited;
-            settings.limits.admin = unlimited;
-        })),
+        gateway: Some(Box::new(signalbox_system_tests::lift_rate_limits)),
         ..Options::default()
     })
     .await?;

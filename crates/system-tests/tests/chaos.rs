@@ -27,7 +27,6 @@ use std::{
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::Value;
-use signalbox_gateway::config::{ClassLimits, Rate};
 use signalbox_messages::channels::Namespace;
 use signalbox_system_tests::{
     api::User, infra, products, system::await_status, Api, Options, Socket, TestSystem, DEADLINE,
@@ -189,17 +188,10 @@ async fn dead_letters(ns: &Namespace) -> anyhow::Result<Vec<(String, u32)>> {
 async fn every_accepted_order_settles_and_stock_adds_up_despite_broker_faults() -> anyhow::Result<()>
 {
     let system = TestSystem::start_with(Options {
-        gateway: Some(Box::new(|settings| {
-            // The whole load comes from one address and a few users, far
-            // above what the edge lets one client send: this test is about
-            // the broker, so the edge's rate limits stay out of its way.
-            let unlimited = ClassLimits {
-                per_ip: Rate::new(100_000, 6_000_000),
-                per_user: Some(Rate::new(100_000, 6_000_000)),
-            };
-            settings.limits.reads = unlimited;
-            settings.limits.writes = unlimited;
-        })),
+        // The whole load comes from one address and a few users, far
+        // above what the edge lets one client send: this test is about
+        // the broker, so the edge's rate limits stay out of its way.
+        gateway: Some(Box::new(signalbox_system_tests::lift_rate_limits)),
         ..Options::default()
     })
     .await?;

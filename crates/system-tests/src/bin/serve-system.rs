@@ -22,7 +22,6 @@
 use std::net::TcpListener;
 
 use anyhow::Context;
-use signalbox_gateway::config::{ClassLimits, Rate};
 use signalbox_platform::config::ListenSettings;
 use signalbox_system_tests::{Options, TestSystem};
 
@@ -43,14 +42,7 @@ async fn main() -> anyhow::Result<()> {
                 host: "127.0.0.1".to_owned(),
                 port,
             };
-            let unlimited = ClassLimits {
-                per_ip: Rate::new(1_000_000, 60_000_000),
-                per_user: Some(Rate::new(1_000_000, 60_000_000)),
-            };
-            settings.limits.credentials = unlimited;
-            settings.limits.reads = unlimited;
-            settings.limits.writes = unlimited;
-            settings.limits.admin = unlimited;
+            signalbox_system_tests::lift_rate_limits(settings);
         })),
         realtime: Some(Box::new(move |settings| {
             settings.ws.allowed_origins = origins.clone();

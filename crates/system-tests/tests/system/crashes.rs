@@ -32,7 +32,6 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use signalbox_gateway::config::{ClassLimits, Rate};
 use signalbox_platform::faults::points;
 use signalbox_system_tests::{
     child::ABORT_AT, infra, socket::Received, Options, Socket, TestSystem, DEADLINE,
@@ -119,16 +118,9 @@ async fn killed_services_lose_nothing_and_do_nothing_twice() -> anyhow::Result<(
             ABORT_AT.into(),
             format!("{}@3", points::CATALOG_COMMAND_COMMITTED),
         )],
-        gateway: Some(Box::new(|settings| {
-            // The load comes from one address: the edge's limits stay out
-            // of the way of a test about crashes.
-            let unlimited = ClassLimits {
-                per_ip: Rate::new(100_000, 6_000_000),
-                per_user: Some(Rate::new(100_000, 6_000_000)),
-            };
-            settings.limits.reads = unlimited;
-            settings.limits.writes = unlimited;
-        })),
+        // The load comes from one address: the edge's limits stay out
+        // of the way of a test about crashes.
+        gateway: Some(Box::new(signalbox_system_tests::lift_rate_limits)),
         ..Options::default()
     })
     .await?;

@@ -18,7 +18,6 @@
 use std::{sync::Arc, time::Duration};
 
 use reqwest::StatusCode;
-use signalbox_gateway::config::{ClassLimits, Rate};
 use signalbox_system_tests::{infra, system::await_status, Options, TestSystem, DEADLINE};
 use signalbox_testkit::{pg_server::PrivateServer, probe};
 use sqlx::PgPool;
@@ -41,16 +40,9 @@ async fn a_database_restart_under_load_loses_nothing_and_refuses_cleanly() -> an
     let server = tokio::task::spawn_blocking(PrivateServer::start).await??;
     let system = TestSystem::start_with(Options {
         database_server: Some(server.url()),
-        gateway: Some(Box::new(|settings| {
-            // The load comes from one address: the edge's limits stay out
-            // of the way of a test about the database.
-            let unlimited = ClassLimits {
-                per_ip: Rate::new(100_000, 6_000_000),
-                per_user: Some(Rate::new(100_000, 6_000_000)),
-            };
-            settings.limits.reads = unlimited;
-            settings.limits.writes = unlimited;
-        })),
+        // The load comes from one address: the edge's limits stay out
+        // of the way of a test about the database.
+        gateway: Some(Box::new(signalbox_system_tests::lift_rate_limits)),
         ..Options::default()
     })
     .await?;
