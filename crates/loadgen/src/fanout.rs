@@ -389,47 +389,31 @@ impl RunContext {
         };
         // Latency at half of the highest rate, on a fresh server when the
         // ladder cost sockets.
-        if tally.closed() > 0 {
+        let (tally, sockets) = if tally.closed() > 0 {
             drop(sockets);
             server.stop().await;
             server = Server::start(system, self).await?;
-            let (tally, sockets) = self
-                .open_sockets(&server, size, mode, progress, run)
-                .await?;
-            let half = server
-                .step(
-                    &tally,
-                    best.delivered_per_sec / 2.0,
-                    fanout,
-                    size,
-                    mode,
-                    self.plan.latency_step,
-                )
-                .await?;
-            progress.say(format!("half: {}", describe(&half)));
-            run.half = Some(half);
-            run.fixed = self
-                .fixed_step(&mut server, &tally, fanout, size, mode, progress)
-                .await?;
-            drop(sockets);
+            self.open_sockets(&server, size, mode, progress, run)
+                .await?
         } else {
-            let half = server
-                .step(
-                    &tally,
-                    best.delivered_per_sec / 2.0,
-                    fanout,
-                    size,
-                    mode,
-                    self.plan.latency_step,
-                )
-                .await?;
-            progress.say(format!("half: {}", describe(&half)));
-            run.half = Some(half);
-            run.fixed = self
-                .fixed_step(&mut server, &tally, fanout, size, mode, progress)
-                .await?;
-            drop(sockets);
-        }
+            (tally, sockets)
+        };
+        let half = server
+            .step(
+                &tally,
+                best.delivered_per_sec / 2.0,
+                fanout,
+                size,
+                mode,
+                self.plan.latency_step,
+            )
+            .await?;
+        progress.say(format!("half: {}", describe(&half)));
+        run.half = Some(half);
+        run.fixed = self
+            .fixed_step(&mut server, &tally, fanout, size, mode, progress)
+            .await?;
+        drop(sockets);
         run.highest = Some(best);
         server.stop().await;
         Ok(())
