@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut size = Size {
         orders: 300,
-        rounds: 3,
+        rounds: 5,
         concurrency: 8,
     };
     let mut rest = args.iter();
@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
             Ok(rest.next().context("a number after the option")?.parse()?)
         };
         match *arg {
-            "--quick" => (size.orders, size.rounds) = (150, 2),
+            "--quick" => (size.orders, size.rounds) = (150, 3),
             "--smoke" => (size.orders, size.rounds, size.concurrency) = (10, 1, 2),
             "--orders" => size.orders = value()?,
             "--rounds" => size.rounds = value()?,
@@ -145,7 +145,12 @@ fn parent(size: &Size) -> anyhow::Result<()> {
     let median = |runs: &[Run], f: fn(&Run) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(f).collect();
         values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
+        let mid = values.len() / 2;
+        if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        }
     };
     let (off_tput, on_tput) = (
         median(&off, |r| r.orders_per_second),
