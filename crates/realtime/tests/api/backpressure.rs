@@ -96,9 +96,12 @@ async fn an_instance_far_behind_refuses_new_sockets_with_1013_and_keeps_its_own(
     let publishing = {
         let (late, app) = (late.clone(), &app);
         async move {
+            // A steady stream of late events, one every 50 ms, until enough
+            // lag has been seen.
+            let mut every = tokio::time::interval(Duration::from_millis(50));
             while !late.is_cancelled() {
+                every.tick().await;
                 publish_order(app, "alice", LATE, 0).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     };

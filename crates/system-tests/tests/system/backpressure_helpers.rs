@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalbox_messages::{catalog::PriceChanged, channels::Namespace, Envelope};
-use signalbox_messaging::{Broker, ConfirmedPublisher, Outgoing};
+use signalbox_messaging::{backoff::Backoff, Broker, ConfirmedPublisher, Outgoing};
 use signalbox_system_tests::{infra, socket::Received, Socket, DEADLINE};
 use tokio::time::Instant;
 
@@ -80,17 +80,19 @@ impl Resuming {
     /// Reconnects (again after a refusal, as a client's backoff would) and
     /// subscribes with `recover`.
     async fn resume(&mut self, until: Instant) -> anyhow::Result<()> {
+        // The project's one retry backoff, as `signalbox watch` uses it.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             anyhow::ensure!(Instant::now() < until, "could not resume in time");
             let Ok(mut socket) = Socket::connect(&self.url, Some(&self.token)).await else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             };
             match socket.receive(DEADLINE).await? {
                 Received::Frame(frame) if frame["type"] == "welcome" => {}
                 // Refused (1013) or closed: a client backs off and retries.
                 _ => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             }
