@@ -184,13 +184,14 @@ pub fn reflection(
         .build_v1()?)
 }
 
-/// A connection pool; waits a bounded time for a connection so an
-/// unreachable database fails requests quickly instead of hanging them.
+/// A connection pool; waits a bounded time for a connection
+/// (`acquire_timeout_ms`) so an unreachable database fails requests
+/// quickly, with a status that says so, instead of hanging them.
 /// The one place a service reads its database URL.
 pub async fn database(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect(settings.url.expose_secret())
         .await
         .context("cannot connect to the database")

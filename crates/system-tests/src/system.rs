@@ -116,10 +116,7 @@ impl TestSystem {
             cleaned: false,
         };
         // From here on, a failure still cleans up (Drop).
-        let database = |url: String| DatabaseSettings {
-            url: url.into(),
-            max_connections: 4,
-        };
+        let database = |url: String| DatabaseSettings::new(url, 4);
         let amqp = AmqpSettings {
             namespace: prefix.clone(),
             url: infra::amqp_url().into(),

@@ -44,10 +44,7 @@ impl TestDatabase {
 
     /// Settings for a service under test that uses this database.
     pub fn settings(&self, max_connections: u32) -> DatabaseSettings {
-        DatabaseSettings {
-            url: self.url.clone().into(),
-            max_connections,
-        }
+        DatabaseSettings::new(self.url.clone(), max_connections)
     }
 
     /// Drops the database, closing whatever connections are still open.
