@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  events consumer ──publish("user:42", data)──▶ Hub ──try_send──▶ socket task ──▶ browser
-//!                                                  │  (bounded mpsc per socket)
+//!                                                  │  (bounded queue per socket, crate::queue)
 //!                                                  └─ full? evict the socket, never wait
 //! ```
 //!
@@ -68,7 +68,6 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::{
     CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
 };
@@ -77,6 +76,7 @@ use crate::{
     backpressure::{BackpressureSettings, EventKind, Load},
     error::frame_code,
     frames::ServerFrame,
+    queue::{self, TrySendError},
 };
 
 /// The public channel every user may subscribe to (price changes).
@@ -183,7 +183,7 @@ struct Channel {
 #[derive(Clone)]
 struct Subscriber {
     /// The socket's outbound queue (bounded: `ws.send_buffer`).
-    outbound: mpsc::Sender<Outbound>,
+    outbound: queue::Sender<Outbound>,
     /// Cancelled by the hub to tell the socket task it was evicted.
     evicted: CancellationToken,
 }
@@ -228,17 +228,29 @@ impl Hub {
     /// Registers a new socket. The socket task keeps the [`Membership`]
     /// (dropping it unsubscribes everywhere, whatever way the task ends) and
     /// reads its events from the receiver.
-    pub fn join(self: &Arc<Self>, buffer: usize) -> (Membership, mpsc::Receiver<Outbound>) {
+    pub fn join(self: &Arc<Self>, buffer: usize) -> (Membership, queue::Receiver<Outbound>) {
+        self.join_under(buffer, &CancellationToken::new())
+    }
+
+    /// Like [`Hub::join`], with the socket's eviction token a child of
+    /// `stop` (the service's shutdown token): the socket task then waits
+    /// on one token of its own for both, instead of polling the token every
+    /// socket shares on every wake-up (and taking its lock).
+    pub fn join_under(
+        self: &Arc<Self>,
+        buffer: usize,
+        stop: &CancellationToken,
+    ) -> (Membership, queue::Receiver<Outbound>) {
         // The socket's outbound queue: the hub is the producer, the socket
         // task the consumer. Bounded, so a stalled socket shows up as a full
         // queue instead of unbounded memory.
-        let (outbound, receiver) = mpsc::channel(buffer.max(1));
+        let (outbound, receiver) = queue::bounded(buffer.max(1));
         let membership = Membership {
             hub: Arc::clone(self),
             id: self.next_socket.fetch_add(1, Ordering::Relaxed),
             subscriber: Subscriber {
                 outbound,
-                evicted: CancellationToken::new(),
+                evicted: stop.child_token(),
             },
             channels: HashSet::new(),
         };
@@ -380,13 +392,13 @@ fn push(state: &mut Channel, channel: &str, event: &Outbound) -> usize {
                 true
             }
             // The socket is not keeping up: evict it rather than wait.
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 tracing::warn!(socket, channel, "slow consumer; evicting");
                 subscriber.evicted.cancel();
                 false
             }
             // The socket task has ended; its membership is being dropped.
-            Err(TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed) => false,
         }
     });
     pushed
@@ -419,7 +431,7 @@ fn evict_slowest(state: &mut State) -> bool {
         .values()
         .flat_map(|channel| channel.subscribers.iter())
         .map(|(id, subscriber)| {
-            let waiting = subscriber.outbound.max_capacity() - subscriber.outbound.capacity();
+            let waiting = subscriber.outbound.len();
             (waiting, *id, subscriber.evicted.clone())
         })
         .filter(|(waiting, _, _)| *waiting > 0)
@@ -485,7 +497,9 @@ impl Membership {
         true
     }
 
-    /// Resolves when the hub evicted this socket as a slow consumer.
+    /// Resolves when the hub evicted this socket as a slow consumer (or,
+    /// for a socket that joined with [`Hub::join_under`], when its parent
+    /// token was cancelled).
     pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
         self.subscriber.evicted.cancelled()
     }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod frames;
 pub mod hub;
+pub mod queue;
 pub mod recovery;
 pub mod socket;
 pub mod startup;

@@ -14,18 +14,27 @@
 //! `ws.auth_timeout_secs`, because browsers cannot set headers on a
 //! WebSocket. A token is never read from the URL: URLs end up in logs.
 //!
-//! After the upgrade, one task owns the socket and waits in a `select!` on
-//! everything that can happen to it:
+//! After the upgrade, one task owns the socket and waits on everything
+//! that can happen to it ([`Session::poll_wake`]):
 //!
 //! ```text
-//!            ┌────────────── client frames (auth, subscribe, refresh, command, ping)
-//!            │ ┌──────────── hub events (bounded mpsc, filled by the events consumer)
-//!            │ │ ┌────────── replies to this socket's commands (JoinSet)
-//!            │ │ │ ┌──────── token_expiring warning, then expiry (close 4001)
-//!  socket ◀──┤ │ │ │ ┌────── heartbeat ticker (ping; 3 silent intervals close)
-//!   task     │ │ │ │ │ ┌──── eviction by the hub (slow consumer, close 1008)
-//!            │ │ │ │ │ │ ┌── shutdown (close 1001)
+//!            ┌────────── hub events (bounded queue, filled by the events consumer)
+//!            │ ┌──────── eviction by the hub (slow consumer, close 1008), or
+//!            │ │         shutdown (close 1001): one token, a child of the shutdown token
+//!  socket ◀──┤ │ ┌────── client frames (auth, subscribe, refresh, command, ping)
+//!   task     │ │ │ ┌──── replies to this socket's commands (JoinSet)
+//!            │ │ │ │ ┌── one timer: the nearest of the heartbeat (ping; 3 silent
+//!            │ │ │ │ │   intervals close), the token_expiring warning and expiry (4001)
 //! ```
+//!
+//! A socket on a busy channel is woken for its events far more often than
+//! for anything else, so the wait is shaped for that: the queue is looked
+//! at first, and the read side only when its own waker fired (or it
+//! returned a frame last time, since more may be buffered), so a wake-up
+//! for an event does not read from the connection; the three deadlines
+//! share one timer. The queue yields to the others after a few turns in a
+//! row, so a queue that never empties cannot starve pings, client frames
+//! or expiry.
 //!
 //! A `command` is not answered inside the loop: its round trip to the
 //! backend may take up to the command deadline, and the socket must keep
@@ -45,8 +54,13 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
+    future::{poll_fn, Future},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Wake, Waker},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -60,18 +74,20 @@ use axum::{
     routing::get,
     Router,
 };
-use futures::SinkExt;
+use futures::{task::AtomicWaker, SinkExt, StreamExt};
 use signalbox_messages::inbound::{codes, ClientReply};
 use signalbox_platform::{
     authorization::{self, AuthorizationError},
     tokens::{AccessClaims, TokenError, TokenVerifier},
 };
 use tokio::{
-    sync::mpsc,
-    task::JoinSet,
-    time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep},
+    task::{JoinError, JoinSet},
+    time::{sleep_until, timeout, Instant, Sleep},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::{CancellationToken, WaitForCancellationFutureOwned},
+    task::TaskTracker,
+};
 use tracing::Instrument;
 
 use crate::{
@@ -80,6 +96,7 @@ use crate::{
     error::{close, frame_code, UpgradeError},
     frames::{ClientFrame, ServerFrame, StreamPosition, SUBPROTOCOL},
     hub::{user_channel, Hub, Membership, Outbound, CATALOG_CHANNEL},
+    queue,
     recovery::{History, Replay},
 };
 
@@ -96,6 +113,10 @@ const BATCH: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// A heartbeat is lost after this many silent intervals.
 const HEARTBEAT_MISSES: u32 = 3;
+/// After this many wake-ups in a row served from the queue (each up to
+/// [`BATCH`] events, so the whole default `ws.send_buffer`), the next one
+/// looks at everything else first.
+const QUEUE_TURNS: u32 = 4;
 
 /// What every socket task shares.
 pub struct SocketContext {
@@ -210,7 +231,11 @@ async fn serve(mut socket: WebSocket, context: Arc<SocketContext>, claims: Optio
         .await;
         return;
     }
-    let (membership, outbound) = context.hub.join(context.settings.send_buffer);
+    // The eviction token is a child of the shutdown token, so the socket
+    // waits on one token of its own for both.
+    let (membership, outbound) = context
+        .hub
+        .join_under(context.settings.send_buffer, &context.shutdown);
     let span = tracing::info_span!(
         "socket",
         id = membership.id(),
@@ -234,7 +259,7 @@ async fn open(
     context: &SocketContext,
     claims: Option<AccessClaims>,
     membership: Membership,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: queue::Receiver<Outbound>,
 ) -> Result<Infallible, Exit> {
     let claims = match claims {
         Some(claims) => claims,
@@ -330,25 +355,114 @@ struct Session<'a> {
     scopes: Vec<String>,
     membership: Membership,
     /// Events the hub routed to this socket.
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: queue::Receiver<Outbound>,
+    /// Wake-ups in a row served from the queue (see [`QUEUE_TURNS`]).
+    queue_turns: u32,
+    /// Whether the connection may have something to read.
+    read: ReadSide,
     /// When the token expires; moved by a successful `refresh`.
     expires_at: Instant,
-    /// Fires `EXPIRY_WARNING` before `expires_at` (or at once).
-    warning: Pin<Box<Sleep>>,
+    /// When to send `token_expiring` (`EXPIRY_WARNING` before `expires_at`,
+    /// or at once), unless `warned` already.
+    warn_at: Instant,
     warned: bool,
-    /// Fires at `expires_at`.
-    expiry: Pin<Box<Sleep>>,
+    /// The heartbeat's interval, and its next tick.
+    period: Duration,
+    next_heartbeat: Instant,
     /// The last time anything arrived from the client.
     last_seen: Instant,
     /// Commands waiting for their replies; each task's output is the
-    /// `reply` frame.
-    commands: JoinSet<ServerFrame>,
+    /// `reply` frame. Made by the socket's first command: most sockets
+    /// only listen, and an empty set is still an allocation.
+    commands: Option<JoinSet<ServerFrame>>,
     /// How many commands the socket may start (`rate_limited` beyond).
     rate: RateLimit,
     /// Per channel, the offset up to which the client already has every
     /// event (a recovery told it so): live events at or below it that were
     /// queued meanwhile are not sent twice.
     floors: HashMap<String, u64>,
+    /// `realtime_frames_out_total`, looked up once per socket instead of
+    /// once per write.
+    frames_out: metrics::Counter,
+}
+
+/// What woke the socket task.
+enum Woken {
+    /// The hub evicted the socket, or the service is stopping.
+    Stopped,
+    /// A frame from the client, an error, or the end of the connection.
+    Incoming(Option<Result<Message, axum::Error>>),
+    /// An event from the hub (more may be queued behind it).
+    Event(Outbound),
+    /// A command's reply, or the command task's failure.
+    Reply(Result<ServerFrame, JoinError>),
+    /// The nearest of the heartbeat, the expiry warning and the expiry.
+    Timer,
+}
+
+/// The read side's own waker. The connection's read readiness (and the
+/// write readiness that tungstenite's reads may wait on) wakes this, which
+/// notes it and wakes the task; a wake-up of the task without the note
+/// came from somewhere else (the queue, mostly), and the connection is
+/// not read then. `Release`/`Acquire` on the note: whatever the waking
+/// thread saw is visible to the task that reads after taking it.
+struct ReadWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Reads client frames only when the connection may have one.
+struct ReadSide {
+    flag: Arc<ReadWake>,
+    /// `flag` as a waker, made once: the connection keeps it between reads.
+    waker: Waker,
+}
+
+impl ReadSide {
+    fn new() -> Self {
+        let flag = Arc::new(ReadWake {
+            // Read at once: frames may already be buffered.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            waker: Waker::from(Arc::clone(&flag)),
+            flag,
+        }
+    }
+
+    /// The next client frame, if the connection was woken since the last
+    /// read that came back empty.
+    fn poll_next(
+        &self,
+        cx: &mut Context<'_>,
+        socket: &mut WebSocket,
+    ) -> Poll<Option<Result<Message, axum::Error>>> {
+        // First the task's waker, then the note: a wake in between is not
+        // lost, it sets the note this poll then takes.
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let item = socket.poll_next_unpin(&mut Context::from_waker(&self.waker));
+        if item.is_ready() {
+            // More frames may be in tungstenite's buffer, which no wake-up
+            // will announce: read again next time.
+            self.flag.woken.store(true, Ordering::Release);
+        }
+        item
+    }
 }
 
 impl<'a> Session<'a> {
@@ -356,24 +470,29 @@ impl<'a> Session<'a> {
         context: &'a SocketContext,
         claims: AccessClaims,
         membership: Membership,
-        outbound: mpsc::Receiver<Outbound>,
+        outbound: queue::Receiver<Outbound>,
     ) -> Self {
         let expires_at = deadline_of(claims.exp);
         let settings = &context.settings;
+        let period = Duration::from_secs(settings.heartbeat_secs.max(1));
         Self {
             context,
             scopes: scopes_of(&claims),
             user_id: claims.sub,
             membership,
             outbound,
+            queue_turns: 0,
+            read: ReadSide::new(),
             expires_at,
-            warning: Box::pin(sleep_until(warning_of(expires_at))),
+            warn_at: warning_of(expires_at),
             warned: false,
-            expiry: Box::pin(sleep_until(expires_at)),
+            period,
+            next_heartbeat: Instant::now() + period,
             last_seen: Instant::now(),
-            commands: JoinSet::new(),
+            commands: None,
             rate: RateLimit::new(settings.command_rate_per_sec, settings.command_burst),
             floors: HashMap::new(),
+            frames_out: metrics::counter!("realtime_frames_out_total"),
         }
     }
 
@@ -384,79 +503,141 @@ impl<'a> Session<'a> {
         let _open = OpenSocket::count();
         send(socket, &ServerFrame::Welcome { ttl: self.ttl() }).await?;
 
-        let period = Duration::from_secs(self.context.settings.heartbeat_secs.max(1));
-        // The heartbeat ticker. Its first tick is one period from now (an
-        // `interval` would otherwise tick at once); late ticks are not
-        // bunched up after a busy moment.
-        let mut heartbeat = interval_at(Instant::now() + period, period);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
-        // The two cancellations are waited for by futures made once, not
-        // once per turn of the loop: each new `cancelled()` future enrols
-        // with its token when first polled and leaves when dropped, under
-        // the token's lock, and the shutdown token is the same for every
-        // socket of the instance; a fan-out that wakes every socket would
-        // otherwise take that lock twice per socket per event.
+        // The two ways the service ends a socket, eviction by the hub and
+        // shutdown, are one token (the socket's eviction token is a child
+        // of the shutdown token), waited for by one future made once: a
+        // `cancelled()` future takes its token's lock whenever it is
+        // polled, and the shutdown token is shared by every socket.
         let context = self.context;
-        let shutdown = context.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let evicted = self.membership.eviction();
-        tokio::pin!(evicted);
+        let stopped = self.membership.eviction();
+        tokio::pin!(stopped);
+        // One timer for the heartbeat, the expiry warning and the expiry,
+        // set to the nearest of them: one to poll on a wake-up, not three.
+        let timer = sleep_until(self.next_deadline());
+        tokio::pin!(timer);
 
         loop {
-            tokio::select! {
+            let wake =
+                poll_fn(|cx| self.poll_wake(cx, socket, stopped.as_mut(), timer.as_mut())).await;
+            match wake {
                 // The service is stopping: say so, so clients reconnect
-                // elsewhere at once instead of waiting for a timeout.
-                () = &mut shutdown => {
-                    return Err(Exit::Close(close::GOING_AWAY, "server shutting down"));
-                }
-                // The hub found this socket's buffer full and dropped it.
-                () = &mut evicted => {
+                // elsewhere at once instead of waiting for a timeout. Or
+                // the hub found this socket's buffer full and dropped it.
+                Woken::Stopped => {
+                    if context.shutdown.is_cancelled() {
+                        return Err(Exit::Close(close::GOING_AWAY, "server shutting down"));
+                    }
                     metrics::counter!("realtime_slow_consumer_evictions_total").increment(1);
                     return Err(Exit::Close(close::POLICY, "slow consumer"));
                 }
                 // A frame from the client (any frame proves it is alive).
-                incoming = socket.recv() => {
+                Woken::Incoming(incoming) => {
                     self.last_seen = Instant::now();
                     self.on_message(socket, incoming).await?;
                 }
                 // An event the hub routed to this socket, and every event
-                // queued behind it: written together, flushed once. The
-                // sender lives in our own membership, so the queue cannot
-                // close under us.
-                Some(event) = self.outbound.recv() => {
-                    self.push_queued(socket, event).await?;
-                }
+                // queued behind it: written together, flushed once.
+                Woken::Event(event) => self.push_queued(socket, event).await?,
                 // A command's reply (or the error standing in for it).
-                Some(done) = self.commands.join_next(), if !self.commands.is_empty() => {
-                    match done {
-                        Ok(frame) => send(socket, &frame).await?,
-                        Err(error) => tracing::error!(%error, "command task failed"),
-                    }
-                }
-                // Shortly before expiry: ask the client to refresh.
-                () = &mut self.warning, if !self.warned => {
-                    self.warned = true;
-                    let in_secs = self.ttl();
-                    tracing::debug!(in_secs, "token expiring");
-                    send(socket, &ServerFrame::TokenExpiring { in_secs }).await?;
-                }
-                // The token expired and was not refreshed.
-                () = &mut self.expiry => {
-                    metrics::counter!("realtime_token_expiries_total").increment(1);
-                    return Err(Exit::Close(close::TOKEN_EXPIRED, "token expired"));
-                }
-                // Heartbeat: a client that has been silent for three
-                // intervals is gone (a half-open TCP connection sends no
-                // error); otherwise ping it so that it answers.
-                _ = heartbeat.tick() => {
-                    if self.last_seen.elapsed() >= period * HEARTBEAT_MISSES {
-                        return Err(Exit::Close(close::POLICY, "heartbeat timeout"));
-                    }
-                    send_message(socket, Message::Ping(Default::default())).await?;
+                Woken::Reply(Ok(frame)) => send(socket, &frame).await?,
+                Woken::Reply(Err(error)) => tracing::error!(%error, "command task failed"),
+                // A deadline is due; the timer's own deadline bounds "now"
+                // from below, so what made it fire is handled.
+                Woken::Timer => {
+                    let now = Instant::now().max(timer.deadline());
+                    self.on_deadline(socket, now).await?;
                 }
             }
+            // A tick moves the heartbeat, a warning or a `refresh` the
+            // token's deadlines: the timer follows the nearest.
+            let next = self.next_deadline();
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
+            }
         }
+    }
+
+    /// What woke the task, looked at in this order: the queue (unless it
+    /// answered the last [`QUEUE_TURNS`] wake-ups), the stop token, the
+    /// connection (only when its own waker fired, see [`ReadSide`]), the
+    /// commands' replies, the timer, and the queue if it was skipped. Each
+    /// source that is not ready keeps this task's waker, so any of them
+    /// wakes it.
+    fn poll_wake(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut WebSocket,
+        stopped: Pin<&mut WaitForCancellationFutureOwned>,
+        timer: Pin<&mut Sleep>,
+    ) -> Poll<Woken> {
+        let queue_first = self.queue_turns < QUEUE_TURNS;
+        if queue_first {
+            if let Poll::Ready(event) = self.outbound.poll_recv(cx) {
+                self.queue_turns += 1;
+                return Poll::Ready(Woken::Event(event));
+            }
+        }
+        // Everything else is looked at now.
+        self.queue_turns = 0;
+        if stopped.poll(cx).is_ready() {
+            return Poll::Ready(Woken::Stopped);
+        }
+        if let Poll::Ready(incoming) = self.read.poll_next(cx, socket) {
+            return Poll::Ready(Woken::Incoming(incoming));
+        }
+        if let Some(commands) = self.commands.as_mut().filter(|set| !set.is_empty()) {
+            if let Poll::Ready(Some(done)) = commands.poll_join_next(cx) {
+                return Poll::Ready(Woken::Reply(done));
+            }
+        }
+        if timer.poll(cx).is_ready() {
+            return Poll::Ready(Woken::Timer);
+        }
+        if !queue_first {
+            if let Poll::Ready(event) = self.outbound.poll_recv(cx) {
+                self.queue_turns = 1;
+                return Poll::Ready(Woken::Event(event));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The nearest of the heartbeat's next tick, the expiry warning (until
+    /// it is sent) and the expiry.
+    fn next_deadline(&self) -> Instant {
+        let mut next = self.next_heartbeat.min(self.expires_at);
+        if !self.warned {
+            next = next.min(self.warn_at);
+        }
+        next
+    }
+
+    /// Handles every deadline that is due at `now`.
+    async fn on_deadline(&mut self, socket: &mut WebSocket, now: Instant) -> Result<(), Exit> {
+        // The token expired and was not refreshed.
+        if now >= self.expires_at {
+            metrics::counter!("realtime_token_expiries_total").increment(1);
+            return Err(Exit::Close(close::TOKEN_EXPIRED, "token expired"));
+        }
+        // Shortly before expiry: ask the client to refresh.
+        if !self.warned && now >= self.warn_at {
+            self.warned = true;
+            let in_secs = self.ttl();
+            tracing::debug!(in_secs, "token expiring");
+            send(socket, &ServerFrame::TokenExpiring { in_secs }).await?;
+        }
+        // Heartbeat: a client that has been silent for three intervals is
+        // gone (a half-open TCP connection sends no error); otherwise ping
+        // it so that it answers. The next tick is a period after this one
+        // ran, so late ticks do not bunch up after a busy moment.
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.period;
+            if self.last_seen.elapsed() >= self.period * HEARTBEAT_MISSES {
+                return Err(Exit::Close(close::POLICY, "heartbeat timeout"));
+            }
+            send_message(socket, Message::Ping(Default::default())).await?;
+        }
+        Ok(())
     }
 
     /// Writes `first` and the events queued behind it (at most
@@ -475,7 +656,7 @@ impl<'a> Session<'a> {
                     .is_none_or(|floor| event.offset > *floor)
             })
             .map(|event| event.frame.clone());
-        send_batch(socket, queued).await
+        send_batch(socket, queued, &self.frames_out).await
     }
 
     /// Seconds until the token expires.
@@ -562,7 +743,7 @@ impl<'a> Session<'a> {
                 // The missed events, in order, before any live one; written
                 // together and flushed once.
                 let frames = replay.iter().map(|event| event.frame.clone());
-                send_batch(socket, frames).await
+                send_batch(socket, frames, &self.frames_out).await
             }
             ClientFrame::Unsubscribe { channel } => {
                 // Idempotent: unsubscribing from a channel one is not in is
@@ -582,7 +763,7 @@ impl<'a> Session<'a> {
                 metrics::counter!("realtime_commands_total").increment(1);
                 let commands = Arc::clone(&self.context.commands);
                 let (user_id, scopes) = (self.user_id.clone(), self.scopes.clone());
-                self.commands.spawn(
+                self.commands.get_or_insert_with(JoinSet::new).spawn(
                     async move { commands.send(&user_id, scopes, id, name, data).await }
                         .in_current_span(),
                 );
@@ -645,9 +826,9 @@ impl<'a> Session<'a> {
             }
             Ok(claims) => {
                 self.scopes = scopes_of(&claims);
+                // The socket's loop moves its timer to the new deadlines.
                 self.expires_at = deadline_of(claims.exp);
-                self.expiry.as_mut().reset(self.expires_at);
-                self.warning.as_mut().reset(warning_of(self.expires_at));
+                self.warn_at = warning_of(self.expires_at);
                 self.warned = false;
                 tracing::debug!(ttl = self.ttl(), "token refreshed");
                 send(socket, &ServerFrame::Welcome { ttl: self.ttl() }).await
@@ -712,6 +893,7 @@ async fn send_text(socket: &mut WebSocket, text: Utf8Bytes) -> Result<(), Exit> 
 async fn send_batch(
     socket: &mut WebSocket,
     frames: impl Iterator<Item = Utf8Bytes>,
+    frames_out: &metrics::Counter,
 ) -> Result<(), Exit> {
     let written = async {
         let mut count = 0u64;
@@ -723,7 +905,7 @@ async fn send_batch(
     };
     match timeout(SEND_TIMEOUT, written).await {
         Ok(Ok(count)) => {
-            metrics::counter!("realtime_frames_out_total").increment(count);
+            frames_out.increment(count);
             Ok(())
         }
         Ok(Err(error)) => {
