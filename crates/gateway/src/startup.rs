@@ -81,6 +81,15 @@ impl Application {
         serve::port(&self.listener)
     }
 
+    /// The routing table behind the whole edge stack, as
+    /// `run_until_stopped` serves it: the entry point for driving the
+    /// gateway's request handling without a socket (the `gateway_request`
+    /// fuzz target and its corpus replay send requests through it with
+    /// `tower::ServiceExt::oneshot`).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,

@@ -63,6 +63,16 @@ pub enum ClientFrame {
     Ping,
 }
 
+impl ClientFrame {
+    /// Reads a client's text frame: the one parser of client frames, used by
+    /// the socket for the first (`auth`) frame and every later one, and by
+    /// the `client_frame` fuzz target. An error is answered with
+    /// `error {code: "bad_request"}` carrying its text.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
 /// A position in the event log: its epoch and the offset of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct StreamPosition {

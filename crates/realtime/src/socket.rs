@@ -304,7 +304,7 @@ async fn authenticate(
             },
         }
     };
-    let refusal = match first.map(|text| serde_json::from_str::<ClientFrame>(&text)) {
+    let refusal = match first.map(|text| ClientFrame::parse(&text)) {
         Ok(Ok(ClientFrame::Auth { token })) => {
             return match context.verifier.verify(&token).await {
                 Ok(claims) => Ok(claims),
@@ -697,7 +697,7 @@ impl<'a> Session<'a> {
     }
 
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Exit> {
-        let frame = match serde_json::from_str::<ClientFrame>(text) {
+        let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
             Err(error) => {
                 let frame = ServerFrame::error(frame_code::BAD_REQUEST, error.to_string());

@@ -12,6 +12,7 @@ mod database_restart;
 mod edge;
 mod frozen_catalog;
 mod frozen_realtime;
+mod hostile_input;
 mod observability;
 mod order_revision;
 mod order_saga;
