@@ -16,6 +16,9 @@ pub use signalbox_testkit::{
 
 pub struct Fixture {
     pub pool: PgPool,
+    /// The test database's URL, for a process of the test's own (see
+    /// `sharding::Victim`).
+    pub database_url: String,
     pub broker: Arc<Broker>,
     pub ns: Namespace,
     /// Declared last, so it is dropped after the pool and the broker.
@@ -35,6 +38,7 @@ impl Fixture {
         let broker = Broker::connect(&amqp_url(), ns.clone(), "test", DEADLINE).await?;
         Ok(Self {
             pool,
+            database_url: database.url,
             broker,
             ns,
             sandbox,

@@ -1,6 +1,7 @@
 //! The messaging building blocks against the real RabbitMQ and PostgreSQL.
 
 mod census;
+mod child;
 mod consumer;
 mod dead_letters;
 mod helpers;
