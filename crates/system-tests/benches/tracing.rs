@@ -27,19 +27,21 @@
 //! the medians are reported with their ratio, because this machine's load
 //! moves under any one run.
 
+mod harness;
+
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
+use harness::{median, percentile};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use signalbox_platform::telemetry::{self, LogFormat};
-use signalbox_system_tests::{products, Options, Socket, TestSystem, DEADLINE};
+use signalbox_system_tests::{products, TestSystem, DEADLINE};
 use signalbox_testkit::otlp::OtlpReceiver;
 use tokio::task::JoinSet;
 
@@ -61,13 +63,8 @@ struct Size {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo bench` passes `--bench`; nothing else of its is ours.
-    let args: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "--bench")
-        .collect();
+    let args = harness::args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     if let [flag, mode, orders, concurrency, out] = args.as_slice() {
         if *flag == "--child" {
             return child(mode, orders.parse()?, concurrency.parse()?, Path::new(out));
@@ -107,9 +104,7 @@ fn parent(size: &Size) -> anyhow::Result<()> {
         size.orders,
         size.concurrency,
         size.rounds,
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
+        harness::load()
     );
     for round in 0..size.rounds {
         // Alternate which mode goes first, so a drift in the machine's load
@@ -142,16 +137,7 @@ fn parent(size: &Size) -> anyhow::Result<()> {
         }
     }
     let spans = receiver.spans().len();
-    let median = |runs: &[Run], f: fn(&Run) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(f).collect();
-        values.sort_by(f64::total_cmp);
-        let mid = values.len() / 2;
-        if values.len() % 2 == 1 {
-            values[mid]
-        } else {
-            (values[mid - 1] + values[mid]) / 2.0
-        }
-    };
+    let median = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f));
     let (off_tput, on_tput) = (
         median(&off, |r| r.orders_per_second),
         median(&on, |r| r.orders_per_second),
@@ -180,8 +166,6 @@ fn run_child(
     out: &PathBuf,
     endpoint: &str,
 ) -> anyhow::Result<Run> {
-    // The child's log lines, kept when it fails.
-    let log = out.with_extension("log");
     let mut command = std::process::Command::new(exe);
     command
         .args(["--child", mode])
@@ -190,8 +174,7 @@ fn run_child(
         .arg(out)
         // The services' default filter, as deployed, in both modes: it
         // decides which spans exist at all, so it must not be narrowed.
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::from(std::fs::File::create(&log)?));
+        .env_remove("RUST_LOG");
     for var in [
         "OTEL_SDK_DISABLED",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -209,25 +192,12 @@ fn run_child(
     } else {
         command.env("OTEL_SDK_DISABLED", "true");
     }
-    let status = command.status()?;
-    if !status.success() {
-        bail!(
-            "the {mode} run failed ({status}); its log: {}",
-            log.display()
-        );
-    }
-    let run = serde_json::from_slice(&std::fs::read(out)?)?;
-    std::fs::remove_file(out)?;
-    std::fs::remove_file(&log)?;
-    Ok(run)
+    harness::run_child(command, out, mode)
 }
 
 /// One measurement: the system, `orders` orders by `concurrency` clients.
 fn child(mode: &str, orders: usize, concurrency: usize, out: &Path) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = harness::child_runtime()?;
     // Before the system starts, so that its own (test) set-up finds it
     // installed and the `OTEL_*` variables decide, as in a service; on the
     // runtime, whose reactor the OTLP/gRPC exporter's channel uses.
@@ -240,26 +210,18 @@ fn child(mode: &str, orders: usize, concurrency: usize, out: &Path) -> anyhow::R
 }
 
 async fn measure(mode: &str, orders: usize, concurrency: usize) -> anyhow::Result<Run> {
-    let system = TestSystem::start_with(Options {
-        gateway: Some(Box::new(signalbox_system_tests::lift_rate_limits)),
-        ..Options::default()
-    })
-    .await?;
+    let system = harness::start_system().await?;
     let result = load(&system, orders, concurrency).await;
     system.stop().await?;
-    let (seconds, mut latencies) = result?;
-    latencies.sort();
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[index].as_secs_f64() * 1000.0
-    };
+    let (seconds, latencies) = result?;
+    let ms: Vec<f64> = latencies.iter().map(|l| l.as_secs_f64() * 1000.0).collect();
     Ok(Run {
         mode: mode.to_owned(),
         orders: latencies.len(),
         seconds,
         orders_per_second: latencies.len() as f64 / seconds,
-        p50_ms: percentile(0.50),
-        p99_ms: percentile(0.99),
+        p50_ms: percentile(&ms, 0.50),
+        p99_ms: percentile(&ms, 0.99),
     })
 }
 
@@ -269,32 +231,8 @@ async fn load(
     orders: usize,
     concurrency: usize,
 ) -> anyhow::Result<(f64, Vec<Duration>)> {
-    // Enough stock for every order, so that each one takes the whole
-    // saga (reserve, approve) rather than a quick rejection.
-    let catalog = system
-        .database_url("catalog")
-        .context("the catalog database")?;
-    let pool = sqlx::PgPool::connect(&catalog).await?;
-    sqlx::query("UPDATE products SET stock = 1000000")
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-
     let api = Arc::new(system.api.clone());
-    let mut clients = Vec::new();
-    for n in 0..concurrency {
-        let user = api.new_user().await?;
-        let url = &system.realtime[n % system.realtime.len()];
-        let mut socket = Socket::connect(url, Some(&user.access_token)).await?;
-        socket.expect("welcome", DEADLINE).await?;
-        let subscribed = socket
-            .subscribe(&format!("user:{}", user.id), DEADLINE)
-            .await?;
-        if subscribed["type"] != "subscribed" {
-            bail!("subscribe answered {subscribed}");
-        }
-        clients.push((user, socket));
-    }
+    let clients = harness::open_clients(system, concurrency).await?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (n, (user, mut socket)) in clients.into_iter().enumerate() {
