@@ -24,6 +24,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod extract;
 pub mod fallback;

@@ -24,6 +24,7 @@ use tracing::{Level, Span};
 
 use crate::{
     budget,
+    drain::{self, Drain},
     limits::{self, Limits, TrustedProxies},
     page,
     routes::system::Census,
@@ -39,6 +40,9 @@ pub struct Application {
     router: Router,
     /// The census's lazily opened broker connection, closed at shutdown.
     census: Census,
+    /// Whether shutdown has begun (`drain`): readiness and the
+    /// `Connection: close` of the responses follow it.
+    drain: Drain,
 }
 
 impl Application {
@@ -70,10 +74,12 @@ impl Application {
             limits: Arc::new(limits),
         };
         let census = Census::new(settings.amqp.clone());
+        let drain = Drain::default();
         Ok(Self {
             listener,
-            router: router(state, census.clone(), &settings),
+            router: router(state, census.clone(), &settings, drain.clone()),
             census,
+            drain,
         })
     }
 
@@ -95,11 +101,18 @@ impl Application {
             listener,
             router,
             census,
+            drain,
         } = self;
         tracing::info!(port = listener.local_addr()?.port(), "gateway listening");
+        // Shutdown drains first (`drain`): the server keeps serving for
+        // `DRAIN`, then stops accepting and finishes what is in flight.
+        let stop_accepting = drain.on(shutdown.clone(), drain::DRAIN);
         let result = serve::run_all(
-            shutdown.clone(),
-            vec![serve::task("http", serve::http(listener, router, shutdown))],
+            shutdown,
+            vec![serve::task(
+                "http",
+                serve::http(listener, router, stop_accepting),
+            )],
         )
         .await;
         census.close().await;
@@ -108,18 +121,30 @@ impl Application {
 }
 
 /// The routing table and health endpoints behind the edge's tower stack.
-pub fn router(state: AppState, census: Census, settings: &Settings) -> Router {
-    // Readiness has no checks on purpose: the gateway can serve as soon as it
-    // listens. Checking the upstreams here would take every gateway out of
-    // the load balancer when one service is down, turning a partial outage
-    // (orders down, catalog still browsable, a 503 problem on order routes)
-    // into a total one; upstream health is the upstreams' own readiness.
-    let health = Health::new().router();
+pub fn router(state: AppState, census: Census, settings: &Settings, drain: Drain) -> Router {
+    // Readiness checks only that the gateway is not draining (shutting
+    // down, `drain`): it can serve as soon as it listens. Checking the
+    // upstreams here would take every gateway out of the load balancer
+    // when one service is down, turning a partial outage (orders down,
+    // catalog still browsable, a 503 problem on order routes) into a total
+    // one; upstream health is the upstreams' own readiness.
+    let health = {
+        let drain = drain.clone();
+        Health::new().flag("accepting", move || !drain.is_draining())
+    }
+    .router();
 
     // Layers run top to bottom on the way in, bottom to top on the way out.
     let stack = ServiceBuilder::new()
-        // Outermost: give every request an id (or keep the caller's) before
-        // anything logs, so the trace span below can carry it.
+        // Outermost: while draining, every answer closes its connection
+        // (`drain`), whatever produced it, so that clients stop reusing
+        // connections to an instance that is about to stop.
+        .layer(middleware::from_fn_with_state(
+            drain,
+            drain::close_connections,
+        ))
+        // Give every request an id (or keep the caller's) before anything
+        // logs, so the trace span below can carry it.
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         // One server span per request (`POST /api/orders`), the root of the
         // order's trace or the child of the caller's `traceparent`, with
