@@ -3,8 +3,8 @@
 //! process, or stop it with a real `SIGTERM` and read what it logged.
 //!
 //! The child is one of this package's binaries: `catalog-child`
-//! (`src/bin/catalog-child.rs`) or `realtime-child`
-//! (`src/bin/realtime-child.rs`), which cargo builds with the package's
+//! (`src/bin/catalog-child.rs`), `orders-child`, `realtime-child`,
+//! `auth-child` or `gateway-child`, which cargo builds with the package's
 //! integration tests, from the same code, and names in
 //! `CARGO_BIN_EXE_<name>`: a test passes that path in
 //! [`Options::catalog_process`](crate::Options::catalog_process) or
@@ -35,10 +35,15 @@ use tokio_util::sync::CancellationToken;
 /// The line a child prints once it listens.
 const READY: &str = "signalbox-child-ready";
 
+/// How long a child may take to drain and exit after `SIGTERM`: the grace
+/// period `scripts/up`'s supervisor gives a service before it kills it
+/// (`SUPERVISE_GRACE_SECS`).
+pub const GRACE: Duration = Duration::from_secs(15);
+
 /// A service running in a child process.
 pub struct ChildService {
     child: Child,
-    /// `catalog` or `realtime`, for messages.
+    /// `catalog`, `orders`, `realtime`, `auth` or `gateway`, for messages.
     name: &'static str,
     pub grpc_port: u16,
     pub http_port: u16,
@@ -80,8 +85,23 @@ impl ChildService {
         Ok(service)
     }
 
+    /// Starts auth in a child process with `env` (its `APP__…` settings),
+    /// and waits until it listens.
+    pub async fn auth(exe: &Path, env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let mut service = Self::start(exe, env, "auth").await?;
+        service.grpc_port = service.port("grpc=")?;
+        Ok(service)
+    }
+
+    /// Starts the gateway in a child process with `env` (its `APP__…`
+    /// settings), and waits until it listens.
+    pub async fn gateway(exe: &Path, env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        Self::start(exe, env, "gateway").await
+    }
+
     /// Starts the process again after it died (or was killed with
-    /// [`Self::kill`]), as a supervisor would: the same binary and settings,
+    /// [`Self::kill`], or stopped with [`Self::terminate`]), as a
+    /// supervisor would: the same binary and settings,
     /// on the same ports (so that its callers find it where it was), with
     /// `env` changed by `adjust` (e.g. a fault point armed or disarmed).
     /// Waits until it listens.
@@ -110,6 +130,26 @@ impl ChildService {
         self.thaw()?;
         self.signal("KILL")?;
         self.exited().await.map(drop)
+    }
+
+    /// Asks the process to stop as an orchestrator does in a rolling
+    /// restart (`SIGTERM`, thawed first), and waits up to [`GRACE`] for it
+    /// to drain and exit by itself. Returns its exit status, whatever it
+    /// is: the caller judges it. Never escalates to `SIGKILL`; a process
+    /// still running after the grace period is an error here (and killed
+    /// when its handle is dropped).
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.thaw()?;
+        self.signal("TERM")?;
+        tokio::time::timeout(GRACE, self.child.wait())
+            .await
+            .with_context(|| {
+                format!(
+                    "the {} child did not exit within {GRACE:?} of SIGTERM",
+                    self.name
+                )
+            })?
+            .with_context(|| format!("wait for the {} child", self.name))
     }
 
     /// Waits (within [`crate::DEADLINE`]) until the process has exited, by
@@ -244,14 +284,10 @@ impl ChildService {
         Ok(())
     }
 
-    /// Stops the child gracefully (thawed first), and waits for its exit
-    /// (within 15 s; killed on drop otherwise).
+    /// Stops the child gracefully ([`Self::terminate`]), and fails unless
+    /// it exited with status 0.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.thaw()?;
-        self.signal("TERM")?;
-        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .with_context(|| format!("the {} child did not stop within 15 s", self.name))??;
+        let status = self.terminate().await?;
         anyhow::ensure!(
             status.success(),
             "the {} child exited with {status}",
@@ -297,6 +333,36 @@ pub fn orders_main() {
         app.run_until_stopped(shutdown).await
     });
     result.expect("the orders child");
+}
+
+/// The child's side: runs auth from its `APP__…` settings until stdin
+/// closes or `SIGTERM`.
+pub fn auth_main() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let settings: signalbox_auth::Settings = signalbox_platform::config::load("auth")?;
+        let app = signalbox_auth::Application::build(settings).await?;
+        println!("{READY} grpc={} http={}", app.grpc_port(), app.http_port());
+        let shutdown = signalbox_platform::shutdown::on_signal();
+        watch_parent(shutdown.clone());
+        app.run_until_stopped(shutdown).await
+    });
+    result.expect("the auth child");
+}
+
+/// The child's side: runs the gateway from its `APP__…` settings until
+/// stdin closes or `SIGTERM`.
+pub fn gateway_main() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let settings: signalbox_gateway::Settings = signalbox_platform::config::load("gateway")?;
+        let app = signalbox_gateway::Application::build(settings).await?;
+        println!("{READY} http={}", app.http_port());
+        let shutdown = signalbox_platform::shutdown::on_signal();
+        watch_parent(shutdown.clone());
+        app.run_until_stopped(shutdown).await
+    });
+    result.expect("the gateway child");
 }
 
 /// The fault point [`ABORT_AT`] names, and how many more hits until it fires.

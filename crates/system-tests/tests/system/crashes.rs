@@ -34,44 +34,15 @@ use std::{
 use serde_json::{json, Value};
 use signalbox_platform::faults::points;
 use signalbox_system_tests::{
-    child::ABORT_AT, infra, socket::Received, Options, Socket, TestSystem, DEADLINE,
+    child::ABORT_AT, socket::Received, Options, Socket, TestSystem, DEADLINE,
 };
 use signalbox_testkit::probe;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::steady_load::{Load, PRODUCTS};
+use crate::steady_load::{unpublished, Books, Load};
 
 /// How long the whole system may take to settle after the last kill.
 const SETTLE: Duration = Duration::from_secs(90);
-
-/// Waits until three more orders were decided than when it was called: the
-/// whole saga works again after a restart.
-async fn await_progress(orders: &PgPool, what: &str) -> anyhow::Result<()> {
-    let decided = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders WHERE state <> 'PENDING'")
-            .fetch_one(orders)
-            .await
-    };
-    let before = decided().await?;
-    probe::until(what, DEADLINE, || async {
-        let now = decided().await?;
-        Ok(if now >= before + 3 {
-            Ok(())
-        } else {
-            Err(format!("{} decided since", now - before))
-        })
-    })
-    .await
-}
-
-async fn unpublished(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await?,
-    )
-}
 
 /// Reads events from `socket` into `seen` (order id → states), keeping the
 /// position of the last one, until the socket closes or `stop`.
@@ -125,12 +96,12 @@ async fn killed_services_lose_nothing_and_do_nothing_twice() -> anyhow::Result<(
     })
     .await?;
     let api = system.api.clone();
-    let orders_db = PgPool::connect(&system.database_url("orders").expect("orders db")).await?;
-    let catalog_db = PgPool::connect(&system.database_url("catalog").expect("catalog db")).await?;
-    let mut initial = HashMap::new();
-    for product in PRODUCTS {
-        initial.insert(product, api.stock(product).await?);
-    }
+    let books = Books::open(
+        &api,
+        &system.database_url("orders").expect("orders db"),
+        &system.database_url("catalog").expect("catalog db"),
+    )
+    .await?;
     let users = Arc::new(vec![
         api.new_user().await?,
         api.new_user().await?,
@@ -167,14 +138,16 @@ async fn killed_services_lose_nothing_and_do_nothing_twice() -> anyhow::Result<(
         catalog.output()
     );
     assert!(
-        unpublished(&catalog_db).await? >= 1,
+        unpublished(&books.catalog).await? >= 1,
         "a committed reply waits in catalog's outbox"
     );
     println!("crashes: catalog aborted after a commit; restarting it");
     catalog
         .restart(|env| env.retain(|(key, _)| key != ABORT_AT))
         .await?;
-    await_progress(&orders_db, "orders decided after catalog's restart").await?;
+    books
+        .await_progress("orders decided after catalog's restart")
+        .await?;
 
     // 2. Orders killed wherever it is.
     let orders = system.orders_process.as_mut().expect("orders child");
@@ -200,21 +173,25 @@ async fn killed_services_lose_nothing_and_do_nothing_twice() -> anyhow::Result<(
         orders.output()
     );
     assert!(
-        unpublished(&orders_db).await? >= 1,
+        unpublished(&books.orders).await? >= 1,
         "a committed decision waits in orders' outbox"
     );
     println!("crashes: orders aborted between commit and publish; restarting it");
     orders
         .restart(|env| env.retain(|(key, _)| key != ABORT_AT))
         .await?;
-    await_progress(&orders_db, "orders decided after orders' restart").await?;
+    books
+        .await_progress("orders decided after orders' restart")
+        .await?;
 
     // 4. Catalog killed wherever it is.
     let catalog = system.catalog_process.as_mut().expect("catalog child");
     catalog.kill().await?;
     println!("crashes: catalog killed; restarting it");
     catalog.restart(|_| {}).await?;
-    await_progress(&orders_db, "orders decided after catalog's second restart").await?;
+    books
+        .await_progress("orders decided after catalog's second restart")
+        .await?;
 
     // 5. The watcher's realtime instance killed: the socket drops.
     let realtime = system.realtime_process.as_mut().expect("realtime child");
@@ -223,7 +200,9 @@ async fn killed_services_lose_nothing_and_do_nothing_twice() -> anyhow::Result<(
     let position = last.lock().expect("not poisoned").clone();
     println!("crashes: realtime killed at {position:?}; restarting it");
     realtime.restart(|_| {}).await?;
-    await_progress(&orders_db, "orders decided after realtime's restart").await?;
+    books
+        .await_progress("orders decided after realtime's restart")
+        .await?;
 
     // The socket comes back (to the same address: the restarted instance)
     // and recovers from the last event it saw.
@@ -256,90 +235,20 @@ async fn killed_services_lose_nothing_and_do_nothing_twice() -> anyhow::Result<(
         accepted.len()
     );
 
-    // Settle: no order left PENDING, both outboxes drained.
-    probe::until(
-        "every order decided, every outbox drained",
-        SETTLE,
-        || async {
-            let pending: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM orders WHERE state = 'PENDING'")
-                    .fetch_one(&orders_db)
-                    .await?;
-            let waiting = unpublished(&orders_db).await? + unpublished(&catalog_db).await?;
-            Ok(if pending == 0 && waiting == 0 {
-                Ok(())
-            } else {
-                Err(format!("{pending} pending, {waiting} unpublished"))
-            })
-        },
-    )
-    .await?;
-
-    // Every accepted order exists and was decided (nothing lost).
-    let states: HashMap<String, String> =
-        sqlx::query_as::<_, (uuid::Uuid, String)>("SELECT id, state FROM orders")
-            .fetch_all(&orders_db)
-            .await?
-            .into_iter()
-            .map(|(id, state)| (id.to_string(), state))
-            .collect();
-    for id in &accepted {
-        let state = states.get(id).map(String::as_str);
-        assert!(
-            matches!(state, Some("APPROVED" | "REJECTED")),
-            "accepted order {id} is {state:?}"
-        );
-    }
+    books.settle(SETTLE).await?;
     assert!(
         accepted.len() >= 10,
         "the load kept going: {}",
         accepted.len()
     );
-
-    // Stock = initial - approved, exactly (no reservation lost or doubled),
-    // and catalog holds a reservation for each approved order, no other.
-    let approved: Vec<(uuid::Uuid, uuid::Uuid, i64)> = sqlx::query_as(
-        "SELECT o.id, i.product_id, i.quantity FROM orders o JOIN order_items i ON i.order_id = o.id
-         WHERE o.state = 'APPROVED'",
-    )
-    .fetch_all(&orders_db)
-    .await?;
-    for product in PRODUCTS {
-        let taken: i64 = approved
-            .iter()
-            .filter(|(_, p, _)| p.to_string() == product)
-            .map(|(_, _, q)| q)
-            .sum();
-        assert_eq!(
-            api.stock(product).await?,
-            initial[product] - taken,
-            "stock of {product}"
-        );
-    }
-    let reserved: HashSet<uuid::Uuid> =
-        sqlx::query_scalar("SELECT order_id FROM reservations WHERE state = 'RESERVED'")
-            .fetch_all(&catalog_db)
-            .await?
-            .into_iter()
-            .collect();
-    let approved_ids: HashSet<uuid::Uuid> = approved.iter().map(|(id, _, _)| *id).collect();
-    assert_eq!(reserved, approved_ids, "one reservation per approved order");
-    for queue in infra::durable_queues(&system.namespace) {
-        if queue.ends_with(".dlq") {
-            assert_eq!(
-                infra::queue_depth(&queue).await?,
-                0,
-                "{queue} holds dead letters"
-            );
-        }
-    }
+    let tally = books.check(&api, &accepted, &system.namespace).await?;
 
     // The watcher saw every one of its orders decided, across the kill of
     // its realtime instance (live or recovered).
     let watcher_orders: Vec<(uuid::Uuid, String)> =
         sqlx::query_as("SELECT id, state FROM orders WHERE user_id = $1")
             .bind(&watcher.id)
-            .fetch_all(&orders_db)
+            .fetch_all(&books.orders)
             .await?;
     probe::until("the watcher saw every decision", DEADLINE, || async {
         let seen = seen.lock().expect("not poisoned");
@@ -361,12 +270,11 @@ async fn killed_services_lose_nothing_and_do_nothing_twice() -> anyhow::Result<(
     second_watch.await?;
     println!(
         "crashes: {} orders, {} approved, {} decisions seen by the watcher",
-        states.len(),
-        approved_ids.len(),
+        tally.orders,
+        tally.approved,
         watcher_orders.len()
     );
 
-    orders_db.close().await;
-    catalog_db.close().await;
+    books.close().await;
     system.stop().await
 }

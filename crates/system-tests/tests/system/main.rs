@@ -19,6 +19,7 @@ mod order_saga;
 mod ownership;
 mod realtime_overload;
 mod realtime_shutdown;
+mod rolling_restart;
 mod socket_auth;
 mod socket_commands;
 mod steady_load;
