@@ -24,9 +24,11 @@
 //! per second times the sockets each reaches) for the step's duration. It
 //! is *sustained* when at least 99.5 % of the deliveries it asked for have
 //! arrived within a second after its last publish and no socket was lost.
-//! The ladder multiplies the rate by 1.5 until a step is not sustained (a
-//! failed step is tried once more before the ladder stops, since the
-//! machine is shared), then tries one rate between the last two.
+//! The ladder multiplies the rate by its factor (1.5; 2 in a quick run)
+//! until a step is not sustained (a failed step is tried once more before
+//! the ladder stops, since the machine is shared), then tries one rate
+//! between the last two. Each mode has its own ladder ([`Ladder`]): a
+//! user-mode event reaches one socket, so its rates start lower.
 
 use std::{
     collections::BTreeMap,
@@ -118,15 +120,13 @@ pub struct Plan {
     pub sizes: Vec<usize>,
     pub modes: Vec<Mode>,
     pub repetitions: usize,
-    /// How long each step of the ladder publishes.
-    #[serde(with = "secs")]
-    pub step: Duration,
-    /// How long the latency step (at half the highest rate) publishes.
-    #[serde(with = "secs")]
-    pub latency_step: Duration,
-    /// The ladder's first rate, in deliveries per second.
-    pub first_rate: f64,
-    /// ...and the rate it never goes above.
+    /// How the runs of the public mode climb.
+    pub public: Ladder,
+    /// How the runs of the user mode climb: each event reaches one socket,
+    /// so its rates are events per second, bounded by the feed and the
+    /// broker rather than by the fan-out, and start lower.
+    pub user: Ladder,
+    /// The rate no ladder goes above.
     pub last_rate: f64,
     /// A fixed rate, the same for every system, at which latency is
     /// measured once more: at half of the highest rate the machine is busy,
@@ -134,6 +134,33 @@ pub struct Plan {
     pub fixed_rate: f64,
     pub amqp_url: String,
     pub redis_url: String,
+}
+
+/// How a run climbs: from which rate, by what factor, and how long each
+/// step publishes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ladder {
+    /// The first rate, in deliveries per second.
+    pub first_rate: f64,
+    /// What each sustained step multiplies the rate by.
+    pub factor: f64,
+    /// How long each step of the ladder publishes.
+    #[serde(with = "secs")]
+    pub step: Duration,
+    /// How long the latency steps (at half the highest rate, and at the
+    /// fixed rate) publish.
+    #[serde(with = "secs")]
+    pub latency_step: Duration,
+}
+
+impl Plan {
+    /// The ladder of `mode`'s runs.
+    pub fn ladder(&self, mode: Mode) -> Ladder {
+        match mode {
+            Mode::Public => self.public,
+            Mode::User => self.user,
+        }
+    }
 }
 
 mod secs {
@@ -345,13 +372,14 @@ impl RunContext {
             Mode::Public => size as f64,
             Mode::User => 1.0,
         };
-        let mut rate = self.plan.first_rate;
+        let ladder = self.plan.ladder(mode);
+        let mut rate = ladder.first_rate;
         let mut best: Option<Step> = None;
         let mut failed: Option<f64> = None;
         let mut retried = false;
         while rate <= self.plan.last_rate {
             let step = server
-                .step(&tally, rate, fanout, size, mode, self.plan.step)
+                .step(&tally, rate, fanout, size, mode, ladder.step)
                 .await?;
             progress.say(describe(&step));
             let sustained = step.sustained;
@@ -359,7 +387,7 @@ impl RunContext {
             if sustained {
                 best = Some(step);
                 retried = false;
-                rate *= 1.5;
+                rate *= ladder.factor;
             } else if !retried && tally.closed() == 0 {
                 retried = true;
             } else {
@@ -372,7 +400,7 @@ impl RunContext {
             if tally.closed() == 0 {
                 let between = (good.rate * bad).sqrt();
                 let step = server
-                    .step(&tally, between, fanout, size, mode, self.plan.step)
+                    .step(&tally, between, fanout, size, mode, ladder.step)
                     .await?;
                 progress.say(describe(&step));
                 run.steps.push(step.clone());
@@ -384,7 +412,7 @@ impl RunContext {
         let Some(best) = best else {
             bail!(
                 "not even the first rate ({:.0}/s) was sustained",
-                self.plan.first_rate
+                ladder.first_rate
             );
         };
         // Latency at half of the highest rate, on a fresh server when the
@@ -405,7 +433,7 @@ impl RunContext {
                 fanout,
                 size,
                 mode,
-                self.plan.latency_step,
+                ladder.latency_step,
             )
             .await?;
         progress.say(format!("half: {}", describe(&half)));
@@ -439,7 +467,7 @@ impl RunContext {
                 fanout,
                 size,
                 mode,
-                self.plan.latency_step,
+                self.plan.ladder(mode).latency_step,
             )
             .await?;
         progress.say(format!("fixed: {}", describe(&step)));

@@ -15,7 +15,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use signalbox_loadgen::{
-    fanout::{self, Kind, Mode, Plan, System},
+    fanout::{self, Kind, Ladder, Mode, Plan, System},
     proc, report,
 };
 
@@ -108,16 +108,38 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let (default_sizes, default_modes, default_reps, step, latency_step, first_rate) = match size {
-        "smoke" => (vec![20], vec![Mode::Public, Mode::User], 1, 1, 1, 200.0),
-        "quick" => (vec![1_000, 10_000], vec![Mode::Public], 1, 2, 3, 20_000.0),
+    // The shape of each size of run (`docs/benchmarks.md` describes it):
+    // sizes, modes, repetitions, and each mode's ladder.
+    let ladder = |first_rate, factor, step, latency_step| Ladder {
+        first_rate,
+        factor,
+        step: Duration::from_secs_f64(step),
+        latency_step: Duration::from_secs_f64(latency_step),
+    };
+    let (default_sizes, default_modes, default_reps, public, user) = match size {
+        "smoke" => (
+            vec![20],
+            vec![Mode::Public, Mode::User],
+            1,
+            ladder(200.0, 1.5, 1.0, 1.0),
+            ladder(200.0, 1.5, 1.0, 1.0),
+        ),
+        // Under 4.5 minutes for the three systems: one repetition, steps
+        // of one second (latency steps of two), doubling rates; the user
+        // mode's ladder starts lower and its latency steps are shorter.
+        "quick" => (
+            vec![1_000, 5_000, 10_000],
+            vec![Mode::Public, Mode::User],
+            1,
+            ladder(20_000.0, 2.0, 1.0, 2.0),
+            ladder(2_500.0, 2.0, 1.0, 1.0),
+        ),
         _ => (
             vec![1_000, 5_000, 10_000],
             vec![Mode::Public, Mode::User],
             3,
-            3,
-            5,
-            10_000.0,
+            ladder(10_000.0, 1.5, 3.0, 5.0),
+            ladder(2_000.0, 1.5, 3.0, 5.0),
         ),
     };
     let plan = Plan {
@@ -125,9 +147,8 @@ async fn main() -> anyhow::Result<()> {
         sizes: sizes.unwrap_or(default_sizes),
         modes: modes.unwrap_or(default_modes),
         repetitions: repetitions.unwrap_or(default_reps),
-        step: Duration::from_secs(step),
-        latency_step: Duration::from_secs(latency_step),
-        first_rate,
+        public,
+        user,
         // Smoke runs check that everything works, not how fast: a few steps.
         last_rate: if size == "smoke" { 400.0 } else { 2_000_000.0 },
         fixed_rate: if size == "smoke" { 100.0 } else { 10_000.0 },
