@@ -9,7 +9,6 @@ use axum::{
     Json,
 };
 use serde::Serialize;
-use signalbox_platform::ErrorCode;
 use tonic::Status;
 
 use crate::{error::upstream_problem, upstream::Upstream};
@@ -68,11 +67,14 @@ impl OAuthError {
     }
 
     /// The auth service could not answer: not a protocol error, but the
-    /// client still gets the endpoint's format (and `no-store`).
+    /// client still gets the endpoint's format (and `no-store`). Whatever
+    /// the edge answers 503 or 504 elsewhere (down, timed out, its breaker
+    /// open, its bulkhead full) is `temporarily_unavailable` here, 503;
+    /// only a failure of the service itself is `server_error`, 500.
     pub(crate) fn unavailable(status: Status) -> Self {
         let problem = upstream_problem(Upstream::Auth, status);
-        match problem.code {
-            ErrorCode::Unavailable | ErrorCode::Timeout => Self {
+        match problem.code.http_status() {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 ..Self::new("temporarily_unavailable", problem.detail)
             },
