@@ -50,6 +50,35 @@ fn fmt(value: f64) -> String {
     }
 }
 
+/// A figure as the tables print it (three significant digits or so; `–`
+/// for none), for the other benchmarks' tables.
+pub fn number(value: f64) -> String {
+    fmt(value)
+}
+
+/// The short hash of the commit checked out (`unknown` outside git).
+pub fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
+}
+
+/// The machine's CPU model, from `/proc/cpuinfo`.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
 /// The markdown section: one table per mode with every system's medians,
 /// then the ratios of realtime to each other system.
 pub fn markdown(plan: &Plan, figures: &[Figures], header: &str) -> String {
@@ -168,11 +197,24 @@ pub fn markdown(plan: &Plan, figures: &[Figures], header: &str) -> String {
 /// Replaces the generated section of `doc` (between the markers) with
 /// `section`; appends it when the markers are missing.
 pub fn splice(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(begin), Some(end)) if end > begin => {
-            let after = &doc[end + END.len()..];
+    splice_between(doc, BEGIN, END, section)
+}
+
+/// The marker comments of benchmark `name`'s generated section:
+/// `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
+pub fn markers(name: &str) -> (String, String) {
+    (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"))
+}
+
+/// Replaces what lies between the marker lines `begin` and `end` of `doc`
+/// (markers included) with `section`, which carries its own markers;
+/// appends it when the markers are missing.
+pub fn splice_between(doc: &str, begin: &str, end: &str, section: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
+        (Some(from), Some(to)) if to > from => {
+            let after = &doc[to + end.len()..];
             let after = after.strip_prefix('\n').unwrap_or(after);
-            format!("{}{}{}", &doc[..begin], section, after)
+            format!("{}{}{}", &doc[..from], section, after)
         }
         _ => format!("{doc}\n{section}"),
     }
