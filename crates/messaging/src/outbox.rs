@@ -322,9 +322,20 @@ fn send_span(exchange: &str, routing_key: &str, envelope: &Envelope) -> tracing:
 }
 
 /// Waits for the next notification, or forever when there is no listener.
+///
+/// Every commit with outbox rows notifies, and one round publishes every
+/// row committed before it starts: the notifications already buffered
+/// behind the first are dropped here, since the round that follows covers
+/// their rows. Without this, a busy writer's N commits cost the relay N
+/// rounds, most of them finding nothing (a lease, a SELECT and the backlog
+/// query each), while the rows committed meanwhile wait behind them.
 async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
     match listener {
-        Some(listener) => listener.recv().await.map(|_| ()),
+        Some(listener) => {
+            listener.recv().await?;
+            while listener.next_buffered().is_some() {}
+            Ok(())
+        }
         None => std::future::pending().await,
     }
 }
