@@ -391,7 +391,7 @@ pub async fn run_plan(plan: &Plan, marks: &Marks, progress: impl Fn(&Run)) -> Ve
 }
 
 fn order(repetition: usize) -> [&'static str; 2] {
-    if repetition % 2 == 0 {
+    if repetition.is_multiple_of(2) {
         ["relay", "raw"]
     } else {
         ["raw", "relay"]
