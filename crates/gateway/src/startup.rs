@@ -25,6 +25,7 @@ use tracing::{Level, Span};
 use crate::{
     budget,
     drain::{self, Drain},
+    error,
     limits::{self, Limits, TrustedProxies},
     page,
     routes::system::Census,
@@ -217,5 +218,9 @@ pub fn router(state: AppState, census: Census, settings: &Settings, drain: Drain
         // The page and the API reference: embedded files, cheap to serve
         // and fetched many at a time by one browser, so not rate-limited.
         .merge(page::assets())
+        // Once more, now that every route is in: an unknown method on a
+        // merged route (the page, health) is a 405 problem too, not the
+        // router's bare 405.
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(stack)
 }
