@@ -203,7 +203,10 @@ pub fn splice(doc: &str, section: &str) -> String {
 /// The marker comments of benchmark `name`'s generated section:
 /// `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
 pub fn markers(name: &str) -> (String, String) {
-    (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"))
+    (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    )
 }
 
 /// Replaces what lies between the marker lines `begin` and `end` of `doc`
