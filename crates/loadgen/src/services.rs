@@ -212,7 +212,13 @@ impl Services {
             grpc_port,
             log,
         });
-        wait_ready(name, http_port).await?;
+        // Ready as the system tests await it: `/health/ready` answering 200.
+        signalbox_system_tests::system::await_status(
+            &format!("http://127.0.0.1:{http_port}/health/ready"),
+            reqwest::StatusCode::OK,
+        )
+        .await
+        .with_context(|| format!("{name} did not become ready"))?;
         Ok((http_port, grpc_port))
     }
 
@@ -319,26 +325,6 @@ pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
         .context("run kill")?;
     anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
     Ok(())
-}
-
-/// Waits (up to a minute) until `http://127.0.0.1:<port>/health/ready`
-/// answers 200.
-async fn wait_ready(name: &str, port: u16) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/health/ready");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(&url).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{name} was not ready within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The pids of the children of `parent` (nginx's worker under its master),
