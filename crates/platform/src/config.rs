@@ -73,9 +73,11 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a query waits for a free connection before it fails with
     /// `PoolTimedOut`, which the services answer `UNAVAILABLE` (503 at the
-    /// gateway). Shorter than the gateway's upstream deadline (5 s) on
-    /// purpose: while the database is down, a request is refused with a
-    /// clear 503 rather than outlived by the deadline and answered 504.
+    /// gateway). Shorter than every deadline a call to a service can carry
+    /// on purpose (the gateway's 5 s; orders' 2 s for its calls to catalog,
+    /// which is what an order waits on): while the database is down, a
+    /// request is refused with a clear 503 rather than outlived by a
+    /// deadline and answered 504.
     #[serde(default = "DatabaseSettings::default_acquire_timeout_ms")]
     pub acquire_timeout_ms: u64,
 }
@@ -96,7 +98,7 @@ impl DatabaseSettings {
     }
 
     fn default_acquire_timeout_ms() -> u64 {
-        2_000
+        1_000
     }
 }
 

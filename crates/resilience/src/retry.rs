@@ -13,7 +13,12 @@
 //! - the **budget** allows it: retries may add at most `ratio` (say 20 %) to
 //!   the calls made, plus a small floor per second so that a quiet client can
 //!   still retry at all (tower's `TpsBudget`);
-//! - the backoff still ends **before the call's deadline** ([`CallDeadline`]).
+//! - another attempt can still **finish before the call's deadline**
+//!   ([`CallDeadline`]): the backoff plus as long as the failed attempt took.
+//!   An upstream that took a second to say `Unavailable` (its database
+//!   pool waiting for a connection, say) will likely take as long again, and
+//!   a retry cut off by the deadline would turn its clear refusal into a
+//!   timeout.
 //!
 //! gRPC request bodies are streams, so the layer reads a unary request's
 //! body once into memory and sends a fresh copy per attempt; that is why it
@@ -166,6 +171,7 @@ where
             // What is left of the budget, not what was left at the first try.
             deadline::stamp(&mut copy);
         }
+        let started = Instant::now();
         let ready = inner.ready().await.map_err(Into::into);
         let result = match ready {
             Ok(ready) => ready.call(copy).await.map_err(Into::into),
@@ -176,7 +182,8 @@ where
         }
         let base = settings.backoff.saturating_mul(1 << (attempt - 1).min(16));
         let backoff = equal_jitter(base);
-        if call_deadline.is_some_and(|CallDeadline(at)| Instant::now() + backoff >= at) {
+        let next_ends = Instant::now() + backoff + started.elapsed();
+        if call_deadline.is_some_and(|CallDeadline(at)| next_ends >= at) {
             return result; // a retry could not finish in time
         }
         if !budget.withdraw() {
@@ -314,5 +321,28 @@ mod tests {
         let response = svc.call(call).await.unwrap();
         assert_eq!(code(&response), Some(tonic::Code::Unavailable));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_is_started_with_less_time_left_than_the_failed_attempt_took() {
+        let layer = RetryLayer::new(settings());
+        let mut warm = layer.layer(flaky(0, Arc::new(AtomicUsize::new(0))));
+        for _ in 0..10 {
+            warm.call(request(READ)).await.unwrap();
+        }
+        // Every attempt takes 300 ms to answer `Unavailable`.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let slow = flaky(usize::MAX, calls.clone()).map_future(|answer| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            answer.await
+        });
+        let mut svc = layer.layer(slow);
+        let mut call = request(READ);
+        // Time for two attempts and a backoff, not for three.
+        call.extensions_mut()
+            .insert(CallDeadline(Instant::now() + Duration::from_millis(800)));
+        let response = svc.call(call).await.unwrap();
+        assert_eq!(code(&response), Some(tonic::Code::Unavailable));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one retry, not two");
     }
 }

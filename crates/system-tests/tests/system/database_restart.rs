@@ -13,8 +13,10 @@
 //! initial stock minus exactly the approved quantities, no dead letters,
 //! and every order the gateway did not accept was answered with an
 //! `application/problem+json` body with status 503 (the services wait
-//! `APP__DATABASE__ACQUIRE_TIMEOUT_MS`, 2 s, for a connection: less than
-//! the gateway's 5 s upstream deadline, so a refusal is never a 504).
+//! `APP__DATABASE__ACQUIRE_TIMEOUT_MS`, 1 s, for a connection: less than
+//! orders' 2 s deadline on its calls to catalog and the gateway's 5 s, and
+//! a read that failed is not retried into a deadline it cannot meet, so a
+//! refusal is never a 504).
 
 use std::{sync::Arc, time::Duration};
 
