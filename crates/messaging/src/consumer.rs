@@ -220,6 +220,41 @@ async fn settle_delivery(
 /// hides the network round trip between them.
 const PREFETCH: u16 = 16;
 
+/// A stream's acks are credit, not removal ([`crate::stream`]): the broker
+/// sends at most [`PREFETCH`] deliveries beyond the last one acked, and an
+/// ack removes nothing. So a stream consumer acks every
+/// [`STREAM_ACK_EVERY`]th handled delivery, with `multiple` (covering the
+/// ones before it), instead of each one: a broker round trip through lapin's
+/// I/O thread per batch instead of per event, which the fan-out benchmark's
+/// user mode (one event per socket) showed to be much of what an event
+/// costs. Fewer than `PREFETCH` are ever owed, so the broker never stops for
+/// want of credit; where a new session resumes is the consumer's own record
+/// of the last offset handled (`Consumer::resume`), not the acks.
+const STREAM_ACK_EVERY: u16 = PREFETCH / 2;
+
+/// The handled stream deliveries not yet acked, in one session.
+#[derive(Default)]
+struct StreamCredit {
+    owed: u16,
+}
+
+impl StreamCredit {
+    /// `delivery` was handled: give credit back if enough is owed.
+    async fn handled(
+        &mut self,
+        channel: &Channel,
+        delivery: &Delivery,
+    ) -> Result<(), ConsumeError> {
+        self.owed += 1;
+        if self.owed < STREAM_ACK_EVERY {
+            return Ok(());
+        }
+        self.owed = 0;
+        let all_so_far = BasicAckOptions { multiple: true };
+        settle_delivery(channel, delivery.ack(all_so_far)).await
+    }
+}
+
 pub struct Consumer {
     broker: Arc<Broker>,
     source: Source,
@@ -373,7 +408,7 @@ impl Consumer {
             Source::Work(work) => Some(work),
             Source::Instance { .. } | Source::Stream { .. } => None,
         };
-        let stream = matches!(self.source, Source::Stream { .. });
+        let mut credit = matches!(self.source, Source::Stream { .. }).then(StreamCredit::default);
         loop {
             let delivery = tokio::select! {
                 // Stop taking new deliveries; the one being handled (if any)
@@ -395,7 +430,8 @@ impl Consumer {
                 },
             };
             let offset = crate::stream::offset_of(&delivery.properties);
-            if let Err(error) = process(&channel, &queue, work, stream, handler, delivery).await {
+            let processed = process(&channel, &queue, work, credit.as_mut(), handler, delivery);
+            if let Err(error) = processed.await {
                 // A channel that is still open keeps its unacked deliveries
                 // until it closes; close it so they return to the queue now,
                 // for the next session (or another instance).
@@ -427,7 +463,7 @@ async fn process<H: Handler>(
     channel: &Channel,
     queue: &str,
     work: Option<&WorkQueue>,
-    stream: bool,
+    credit: Option<&mut StreamCredit>,
     handler: &H,
     delivery: Delivery,
 ) -> Result<(), ConsumeError> {
@@ -457,7 +493,7 @@ async fn process<H: Handler>(
         let _ = span.set_parent(crate::trace_context::context_of(envelope));
     }
     let started = std::time::Instant::now();
-    let result = handle_delivery(channel, queue, work, stream, handler, delivery, envelope)
+    let result = handle_delivery(channel, queue, work, credit, handler, delivery, envelope)
         .instrument(span.clone())
         .await;
     let outcome = match &result {
@@ -511,7 +547,7 @@ async fn handle_delivery<H: Handler>(
     channel: &Channel,
     queue: &str,
     work: Option<&WorkQueue>,
-    stream: bool,
+    credit: Option<&mut StreamCredit>,
     handler: &H,
     delivery: Delivery,
     envelope: Result<Envelope, amqp::EnvelopeError>,
@@ -546,9 +582,11 @@ async fn handle_delivery<H: Handler>(
     };
 
     match handler.handle(incoming).await {
-        Ok(()) => settle_delivery(channel, delivery.ack(BasicAckOptions::default()))
-            .await
-            .map(|()| Settled::Handled),
+        Ok(()) => match credit {
+            Some(credit) => credit.handled(channel, &delivery).await,
+            None => settle_delivery(channel, delivery.ack(BasicAckOptions::default())).await,
+        }
+        .map(|()| Settled::Handled),
         Err(HandleError::Interrupted) => {
             // Neither ack nor nack: closing the channel returns this delivery
             // and the prefetched ones behind it to the queue, in order.
@@ -560,13 +598,14 @@ async fn handle_delivery<H: Handler>(
             tracing::warn!(%reason, "message rejected; dead-lettering");
             give_up(channel, queue, work, &delivery, &reason).await
         }
-        Err(HandleError::Transient(error)) if stream => {
+        Err(HandleError::Transient(error)) if credit.is_some() => {
             // A stream keeps the message whatever we do; there is no
             // requeue, and waiting here would hold up every later event.
             tracing::error!(error = %Chain(&*error), "handler failed; passing over the stream message");
-            settle_delivery(channel, delivery.ack(BasicAckOptions::default()))
-                .await
-                .map(|()| Settled::Handled)
+            if let Some(credit) = credit {
+                credit.handled(channel, &delivery).await?;
+            }
+            Ok(Settled::Handled)
         }
         Err(HandleError::Transient(error)) => {
             let reason = Chain(&*error).to_string();
