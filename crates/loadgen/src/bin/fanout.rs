@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
             ladder(200.0, 1.5, 1.0, 1.0),
             ladder(200.0, 1.5, 1.0, 1.0),
         ),
-        // Under 4.5 minutes for the three systems: the two sizes the goals
+        // About 5 minutes for the three systems: the two sizes the goals
         // name, one repetition, steps of one second (latency steps of two),
         // doubling rates; the user mode's ladder starts lower and its
         // latency steps are shorter.
