@@ -16,8 +16,9 @@
 //!                                                     │
 //!   relay ◀──────────────── wakes ────────────────────┘
 //!     │ take the lease (advisory lock), SELECT oldest unpublished rows
-//!     │ publish batch, await confirms
-//!     └ UPDATE outbox SET published_at = now()
+//!     │ publish batch, await confirms   (meanwhile: mark the batch before,
+//!     │                                  read the batch after)
+//!     └ UPDATE outbox SET published_at = now(); COMMIT
 //! ```
 
 use std::{sync::Arc, time::Duration};
@@ -123,7 +124,10 @@ struct OutboxRow {
     exchange: String,
     routing_key: String,
     envelope: Json<Envelope>,
-    payload: Json<serde_json::Value>,
+    /// The JSON body as PostgreSQL prints it, sent as it is: parsing it only
+    /// to serialize it again would cost the relay per message and could
+    /// only make a number less exact.
+    payload: String,
 }
 
 impl OutboxRelay {
@@ -205,7 +209,7 @@ impl OutboxRelay {
         Ok(listener)
     }
 
-    /// Publishes batches until the outbox has no unpublished rows (or
+    /// Publishes rounds until the outbox has no unpublished rows (or
     /// another relay holds the lease).
     async fn drain(
         &self,
@@ -223,75 +227,150 @@ impl OutboxRelay {
                 // Shutdown wins over a broker that never returns.
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            if self.publish_batch(current).await? < self.batch_size as usize {
+            if !self.publish_round(current).await? {
                 return Ok(());
             }
         }
     }
 
-    /// One batch, in one transaction: take the lease, read the oldest
-    /// unpublished rows, publish them, await every confirm, mark them. If
-    /// anything fails the transaction rolls back and the rows are published
+    /// One round, in one transaction: take the lease, then publish batches
+    /// of the oldest unpublished rows, each batch's confirms awaited before
+    /// the next is sent, and mark them; commit. `true` when the round
+    /// stopped at [`BATCHES_PER_ROUND`] with rows perhaps still waiting.
+    ///
+    /// The database's work is done *while* a batch is on its way to the
+    /// broker, not between batches:
+    ///
+    /// ```text
+    ///   broker:   publish 1 … confirms   publish 2 … confirms   publish 3 …
+    ///   database: read 1                 mark 1, read 3         mark 2, read 4
+    /// ```
+    ///
+    /// A batch is read ahead (`seq` after the last one read) while the one
+    /// before it is published, and a batch is marked only after its confirms,
+    /// so nothing is marked that the broker does not have, and batches reach
+    /// the broker in outbox order. A row that commits with a `seq` lower than
+    /// one read ahead (its transaction was slower) is left to the next round,
+    /// which reads from the oldest unpublished row again. If anything fails,
+    /// the transaction rolls back and every row of the round is published
     /// again next time (consumers deduplicate).
     #[tracing::instrument(skip_all)]
-    async fn publish_batch(&self, publisher: &ConfirmedPublisher) -> Result<usize, RelayError> {
+    async fn publish_round(&self, publisher: &ConfirmedPublisher) -> Result<bool, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LEASE)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !leader {
-            return Ok(0); // another instance is publishing; it drains for us
-        }
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT seq, exchange, routing_key, envelope, payload
-             FROM outbox
-             WHERE published_at IS NULL
-             ORDER BY seq
-             LIMIT $1",
+        // This transaction only marks rows as published, so its commit need
+        // not wait for the WAL to reach the disk (`synchronous_commit` off,
+        // for this transaction alone). If the database crashes before the
+        // WAL is flushed, the marks are lost and the rows are published
+        // again: a duplicate, which consumers deduplicate, never a loss,
+        // since the messages were confirmed before the marks were written.
+        let leader: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock($1)
+             FROM set_config('synchronous_commit', 'off', true)",
         )
-        .bind(self.batch_size)
-        .fetch_all(&mut *tx)
+        .bind(RELAY_LEASE)
+        .fetch_one(&mut *tx)
         .await?;
-        if rows.is_empty() {
-            return Ok(0);
+        if !leader {
+            return Ok(false); // another instance is publishing; it drains for us
         }
 
-        // One producer span per message, child of the context its row
-        // carries (the operation that enqueued it); the published message
-        // carries the producer span's context instead, so the consumer's
-        // span hangs below this hop. The spans end when they are dropped,
-        // after the batch's confirms.
-        let (messages, _sends): (Vec<Outgoing>, Vec<tracing::Span>) = rows
-            .iter()
-            .map(|row| {
-                let mut envelope = row.envelope.0.clone();
-                let send = send_span(&row.exchange, &row.routing_key, &envelope);
-                if let Some(traceparent) = trace_context::traceparent_of(&send) {
-                    envelope.traceparent = Some(traceparent);
+        // The spans of every message of the round: they end when dropped,
+        // after the commit that makes their marks visible.
+        let mut sends: Vec<tracing::Span> = Vec::new();
+        // Published and confirmed, not yet marked.
+        let mut confirmed: Vec<i64> = Vec::new();
+        let mut next = self.read(&mut tx, None).await?;
+        let mut batches = 0;
+        while !next.is_empty() && batches < BATCHES_PER_ROUND {
+            batches += 1;
+            let full = next.len() as i64 == self.batch_size;
+            let (seqs, messages) = prepare(std::mem::take(&mut next), &mut sends);
+            let last = seqs.last().copied();
+            metrics::counter!("outbox_relay_published_total").increment(messages.len() as u64);
+            // Both arms at once: the broker takes this batch while the
+            // database marks the batch before it and, if this one was full
+            // and the round goes on, reads the one after it.
+            let (sent, read) = tokio::join!(publisher.publish_all(&messages), async {
+                mark(&mut tx, &std::mem::take(&mut confirmed)).await?;
+                if full && batches < BATCHES_PER_ROUND {
+                    self.read(&mut tx, last).await
+                } else {
+                    Ok(Vec::new())
                 }
-                let message = Outgoing {
-                    exchange: row.exchange.clone(),
-                    routing_key: row.routing_key.clone(),
-                    envelope,
-                    payload: serde_json::to_vec(&row.payload.0).expect("JSON values serialize"),
-                };
-                (message, send)
-            })
-            .unzip();
-        metrics::counter!("outbox_relay_published_total").increment(messages.len() as u64);
-        publisher.publish_all(&messages).await?;
-        metrics::counter!("outbox_relay_confirmed_total").increment(messages.len() as u64);
-
-        let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
-            .bind(&seqs)
-            .execute(&mut *tx)
-            .await?;
+            });
+            sent?;
+            metrics::counter!("outbox_relay_confirmed_total").increment(messages.len() as u64);
+            confirmed = seqs;
+            next = read?;
+        }
+        mark(&mut tx, &confirmed).await?;
         tx.commit().await?;
-        tracing::debug!(count = rows.len(), "outbox batch published");
-        Ok(rows.len())
+        tracing::debug!(count = sends.len(), batches, "outbox round published");
+        Ok(batches == BATCHES_PER_ROUND)
     }
+
+    /// The next batch of unpublished rows, oldest first; only those after
+    /// `after` when reading ahead.
+    async fn read(
+        &self,
+        tx: &mut PgConnection,
+        after: Option<i64>,
+    ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT seq, exchange, routing_key, envelope, payload::text AS payload
+             FROM outbox
+             WHERE published_at IS NULL AND ($1::bigint IS NULL OR seq > $1)
+             ORDER BY seq
+             LIMIT $2",
+        )
+        .bind(after)
+        .bind(self.batch_size)
+        .fetch_all(tx)
+        .await
+    }
+}
+
+/// Batches one round publishes before it commits its marks: a bound on how
+/// long marks stay invisible to others, and on how much a failure sends
+/// again.
+const BATCHES_PER_ROUND: usize = 10;
+
+/// The rows' messages, ready to publish, and their `seq`s.
+///
+/// One producer span per message, child of the context its row carries (the
+/// operation that enqueued it); the published message carries the producer
+/// span's context instead, so the consumer's span hangs below this hop. The
+/// spans go to `sends`, to end after the commit.
+fn prepare(rows: Vec<OutboxRow>, sends: &mut Vec<tracing::Span>) -> (Vec<i64>, Vec<Outgoing>) {
+    rows.into_iter()
+        .map(|row| {
+            let mut envelope = row.envelope.0;
+            let send = send_span(&row.exchange, &row.routing_key, &envelope);
+            if let Some(traceparent) = trace_context::traceparent_of(&send) {
+                envelope.traceparent = Some(traceparent);
+            }
+            sends.push(send);
+            let message = Outgoing {
+                exchange: row.exchange,
+                routing_key: row.routing_key,
+                envelope,
+                payload: row.payload.into_bytes(),
+            };
+            (row.seq, message)
+        })
+        .unzip()
+}
+
+/// Marks confirmed rows as published (in the round's transaction).
+async fn mark(tx: &mut PgConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
+        .bind(seqs)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// The producer span of one relayed message (OpenTelemetry's messaging

@@ -1,7 +1,7 @@
 //! The outbox relay publishes what committed, in order, and nothing else.
 
 use signalbox_messages::{orders::OrderCancelled, Envelope};
-use signalbox_messaging::{amqp, outbox, OutboxRelay, Outgoing};
+use signalbox_messaging::{amqp, outbox, ConfirmedPublisher, OutboxRelay, Outgoing};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -50,6 +50,57 @@ async fn committed_rows_are_published_in_order_and_marked() -> anyhow::Result<()
 
     // The relay marks a batch only after its confirms, so once it stopped
     // every delivered row is marked.
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&fx.pool)
+            .await?;
+    assert_eq!(unpublished, 0);
+    fx.cleanup().await
+}
+
+/// More rows than two rounds hold (a round is ten batches of 100): the
+/// relay reads each batch ahead while the one before it is on its way to
+/// the broker, and marks a batch while the next is. Every row must still
+/// arrive once, in outbox order, with its payload as written, and be marked.
+#[tokio::test]
+async fn rows_of_several_rounds_arrive_once_in_order_and_are_marked() -> anyhow::Result<()> {
+    let mut fx = Fixture::new().await?;
+    let queue = fx.queue("observer", "order.*").await?;
+    let channel = fx.broker.channel().await?;
+    let mut tap = Tap::open(&channel, &queue).await?;
+
+    let messages: Vec<Outgoing> = (0..2_350).map(|_| cancelled(&fx.ns)).collect();
+    let mut tx = fx.pool.begin().await?;
+    for message in &messages {
+        outbox::enqueue(&mut tx, message).await?;
+    }
+    tx.commit().await?;
+
+    let shutdown = CancellationToken::new();
+    let relay = OutboxRelay::new(fx.pool.clone(), fx.broker.clone());
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+
+    for message in &messages {
+        let delivery = tap.next().await?;
+        let envelope = amqp::from_properties(&delivery.properties)?;
+        assert_eq!(envelope.message_id, message.envelope.message_id);
+        let sent: serde_json::Value = serde_json::from_slice(&delivery.data)?;
+        let written: serde_json::Value = serde_json::from_slice(&message.payload)?;
+        assert_eq!(sent, written);
+    }
+    shutdown.cancel();
+    relay.await?;
+    // Nothing after the last: no row was published twice. Every message the
+    // relay sent was confirmed, so it is in the queue before a sentinel
+    // published now; the sentinel must be the next delivery.
+    let sentinel = cancelled(&fx.ns);
+    ConfirmedPublisher::new(&fx.broker)
+        .await?
+        .publish(&sentinel)
+        .await?;
+    let next = amqp::from_properties(&tap.next().await?.properties)?;
+    assert_eq!(next.message_id, sentinel.envelope.message_id);
+
     let unpublished: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             .fetch_one(&fx.pool)
