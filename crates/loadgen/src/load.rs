@@ -160,11 +160,13 @@ where
         tokio::spawn(async move {
             let answer = answer.await;
             recorder.record(i as usize, intended);
-            drop(slot);
             tally
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .count(answer);
+            // Last: the drain below takes every slot back as the sign that
+            // every answer is counted.
+            drop(slot);
         });
     }
     // Every slot back means every answer is in.
