@@ -244,7 +244,8 @@ async fn serve(mut socket: WebSocket, context: Arc<SocketContext>, claims: Optio
     async move {
         tracing::debug!("socket opened");
         let Err(exit) = open(&mut socket, &context, claims, membership, outbound).await;
-        finish(&mut socket, exit).await;
+        // Boxed: the close handshake happens once; see `open`.
+        Box::pin(finish(&mut socket, exit)).await;
     }
     .instrument(span)
     .await
@@ -263,7 +264,11 @@ async fn open(
 ) -> Result<Infallible, Exit> {
     let claims = match claims {
         Some(claims) => claims,
-        None => authenticate(socket, context).await?,
+        // Boxed, like the other rare steps below (`recover`, `refresh`):
+        // a future's state is part of the socket task's for the socket's
+        // whole life, and the token check's is large, so inline it would
+        // make every idle socket pay for it.
+        None => Box::pin(authenticate(socket, context)).await?,
     };
     tracing::Span::current().record("user_id", claims.sub.as_str());
     Session::new(context, claims, membership, outbound)
@@ -533,7 +538,11 @@ impl<'a> Session<'a> {
                 // A frame from the client (any frame proves it is alive).
                 Woken::Incoming(incoming) => {
                     self.last_seen = Instant::now();
-                    self.on_message(socket, incoming).await?;
+                    // Boxed: a client's frames are rare next to the events
+                    // pushed to it, and handling one (subscribe, replay,
+                    // refresh, command) is the largest state this loop
+                    // has; inline, every idle socket's task would carry it.
+                    Box::pin(self.on_message(socket, incoming)).await?;
                 }
                 // An event the hub routed to this socket, and every event
                 // queued behind it: written together, flushed once.
@@ -725,7 +734,9 @@ impl<'a> Session<'a> {
                 let (recovered, replay) = match recover {
                     None => (false, Vec::new()),
                     Some(from) => {
-                        let recovery = self.recover(&channel, &from, position.offset).await;
+                        // Boxed: see `open`.
+                        let recovery =
+                            Box::pin(self.recover(&channel, &from, position.offset)).await;
                         let result = if recovery.0 { "hit" } else { "miss" };
                         metrics::counter!("realtime_recoveries_total", "result" => result)
                             .increment(1);
@@ -752,7 +763,8 @@ impl<'a> Session<'a> {
                 self.floors.remove(&channel);
                 send(socket, &ServerFrame::Unsubscribed { channel }).await
             }
-            ClientFrame::Refresh { token } => self.refresh(socket, &token).await,
+            // Boxed: see `open`.
+            ClientFrame::Refresh { token } => Box::pin(self.refresh(socket, &token)).await,
             ClientFrame::Command { id, name, data } => {
                 if !self.rate.try_take() {
                     tracing::info!(%name, "command rate limited");
