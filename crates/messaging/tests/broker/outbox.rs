@@ -23,12 +23,28 @@ fn cancelled(ns: &signalbox_messages::channels::Namespace) -> Outgoing {
 
 #[tokio::test]
 async fn committed_rows_are_published_in_order_and_marked() -> anyhow::Result<()> {
+    relays_committed_rows(3).await
+}
+
+/// More rows than two rounds hold (a round is ten batches of 100): the
+/// relay reads each batch ahead while the one before it is on its way to
+/// the broker, and marks a batch while the next is; none may be lost,
+/// reordered or sent twice for it.
+#[tokio::test]
+async fn rows_of_several_rounds_arrive_once_in_order_and_are_marked() -> anyhow::Result<()> {
+    relays_committed_rows(2_350).await
+}
+
+/// Commits `rows` outbox rows in one transaction, runs a relay, and checks
+/// that every row arrives once, in outbox order, with its envelope and its
+/// payload as written, and is marked published.
+async fn relays_committed_rows(rows: usize) -> anyhow::Result<()> {
     let mut fx = Fixture::new().await?;
     let queue = fx.queue("observer", "order.*").await?;
     let channel = fx.broker.channel().await?;
     let mut tap = Tap::open(&channel, &queue).await?;
 
-    let messages: Vec<Outgoing> = (0..3).map(|_| cancelled(&fx.ns)).collect();
+    let messages: Vec<Outgoing> = (0..rows).map(|_| cancelled(&fx.ns)).collect();
     let mut tx = fx.pool.begin().await?;
     for message in &messages {
         outbox::enqueue(&mut tx, message).await?;
@@ -44,46 +60,6 @@ async fn committed_rows_are_published_in_order_and_marked() -> anyhow::Result<()
         let envelope = amqp::from_properties(&delivery.properties)?;
         assert_eq!(envelope.message_id, message.envelope.message_id);
         assert_eq!(envelope.user_id.as_deref(), Some("u1"));
-    }
-    shutdown.cancel();
-    relay.await?;
-
-    // The relay marks a batch only after its confirms, so once it stopped
-    // every delivered row is marked.
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&fx.pool)
-            .await?;
-    assert_eq!(unpublished, 0);
-    fx.cleanup().await
-}
-
-/// More rows than two rounds hold (a round is ten batches of 100): the
-/// relay reads each batch ahead while the one before it is on its way to
-/// the broker, and marks a batch while the next is. Every row must still
-/// arrive once, in outbox order, with its payload as written, and be marked.
-#[tokio::test]
-async fn rows_of_several_rounds_arrive_once_in_order_and_are_marked() -> anyhow::Result<()> {
-    let mut fx = Fixture::new().await?;
-    let queue = fx.queue("observer", "order.*").await?;
-    let channel = fx.broker.channel().await?;
-    let mut tap = Tap::open(&channel, &queue).await?;
-
-    let messages: Vec<Outgoing> = (0..2_350).map(|_| cancelled(&fx.ns)).collect();
-    let mut tx = fx.pool.begin().await?;
-    for message in &messages {
-        outbox::enqueue(&mut tx, message).await?;
-    }
-    tx.commit().await?;
-
-    let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(fx.pool.clone(), fx.broker.clone());
-    let relay = tokio::spawn(relay.run(shutdown.clone()));
-
-    for message in &messages {
-        let delivery = tap.next().await?;
-        let envelope = amqp::from_properties(&delivery.properties)?;
-        assert_eq!(envelope.message_id, message.envelope.message_id);
         let sent: serde_json::Value = serde_json::from_slice(&delivery.data)?;
         let written: serde_json::Value = serde_json::from_slice(&message.payload)?;
         assert_eq!(sent, written);
@@ -101,6 +77,8 @@ async fn rows_of_several_rounds_arrive_once_in_order_and_are_marked() -> anyhow:
     let next = amqp::from_properties(&tap.next().await?.properties)?;
     assert_eq!(next.message_id, sentinel.envelope.message_id);
 
+    // The relay marks a batch only after its confirms, so once it stopped
+    // every delivered row is marked.
     let unpublished: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             .fetch_one(&fx.pool)
