@@ -264,10 +264,10 @@ async fn open(
 ) -> Result<Infallible, Exit> {
     let claims = match claims {
         Some(claims) => claims,
-        // Boxed, like the other rare steps below (`recover`, `refresh`):
-        // a future's state is part of the socket task's for the socket's
-        // whole life, and the token check's is large, so inline it would
-        // make every idle socket pay for it.
+        // Boxed, like the other rare steps (a client frame's handling, the
+        // close handshake): a future's state is part of the socket task's
+        // for the socket's whole life, and the token check's is large, so
+        // inline it would make every idle socket pay for it.
         None => Box::pin(authenticate(socket, context)).await?,
     };
     tracing::Span::current().record("user_id", claims.sub.as_str());
@@ -538,10 +538,10 @@ impl<'a> Session<'a> {
                 // A frame from the client (any frame proves it is alive).
                 Woken::Incoming(incoming) => {
                     self.last_seen = Instant::now();
-                    // Boxed: a client's frames are rare next to the events
-                    // pushed to it, and handling one (subscribe, replay,
-                    // refresh, command) is the largest state this loop
-                    // has; inline, every idle socket's task would carry it.
+                    // Boxed (see `open`): a client's frames are rare next to
+                    // the events pushed to it, and handling one (subscribe
+                    // with its replay, refresh, command) is the largest
+                    // state this loop has.
                     Box::pin(self.on_message(socket, incoming)).await?;
                 }
                 // An event the hub routed to this socket, and every event
@@ -734,9 +734,7 @@ impl<'a> Session<'a> {
                 let (recovered, replay) = match recover {
                     None => (false, Vec::new()),
                     Some(from) => {
-                        // Boxed: see `open`.
-                        let recovery =
-                            Box::pin(self.recover(&channel, &from, position.offset)).await;
+                        let recovery = self.recover(&channel, &from, position.offset).await;
                         let result = if recovery.0 { "hit" } else { "miss" };
                         metrics::counter!("realtime_recoveries_total", "result" => result)
                             .increment(1);
@@ -763,8 +761,7 @@ impl<'a> Session<'a> {
                 self.floors.remove(&channel);
                 send(socket, &ServerFrame::Unsubscribed { channel }).await
             }
-            // Boxed: see `open`.
-            ClientFrame::Refresh { token } => Box::pin(self.refresh(socket, &token)).await,
+            ClientFrame::Refresh { token } => self.refresh(socket, &token).await,
             ClientFrame::Command { id, name, data } => {
                 if !self.rate.try_take() {
                     tracing::info!(%name, "command rate limited");
