@@ -242,8 +242,8 @@ impl OutboxRelay {
     /// broker, not between batches:
     ///
     /// ```text
-    ///   broker:   publish 1 … confirms   publish 2 … confirms   publish 3 …
-    ///   database: read 1                 mark 1, read 3         mark 2, read 4
+    ///   database:  read 1 │ read 2                │ mark 1, read 3        │ mark 2, read 4
+    ///   broker:           │ publish 1 … confirms  │ publish 2 … confirms  │ publish 3 …
     /// ```
     ///
     /// A batch is read ahead (`seq` after the last one read) while the one
