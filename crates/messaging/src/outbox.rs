@@ -72,21 +72,24 @@ async fn insert(
     envelope: &Envelope,
     payload: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
+    // The row and the notification in one statement: one round trip, not
+    // two, inside a transaction that may be holding locks (catalog's
+    // reservation holds its products' rows until the commit).
     sqlx::query(
-        "INSERT INTO outbox (message_id, exchange, routing_key, envelope, payload)
-         VALUES ($1, $2, $3, $4, $5)",
+        "WITH written AS (
+             INSERT INTO outbox (message_id, exchange, routing_key, envelope, payload)
+             VALUES ($1, $2, $3, $4, $5)
+         )
+         SELECT pg_notify($6, '')",
     )
     .bind(envelope.message_id)
     .bind(&message.exchange)
     .bind(&message.routing_key)
     .bind(Json(envelope))
     .bind(Json(payload))
+    .bind(NOTIFY_CHANNEL)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
