@@ -1,6 +1,6 @@
 //! Catalog persistence (sqlx, PostgreSQL).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use signalbox_messages::orders::LineItem;
 use sqlx::{PgConnection, PgPool};
@@ -83,34 +83,46 @@ pub async fn reservation_state(
         .await
 }
 
-/// Takes the items out of stock and records the reservation. The caller has
-/// checked availability under [`lock_stock`].
+/// Takes the items out of stock and records the reservation, in one
+/// statement. The caller has checked availability under [`lock_stock`],
+/// and those rows stay locked until the commit: every round trip between
+/// the lock and the commit makes the next reservation of the same product
+/// wait, so this is one round trip, whatever the number of items.
 pub async fn reserve(
     conn: &mut PgConnection,
     order_id: Uuid,
     items: &[LineItem],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO reservations (order_id, state) VALUES ($1, 'RESERVED')")
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
+    // One row per product (an order may name a product twice), so the
+    // statement updates each product once.
+    let mut totals: BTreeMap<Uuid, i64> = BTreeMap::new();
     for item in items {
-        sqlx::query("UPDATE products SET stock = stock - $2, updated_at = now() WHERE id = $1")
-            .bind(item.product_id)
-            .bind(item.quantity)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO reservation_items (order_id, product_id, quantity) VALUES ($1, $2, $3)
-             ON CONFLICT (order_id, product_id)
-             DO UPDATE SET quantity = reservation_items.quantity + EXCLUDED.quantity",
-        )
-        .bind(order_id)
-        .bind(item.product_id)
-        .bind(item.quantity)
-        .execute(&mut *conn)
-        .await?;
+        *totals.entry(item.product_id).or_default() += item.quantity;
     }
+    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = totals.into_iter().unzip();
+    // Every sub-statement of a WITH runs, read or not; the items' foreign
+    // keys are checked at the end of the statement, after the reservation
+    // row is in.
+    sqlx::query(
+        "WITH wanted (product_id, quantity) AS (
+             SELECT * FROM unnest($2::uuid[], $3::bigint[])
+         ),
+         reservation AS (
+             INSERT INTO reservations (order_id, state) VALUES ($1, 'RESERVED')
+         ),
+         taken AS (
+             UPDATE products p SET stock = p.stock - w.quantity, updated_at = now()
+             FROM wanted w
+             WHERE p.id = w.product_id
+         )
+         INSERT INTO reservation_items (order_id, product_id, quantity)
+         SELECT $1, product_id, quantity FROM wanted",
+    )
+    .bind(order_id)
+    .bind(&ids)
+    .bind(&quantities)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -108,6 +108,9 @@ async fn reserve(
             reason: "the reservation was released".to_owned(),
         },
         None => {
+            // From here to the commit the products' rows are locked, and
+            // every other reservation of them waits: what follows is two
+            // statements (the reservation, the reply) and the commit.
             let ids: Vec<_> = command.items.iter().map(|i| i.product_id).collect();
             let stock = repo::lock_stock(conn, &ids).await?;
             match domain::check_reservation(&command.items, &stock) {

@@ -80,6 +80,74 @@ async fn a_reservation_arriving_after_its_release_holds_no_stock() -> anyhow::Re
 }
 
 #[tokio::test]
+async fn a_reservation_short_on_one_product_takes_none_of_the_others() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let (lamps, tablets) = (app.stock(LAMP).await?, app.stock(TABLET).await?);
+
+    // Enough lamps, one tablet too many: all or nothing.
+    let order = Uuid::now_v7();
+    app.reserve_items(order, &[(LAMP, 2), (TABLET, tablets + 1)])
+        .await?;
+    let reply = app.next_reply().await?;
+    match &reply.outcome {
+        ReservationOutcome::Rejected { reason } => assert!(
+            reason.contains("insufficient stock") && reason.contains(&TABLET.to_string()),
+            "{reason}"
+        ),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(app.stock(LAMP).await?, lamps);
+    assert_eq!(app.stock(TABLET).await?, tablets);
+    app.cleanup().await
+}
+
+#[tokio::test]
+async fn an_order_naming_a_product_twice_takes_and_gives_back_the_sum() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let before = app.stock(LAMP).await?;
+    let order = Uuid::now_v7();
+    app.reserve_items(order, &[(LAMP, 2), (TABLET, 1), (LAMP, 3)])
+        .await?;
+    assert_eq!(
+        app.next_reply().await?.outcome,
+        ReservationOutcome::Reserved
+    );
+    assert_eq!(app.stock(LAMP).await?, before - 5);
+
+    app.release(order).await?;
+    app.await_stock(LAMP, before).await?;
+    app.cleanup().await
+}
+
+#[tokio::test]
+async fn concurrent_reservations_never_take_more_than_the_stock() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    // Overselling can only happen as the stock runs out, when two
+    // reservations decide on the same last units: so the stock runs out
+    // several times, each time with orders for four times what is left,
+    // sent all at once (not each after the last one's confirm) so that
+    // every shard's consumer has orders waiting at the same time.
+    for round in 0..5 {
+        app.set_stock(LAMP, 3).await?;
+        let orders: Vec<Uuid> = (0..12).map(|_| Uuid::now_v7()).collect();
+        futures::future::try_join_all(orders.iter().map(|&order| app.reserve(order, LAMP, 1)))
+            .await?;
+        let mut reserved = 0;
+        for _ in &orders {
+            match app.next_reply().await?.outcome {
+                ReservationOutcome::Reserved => reserved += 1,
+                ReservationOutcome::Rejected { reason } => {
+                    assert!(reason.contains("insufficient stock"), "{reason}")
+                }
+            }
+        }
+        assert_eq!(reserved, 3, "round {round}");
+        assert_eq!(app.stock(LAMP).await?, 0, "round {round}");
+    }
+    app.cleanup().await
+}
+
+#[tokio::test]
 async fn catalog_consumes_every_shard_queue_and_no_unsharded_queue() -> anyhow::Result<()> {
     let app = spawn_app().await?;
     let base = app.ns.catalog_commands_queue();

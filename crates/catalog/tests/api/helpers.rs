@@ -147,12 +147,25 @@ impl TestApp {
         product: Uuid,
         quantity: i64,
     ) -> anyhow::Result<Uuid> {
+        self.reserve_items(order_id, &[(product, quantity)]).await
+    }
+
+    /// Sends `reserve_stock` for `order_id` with these (product, quantity)
+    /// items, a new message each time.
+    pub async fn reserve_items(
+        &self,
+        order_id: Uuid,
+        items: &[(Uuid, i64)],
+    ) -> anyhow::Result<Uuid> {
         let command = ReserveStock {
             order_id,
-            items: vec![LineItem {
-                product_id: product,
-                quantity,
-            }],
+            items: items
+                .iter()
+                .map(|&(product_id, quantity)| LineItem {
+                    product_id,
+                    quantity,
+                })
+                .collect(),
         };
         let envelope = Envelope::new::<ReserveStock>()
             .with_correlation_id(order_id.to_string())
@@ -188,6 +201,17 @@ impl TestApp {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    /// Sets the stock of `product` (as an operator would, through the
+    /// database: the test's own setting, not the system's behaviour).
+    pub async fn set_stock(&self, product: Uuid, stock: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE products SET stock = $2 WHERE id = $1")
+            .bind(product)
+            .bind(stock)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Waits (probing the database, with a deadline) until `product` has
