@@ -224,11 +224,15 @@ impl OutboxRelay {
             // reconnect must not hold a database transaction open.
             let current = tokio::select! {
                 biased;
+                // Shutdown first, so the relay stops between rounds even
+                // with rows still waiting (they stay in the table for the
+                // next start) and while the broker is away. Second, it
+                // would never be seen while a backlog drains: an open
+                // channel is ready at once.
+                _ = shutdown.cancelled() => return Ok(()),
                 // The open channel at once, or a new one once the broker
                 // is back.
                 current = ConfirmedPublisher::reuse_or_open(publisher, &self.broker) => current?,
-                // Shutdown wins over a broker that never returns.
-                _ = shutdown.cancelled() => return Ok(()),
             };
             if !self.publish_round(current).await? {
                 return Ok(());

@@ -5,7 +5,9 @@ use signalbox_messaging::{amqp, outbox, ConfirmedPublisher, OutboxRelay, Outgoin
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{Fixture, Tap};
+use signalbox_testkit::probe;
+
+use crate::helpers::{Fixture, Tap, DEADLINE};
 
 fn cancelled(ns: &signalbox_messages::channels::Namespace) -> Outgoing {
     let order_id = Uuid::now_v7();
@@ -84,6 +86,54 @@ async fn relays_committed_rows(rows: usize) -> anyhow::Result<()> {
             .fetch_one(&fx.pool)
             .await?;
     assert_eq!(unpublished, 0);
+    fx.cleanup().await
+}
+
+/// A relay with a backlog stops between rounds when told to, and leaves
+/// what it has not published in the table, instead of draining the whole
+/// outbox first (a service's shutdown would wait for it).
+#[tokio::test]
+async fn a_relay_told_to_stop_stops_between_rounds_with_rows_still_waiting() -> anyhow::Result<()> {
+    let fx = Fixture::new().await?;
+    // Thirty rounds' worth of rows: one written as a service writes it,
+    // copied in one statement (each copy its own message id).
+    let mut tx = fx.pool.begin().await?;
+    outbox::enqueue(&mut tx, &cancelled(&fx.ns)).await?;
+    sqlx::query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, envelope, payload)
+         SELECT gen_random_uuid(), exchange, routing_key, envelope, payload
+         FROM outbox, generate_series(2, 30000)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let shutdown = CancellationToken::new();
+    let relay = OutboxRelay::new(fx.pool.clone(), fx.broker.clone());
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    probe::until("a first round published", DEADLINE, || async {
+        let published: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+                .fetch_one(&fx.pool)
+                .await?;
+        Ok(if published > 0 {
+            Ok(())
+        } else {
+            Err("nothing yet".to_owned())
+        })
+    })
+    .await?;
+
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, relay).await??;
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&fx.pool)
+            .await?;
+    assert!(
+        unpublished > 0,
+        "the relay drained the outbox before stopping"
+    );
     fx.cleanup().await
 }
 
