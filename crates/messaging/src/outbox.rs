@@ -226,9 +226,9 @@ impl OutboxRelay {
                 biased;
                 // Shutdown first, so the relay stops between rounds even
                 // with rows still waiting (they stay in the table for the
-                // next start) and while the broker is away. Second, it
-                // would never be seen while a backlog drains: an open
-                // channel is ready at once.
+                // next start), and while the broker is away. Were it
+                // second, a backlog would drain before it is seen: an
+                // open channel is ready at once.
                 _ = shutdown.cancelled() => return Ok(()),
                 // The open channel at once, or a new one once the broker
                 // is back.
