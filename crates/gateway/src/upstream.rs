@@ -71,11 +71,30 @@ impl Upstream {
     }
 }
 
-/// One client per upstream service. Cloning is cheap: clones share the
-/// channel (and so the connection), the bulkhead's permits, the retry
-/// budget and the breaker of the original.
+/// The clients of every upstream, shared: a clone is one reference count.
+///
+/// Every request's handler gets its own `Clients` (axum clones the state
+/// into each request, and `State<Clients>` clones it again), but calls only
+/// one or two upstreams, so the set is shared and a handler clones just the
+/// client it calls (`clients.catalog.clone()`, which a tonic client needs:
+/// its calls take `&mut self`), instead of every upstream's stack on each
+/// of those clones (B2's profile in `docs/benchmarks.md` showed them).
 #[derive(Clone)]
-pub struct Clients {
+pub struct Clients(Arc<ClientSet>);
+
+impl std::ops::Deref for Clients {
+    type Target = ClientSet;
+
+    fn deref(&self) -> &ClientSet {
+        &self.0
+    }
+}
+
+/// One client per upstream service. Cloning a client is cheap next to a
+/// call, but not free (its boxed stack is cloned layer by layer): clones
+/// share the channel (and so the connection), the bulkhead's permits, the
+/// retry budget and the breaker of the original.
+pub struct ClientSet {
     pub auth: AuthServiceClient<ClientService>,
     pub orders: OrderServiceClient<ClientService>,
     pub catalog: CatalogServiceClient<ClientService>,
@@ -107,13 +126,13 @@ impl Clients {
             guarded(Upstream::Orders, &upstreams.orders, &resilience.orders)?;
         let (catalog, catalog_guard) =
             guarded(Upstream::Catalog, &upstreams.catalog, &resilience.catalog)?;
-        Ok(Self {
+        Ok(Self(Arc::new(ClientSet {
             auth: AuthServiceClient::new(ClientService::new(auth)),
             orders: OrderServiceClient::new(ClientService::new(orders)),
             catalog: CatalogServiceClient::new(ClientService::new(catalog)),
             guards: Arc::from([auth_guard, orders_guard, catalog_guard]),
             catalog_fallback: Arc::default(),
-        })
+        })))
     }
 }
 
