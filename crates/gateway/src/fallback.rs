@@ -19,7 +19,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -57,14 +57,15 @@ impl<T> Kept<T> {
 #[derive(Debug, Default)]
 pub struct CatalogFallback {
     // std mutexes: each guards a clone-in or clone-out of a small value,
-    // never held across an `.await`.
-    list: Mutex<Option<(Instant, Vec<Product>)>>,
+    // never held across an `.await`. The list is shared with the answer it
+    // came in (an `Arc`), so keeping it copies nothing.
+    list: Mutex<Option<(Instant, Arc<[Product]>)>>,
     products: Mutex<HashMap<String, (Instant, Product)>>,
 }
 
 impl CatalogFallback {
-    pub fn keep_list(&self, products: &[Product]) {
-        *lock(&self.list) = Some((Instant::now(), products.to_vec()));
+    pub fn keep_list(&self, products: Arc<[Product]>) {
+        *lock(&self.list) = Some((Instant::now(), products));
     }
 
     pub fn keep_product(&self, product: &Product) {
@@ -74,7 +75,7 @@ impl CatalogFallback {
         }
     }
 
-    pub fn list(&self) -> Option<Kept<Vec<Product>>> {
+    pub fn list(&self) -> Option<Kept<Arc<[Product]>>> {
         lock(&self.list).as_ref().map(|(at, products)| Kept {
             value: products.clone(),
             age: at.elapsed(),
@@ -128,7 +129,7 @@ mod tests {
         let kept = CatalogFallback::default();
         assert!(kept.product("a").is_none());
         kept.keep_product(&product("a", 1));
-        kept.keep_list(&[product("a", 2), product("b", 3)]);
+        kept.keep_list(Arc::from([product("a", 2), product("b", 3)]));
         assert_eq!(kept.product("a").unwrap().value.price_cents, 2);
         assert_eq!(kept.product("b").unwrap().value.price_cents, 3);
         kept.keep_product(&product("a", 4));
