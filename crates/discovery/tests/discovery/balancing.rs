@@ -206,3 +206,51 @@ async fn a_server_that_is_not_registered_gets_nothing() {
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(stranger.calls(), 0);
 }
+
+#[tokio::test]
+async fn a_call_from_a_task_that_used_up_its_budget_still_reaches_an_endpoint() {
+    // Tokio's cooperative budget: a task that did much work in one turn
+    // finds channels and semaphores "not ready" until it yields. The
+    // balancer asks its endpoints for readiness inside the caller's call
+    // (`balance::Shared`); were that under the caller's budget, a busy
+    // task would find every endpoint unready and be refused as if the
+    // upstream were down.
+    let server = TestServer::start().await.unwrap();
+    let settings = signalbox_discovery::DiscoverySettings::default();
+    let (service, view) = upstream_with("health", &server.url(), &settings, breaker()).unwrap();
+    let client = client(service);
+    call_until("the server balanced over", &client, || {
+        holds(&view, &[server.url()])
+    })
+    .await
+    .unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..1000 {
+        tx.send(i).unwrap();
+    }
+    let mut busy = client.clone();
+    let mut check = Box::pin(async move {
+        busy.check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+    });
+    let before = server.calls();
+    let first = std::future::poll_fn(|cx| {
+        // Use up this turn's budget: receive until the channel says "not
+        // now" while it still holds messages.
+        let mut received = 0;
+        while let std::task::Poll::Ready(Some(_)) = rx.poll_recv(cx) {
+            received += 1;
+        }
+        assert!(received < 1000, "the budget never ran out");
+        // The call, in the same turn: it reaches the balancer now.
+        std::task::Poll::Ready(std::future::Future::poll(check.as_mut(), cx))
+    })
+    .await;
+    let answer = match first {
+        std::task::Poll::Ready(answer) => answer,
+        std::task::Poll::Pending => check.await,
+    };
+    assert!(answer.is_ok(), "refused: {answer:?}");
+    assert_eq!(server.calls(), before + 1, "the call reached the server");
+}
