@@ -42,7 +42,9 @@ use crate::{
 pub use signalbox_resilience::UpstreamService;
 
 /// Balances over the endpoints `source` publishes. `mode` is for the admin
-/// view. Must be called within a Tokio runtime (the source's tasks).
+/// view. The calls take the source's changes in and make the endpoints'
+/// channels (each spawns its connection's tasks), so they must run within
+/// a Tokio runtime.
 pub fn balanced(
     upstream: &str,
     mode: Mode,
@@ -110,9 +112,9 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The balancer's state is whole after every step (a panic in an
-        // endpoint's `call` leaves the set as it was), so a poisoned lock
-        // is used as it is.
+        // A panic under the lock (in an endpoint's `call`) can at worst
+        // lose that endpoint; the balancer stays usable, so a poisoned lock
+        // is used as it is rather than failing every later call.
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         // No waker is needed: nothing waits for this readiness. Polling
         // takes in the discovery changes that arrived since the last call
