@@ -8,7 +8,7 @@
 //! ```text
 //!   bare    HealthClient ──► Channel ─────────────────────────────────────────────────► server
 //!   stack   HealthClient ──► Deadline ─► Bulkhead ─► Retry ─► upstream_with (dns, IP URL):
-//!                            Shared ─► FailFast ─► p2c ─► Endpoint ─► CircuitBreaker ─► Channel ─► server
+//!                            Buffer ─► FailFast ─► p2c ─► Endpoint ─► CircuitBreaker ─► Channel ─► server
 //! ```
 //!
 //! — `signalbox_resilience::guard`, the stack every client builds, with its

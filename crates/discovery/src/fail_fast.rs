@@ -2,14 +2,13 @@
 //!
 //! The p2c balancer is *not ready* while none of its endpoints is: all
 //! ejected by their breakers, or none known yet. A caller would then wait
-//! for one to come back — seconds, with its request and its user waiting
-//! too. Like tower's `LoadShed`, this layer is
+//! in the buffer in front of it until one comes back — seconds, with its
+//! request and its user waiting too. Like tower's `LoadShed`, this layer is
 //! always ready itself and looks at the balancer's readiness without
 //! waiting for it: a call that finds no ready endpoint is refused at once
 //! with [`Rejection::Open`], telling the caller when the soonest endpoint
 //! will be probed, which is what an open breaker in front of the whole
-//! upstream would have said. Because it never waits, the balancer above
-//! it can be shared behind a plain lock (`balance::Shared`).
+//! upstream would have said.
 
 use std::{
     sync::Arc,
