@@ -220,17 +220,26 @@ async fn settle_delivery(
 /// hides the network round trip between them.
 const PREFETCH: u16 = 16;
 
+/// How many deliveries the broker may push ahead to a stream consumer
+/// ([`Source::Stream`]). Larger than [`PREFETCH`]: a stream consumer is the
+/// fan-out feed of a realtime instance, which takes every event of the log,
+/// and the further ahead the broker may send, the more deliveries arrive in
+/// one read of lapin's I/O thread and the fewer times that thread wakes
+/// the consumer. Nothing is lost by it: deliveries still in flight when a
+/// session ends are read again from the log by the next one.
+const STREAM_PREFETCH: u16 = 256;
+
 /// A stream's acks are credit, not removal ([`crate::stream`]): the broker
-/// sends at most [`PREFETCH`] deliveries beyond the last one acked, and an
-/// ack removes nothing. So a stream consumer acks every
+/// sends at most [`STREAM_PREFETCH`] deliveries beyond the last one acked,
+/// and an ack removes nothing. So a stream consumer acks every
 /// [`STREAM_ACK_EVERY`]th handled delivery, with `multiple` (covering the
 /// ones before it), instead of each one: a broker round trip through lapin's
 /// I/O thread per batch instead of per event, which the fan-out benchmark's
 /// user mode (one event per socket) showed to be much of what an event
-/// costs. Fewer than `PREFETCH` are ever owed, so the broker never stops for
-/// want of credit; where a new session resumes is the consumer's own record
-/// of the last offset handled (`Consumer::resume`), not the acks.
-const STREAM_ACK_EVERY: u16 = PREFETCH / 2;
+/// costs. Fewer than `STREAM_PREFETCH` are ever owed, so the broker never
+/// stops for want of credit; where a new session resumes is the consumer's
+/// own record of the last offset handled (`Consumer::resume`), not the acks.
+const STREAM_ACK_EVERY: u16 = STREAM_PREFETCH / 2;
 
 /// The handled stream deliveries not yet acked, in one session.
 #[derive(Default)]
@@ -359,9 +368,14 @@ impl Consumer {
                 // Right after the last offset handled, or where the
                 // consumer was told to start.
                 let start = resume.map_or(*start, |last| crate::stream::Start::Offset(last + 1));
-                let deliveries =
-                    crate::stream::consume(&channel, &stream.name, &self.tag, start, PREFETCH)
-                        .await?;
+                let deliveries = crate::stream::consume(
+                    &channel,
+                    &stream.name,
+                    &self.tag,
+                    start,
+                    STREAM_PREFETCH,
+                )
+                .await?;
                 self.attached.set(true);
                 tracing::info!(consumer = %self.tag, stream = %stream.name, ?start, "consuming");
                 return Ok(Attached {
