@@ -1,6 +1,8 @@
 //! Settings of the realtime service (defaults here, then
 //! `config/realtime.yaml`, then `APP__…` environment variables).
 
+use std::num::NonZeroUsize;
+
 pub use crate::{backpressure::BackpressureSettings, recovery::RecoverySettings};
 use serde::{Deserialize, Serialize};
 use signalbox_platform::config::{
@@ -23,6 +25,32 @@ pub struct Settings {
     #[serde(default)]
     pub backpressure: BackpressureSettings,
     pub telemetry: TelemetrySettings,
+    /// Worker threads of the process's Tokio runtime
+    /// (`APP__WORKER_THREADS`); by default one fewer than the cores the
+    /// process may use, and at least one ([`Settings::worker_threads`]).
+    #[serde(default)]
+    pub worker_threads: Option<NonZeroUsize>,
+}
+
+impl Settings {
+    /// The runtime's worker threads: as set, or one fewer than the cores.
+    ///
+    /// Why one fewer: every event this instance pushes arrives through
+    /// lapin's I/O thread, a thread of its own outside the runtime that
+    /// reads and parses the broker's frames and hands each delivery over.
+    /// With as many workers as cores, that thread and the workers take
+    /// turns on the same cores, and each hand-off preempts or wakes a
+    /// worker. On a 2-core machine, one worker instead of two delivered
+    /// 1.2–1.5× as much per CPU-second on user channels and 1.04–1.10× on
+    /// a public one, at no lower sustained rate (`docs/benchmarks.md`, B1).
+    pub fn worker_threads(&self) -> usize {
+        match self.worker_threads {
+            Some(workers) => workers.get(),
+            None => std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get() - 1)
+                .max(1),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -35,6 +63,7 @@ impl Default for Settings {
             recovery: RecoverySettings::default(),
             backpressure: BackpressureSettings::default(),
             telemetry: TelemetrySettings::default(),
+            worker_threads: None,
         }
     }
 }

@@ -48,8 +48,21 @@ const QUEUE: usize = 256;
 
 type Subscribers = Mutex<HashMap<String, Vec<mpsc::Sender<Utf8Bytes>>>>;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // As many workers as realtime has by default (its
+    // `Settings::worker_threads`: one core left to lapin's I/O thread), so
+    // that the two servers differ in what they do, not in how they run.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get() - 1)
+        .max(1);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let mut namespace = None;
     let mut port = 0u16;
     let mut amqp = "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned();
