@@ -30,8 +30,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt as _;
 use signalbox_discovery::{upstream_with, DiscoverySettings, Mode};
 use signalbox_resilience::{BreakerSettings, CallPolicy, ClientService, Rejection};
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{service::interceptor::InterceptedService, transport::Channel, Request, Status};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -115,9 +117,19 @@ fn start_server() -> anyhow::Result<(SocketAddr, Arc<Tap>)> {
                     Ok(request)
                 }
             });
+            // Every accepted connection with `TCP_NODELAY`, as the services
+            // serve (`signalbox_platform::serve`): without it an answer that
+            // follows another within a few milliseconds waits for the
+            // client's delayed acknowledgement, up to 40 ms, which is what
+            // the p99 with 32 in flight measured before.
+            let incoming = TcpListenerStream::new(listener).map(|accepted| {
+                let tcp = accepted?;
+                tcp.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(tcp)
+            });
             tonic::transport::Server::builder()
                 .add_service(health)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(incoming)
                 .await
                 .expect("server");
         });
