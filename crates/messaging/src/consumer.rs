@@ -226,7 +226,7 @@ const PREFETCH: u16 = 16;
 /// and the further ahead the broker may send, the more deliveries arrive in
 /// one read of lapin's I/O thread and the fewer times that thread wakes
 /// the consumer. Not more: with 256 the fan-out benchmark's p99 at a fixed
-/// rate to 10,000 sockets rose to three to five times that of 16 or 64,
+/// rate to 10,000 sockets rose to two to six times that of 16 or 64,
 /// for no more deliveries per CPU-second than 64 gives. Nothing is lost
 /// by it: deliveries still in flight when a session ends are read again
 /// from the log by the next one.
