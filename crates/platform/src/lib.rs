@@ -13,6 +13,7 @@ pub mod faults;
 pub mod health;
 pub mod instrument;
 pub mod metrics;
+pub mod runtime;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

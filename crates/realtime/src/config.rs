@@ -27,30 +27,10 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Worker threads of the process's Tokio runtime
     /// (`APP__WORKER_THREADS`); by default one fewer than the cores the
-    /// process may use, and at least one ([`Settings::worker_threads`]).
+    /// process may use, and at least one
+    /// (`signalbox_platform::runtime::beside_the_broker`, which says why).
     #[serde(default)]
     pub worker_threads: Option<NonZeroUsize>,
-}
-
-impl Settings {
-    /// The runtime's worker threads: as set, or one fewer than the cores.
-    ///
-    /// Why one fewer: every event this instance pushes arrives through
-    /// lapin's I/O thread, a thread of its own outside the runtime that
-    /// reads and parses the broker's frames and hands each delivery over.
-    /// With as many workers as cores, that thread and the workers take
-    /// turns on the same cores, and each hand-off preempts or wakes a
-    /// worker. On a 2-core machine, one worker instead of two delivered
-    /// 1.2–1.5× as much per CPU-second on user channels and 1.04–1.10× on
-    /// a public one, at no lower sustained rate (`docs/benchmarks.md`, B1).
-    pub fn worker_threads(&self) -> usize {
-        match self.worker_threads {
-            Some(workers) => workers.get(),
-            None => std::thread::available_parallelism()
-                .map_or(1, |cores| cores.get() - 1)
-                .max(1),
-        }
-    }
 }
 
 impl Default for Settings {

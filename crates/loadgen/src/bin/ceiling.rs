@@ -49,17 +49,9 @@ const QUEUE: usize = 256;
 type Subscribers = Mutex<HashMap<String, Vec<mpsc::Sender<Utf8Bytes>>>>;
 
 fn main() -> anyhow::Result<()> {
-    // As many workers as realtime has by default (its
-    // `Settings::worker_threads`: one core left to lapin's I/O thread), so
-    // that the two servers differ in what they do, not in how they run.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |cores| cores.get() - 1)
-        .max(1);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?
-        .block_on(run())
+    // As many workers as realtime has by default: one core left to lapin's
+    // I/O thread (`signalbox_platform::runtime`).
+    signalbox_platform::runtime::beside_the_broker(None)?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
