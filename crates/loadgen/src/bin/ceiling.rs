@@ -118,6 +118,9 @@ async fn run() -> anyhow::Result<()> {
     });
 
     // The feed: each delivery becomes one frame, pushed to its channel.
+    // This loop runs in the future `main` blocks on, so on the main thread,
+    // beside the worker that serves the sockets; realtime's consumer is a
+    // task on its worker (docs/benchmarks.md measures it run this way).
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let user = header_str(delivery.properties.headers(), headers::USER_ID);
