@@ -253,10 +253,7 @@ impl Fixture {
         let queue = ns.queue("relay-bench");
         let work = WorkQueue::new(queue.clone()).bind(ns.events_exchange(), "#");
         topology::declare_work_queue(&broker.channel().await?, &ns, &work).await?;
-        sandbox.queues([
-            queue.clone(),
-            signalbox_messages::channels::Namespace::dead_letter_queue(&queue),
-        ]);
+        sandbox.queues(work.declared_queues());
 
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;

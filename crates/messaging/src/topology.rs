@@ -152,6 +152,17 @@ impl WorkQueue {
         self.single_active_consumer = true;
         self
     }
+
+    /// Every queue [`declare_work_queue`] declares for this one: the queue,
+    /// its dead-letter queue and a retry queue per delay (what to delete
+    /// when a namespace is torn down).
+    pub fn declared_queues(&self) -> Vec<String> {
+        let retries = (0..self.retry.delays.len()).map(|attempt| retry_queue(&self.name, attempt));
+        [self.name.clone(), Namespace::dead_letter_queue(&self.name)]
+            .into_iter()
+            .chain(retries)
+            .collect()
+    }
 }
 
 /// The retry queue for the retry after `attempt` failures: `<queue>.retry.<n>`.

@@ -21,7 +21,7 @@ pub async fn create_database(server: &str, name: &str) -> anyhow::Result<String>
 /// its epoch queue.
 pub fn durable_queues(ns: &Namespace) -> Vec<String> {
     use signalbox_messages::channels::commands;
-    use signalbox_messaging::{topology, Shards, WorkQueue};
+    use signalbox_messaging::{Shards, WorkQueue};
 
     let mut work = Shards::new(commands::CATALOG_SHARDS).work_queues(
         &ns.catalog_commands_queue(),
@@ -34,16 +34,7 @@ pub fn durable_queues(ns: &Namespace) -> Vec<String> {
     let stream = signalbox_realtime::recovery::stream_queue(ns, &Default::default()).name;
     let log = [signalbox_messaging::stream::epoch_queue(&stream), stream];
     work.iter()
-        .flat_map(|queue| {
-            let retries = (0..queue.retry.delays.len())
-                .map(|attempt| topology::retry_queue(&queue.name, attempt));
-            [
-                queue.name.clone(),
-                Namespace::dead_letter_queue(&queue.name),
-            ]
-            .into_iter()
-            .chain(retries)
-        })
+        .flat_map(WorkQueue::declared_queues)
         .chain(log)
         .collect()
 }

@@ -20,7 +20,7 @@ use signalbox_messages::{
     Envelope,
 };
 use signalbox_messaging::{
-    amqp, topology, Broker, ConfirmedPublisher, Outgoing, RetryPolicy, Shards,
+    amqp, topology, Broker, ConfirmedPublisher, Outgoing, Shards, WorkQueue,
 };
 use signalbox_orders::{
     config::{SagaSettings, Upstreams},
@@ -173,16 +173,17 @@ pub async fn spawn_app(saga: SagaSettings) -> anyhow::Result<TestApp> {
     })
 }
 
-/// The durable queues orders declares in `ns`: its reply queue with its
-/// retry and dead-letter queues.
+/// The durable queues orders declares in `ns`: its reply queue and its
+/// inbound queue (commands from sockets), each with its retry and
+/// dead-letter queues.
 fn durable_queues(ns: &Namespace) -> Vec<String> {
-    let replies = ns.orders_replies_queue();
-    let mut queues = vec![replies.clone(), Namespace::dead_letter_queue(&replies)];
-    queues.extend(
-        (0..RetryPolicy::default().delays.len())
-            .map(|attempt| topology::retry_queue(&replies, attempt)),
-    );
-    queues
+    [
+        WorkQueue::new(ns.orders_replies_queue()),
+        signalbox_orders::inbound::work_queue(ns),
+    ]
+    .iter()
+    .flat_map(WorkQueue::declared_queues)
+    .collect()
 }
 
 /// Every routing key a catalog command carries: the saga routes each one to
