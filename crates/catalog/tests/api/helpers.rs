@@ -15,7 +15,9 @@ use signalbox_messages::{
     orders::LineItem,
     Envelope, Message,
 };
-use signalbox_messaging::{amqp, topology, Broker, ConfirmedPublisher, Outgoing, Shards};
+use signalbox_messaging::{
+    amqp, topology, Broker, ConfirmedPublisher, Outgoing, Shards, WorkQueue,
+};
 use signalbox_platform::config::ListenSettings;
 use signalbox_testkit::{
     broker::{self, amqp_url, Tap},
@@ -111,15 +113,8 @@ fn durable_queues(ns: &Namespace, shards: &Shards) -> Vec<String> {
             &ns.commands_exchange(),
             &[commands::RESERVE_STOCK, commands::RELEASE_STOCK],
         )
-        .into_iter()
-        .flat_map(|work| {
-            let retries = (0..work.retry.delays.len())
-                .map(|attempt| topology::retry_queue(&work.name, attempt))
-                .collect::<Vec<_>>();
-            [Namespace::dead_letter_queue(&work.name), work.name]
-                .into_iter()
-                .chain(retries)
-        })
+        .iter()
+        .flat_map(WorkQueue::declared_queues)
         .collect()
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use signalbox_messages::{channels::Namespace, orders::OrderCancelled, Envelope};
+use signalbox_messages::{orders::OrderCancelled, Envelope};
 use signalbox_messaging::{
     topology, Broker, ConfirmedPublisher, Consumer, HandleError, Handler, Incoming, Outgoing,
     Source, WorkQueue,
@@ -37,11 +37,7 @@ async fn dead_lettered(
     let work = WorkQueue::new(ns.queue("work")).bind(ns.events_exchange(), "order.*");
     let channel = broker.channel().await?;
     topology::declare_work_queue(&channel, &ns, &work).await?;
-    sandbox.queues(
-        [work.name.clone(), Namespace::dead_letter_queue(&work.name)]
-            .into_iter()
-            .chain((0..work.retry.delays.len()).map(|a| topology::retry_queue(&work.name, a))),
-    );
+    sandbox.queues(work.declared_queues());
     let mut consumer = Consumer::new(broker.clone(), Source::Work(work.clone()), "test");
     consumer.attach().await?;
     let shutdown = CancellationToken::new();

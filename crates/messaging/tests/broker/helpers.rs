@@ -59,14 +59,7 @@ impl Fixture {
     pub async fn declare(&mut self, work: &WorkQueue) -> anyhow::Result<()> {
         let channel = self.broker.channel().await?;
         topology::declare_work_queue(&channel, &self.ns, work).await?;
-        self.sandbox.queues(
-            [work.name.clone(), Namespace::dead_letter_queue(&work.name)]
-                .into_iter()
-                .chain(
-                    (0..work.retry.delays.len())
-                        .map(|attempt| topology::retry_queue(&work.name, attempt)),
-                ),
-        );
+        self.sandbox.queues(work.declared_queues());
         Ok(())
     }
 
